@@ -1,0 +1,3 @@
+"""escnet: ESC-Net and CAT-Seg open-vocabulary semantic segmentation."""
+
+__version__ = "0.1.0"
