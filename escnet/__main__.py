@@ -1,0 +1,5 @@
+import sys
+
+from escnet.cli import main
+
+sys.exit(main())
