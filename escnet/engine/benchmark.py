@@ -1,0 +1,208 @@
+"""`escnet benchmark`: ESC-Net vs CAT-Seg side by side in one run.
+
+Sections (pick with --what):
+  models  parameters, forward GFLOPs (torch.utils.flop_counter, machine-independent), latency and peak
+          memory for each (size, T, protocol); every measurement runs in a fresh subprocess so the
+          peak RSS (CPU) / peak allocated (CUDA) belongs to that configuration alone.
+  ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
+  vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
+Results print as a Markdown table and can be saved as JSON (--json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+VIEWS = {"single": 1, "sliding": 5}
+
+
+def _peak_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _model_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, flops: bool, q) -> None:
+    """Runs in a child process: build the model, time forward passes, count FLOPs once."""
+    try:
+        from escnet.models.factory import count_parameters, create_model
+
+        torch.manual_seed(0)
+        over = {"class_truncation": None} if arch == "catseg" else {}
+        model = create_model(arch, preset, **over).eval().to(device)
+        crop = model.cfg.crop_size
+        views = torch.rand(VIEWS[protocol], 3, crop, crop, device=device) * 255
+        text = torch.nn.functional.normalize(torch.randn(t, model.cfg.clip.embed_dim, device=device), dim=-1)
+        res = {"arch": arch, "preset": preset, "T": t, "protocol": protocol, "device": device,
+               "params_M": count_parameters(model)["total"] / 1e6}
+        with torch.inference_mode():
+            if flops:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    model(views, text)
+                res["gflops"] = counter.get_total_flops() / 1e9
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            model(views, text)  # warm-up
+            times = []
+            for _ in range(repeats):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                model(views, text)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        res["latency_s"] = min(times)
+        res["peak_mem_MiB"] = _peak_mib(device)
+        q.put(res)
+    except Exception as e:  # noqa: BLE001 - reported in the table instead of killing the whole run
+        q.put({"arch": arch, "preset": preset, "T": t, "protocol": protocol, "error": f"{type(e).__name__}: {e}"})
+
+
+def _in_subprocess(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def bench_models(presets, classes, protocols, device, repeats, flops=True) -> list[dict]:
+    rows = []
+    for preset in presets:
+        for t in classes:
+            for protocol in protocols:
+                pair = {arch: _in_subprocess(_model_job, arch, preset, t, protocol, device, repeats, flops)
+                        for arch in ("escnet", "catseg")}
+                for arch in ("escnet", "catseg"):
+                    rows.append(pair[arch])
+                    print(json.dumps(pair[arch]), flush=True)
+    return rows
+
+
+def bench_ppg(t: int = 150, grid: int = 24, regions: int = 5, iters: int = 10, repeats: int = 3) -> dict:
+    """Batched PPG vs a per-class scikit-learn KMeans loop on the same maps (same threshold, same k)."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from escnet.models.ppg import generate_pseudo_prompts
+
+    torch.manual_seed(0)
+    maps = torch.randn(t, grid, grid) * 0.02
+    generate_pseudo_prompts(maps, num_regions=regions, iters=iters)
+    ours = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        generate_pseudo_prompts(maps, num_regions=regions, iters=iters)
+        ours.append(time.perf_counter() - t0)
+    prob = torch.softmax(100 * maps.reshape(t, -1), -1).numpy()
+    ys, xs = np.mgrid[:grid, :grid]
+    coords = np.stack([ys.ravel(), xs.ravel()], 1).astype(np.float32)
+    t0 = time.perf_counter()
+    for c in range(t):  # the baseline is deliberately the per-class loop the batched PPG replaces
+        fg = prob[c] > 0.5 * prob[c].max()
+        pts = coords[fg]
+        k = min(regions, len(pts))
+        km = KMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=0).fit(pts)
+        for r in range(k):
+            sel = km.labels_ == r
+            pts[sel][prob[c][fg][sel].argmax()]
+    loop = time.perf_counter() - t0
+    return {"T": t, "grid": grid, "batched_ms": min(ours) * 1e3, "sklearn_loop_ms": loop * 1e3,
+            "speedup": loop / min(ours)}
+
+
+def _vocab_job(t: int, budget_mb: int, device: str, q) -> None:
+    try:
+        from escnet.engine.inference import Segmenter
+        from escnet.models.factory import create_model
+
+        torch.manual_seed(0)
+        model = create_model("escnet", "vitb16").eval()
+        seg = Segmenter(model, device=device, memory_budget_mb=budget_mb)
+        names = [f"class {i}" for i in range(t)]
+        image = (torch.rand(480, 640, 3) * 255).to(torch.uint8).numpy()
+        text_t0 = time.perf_counter()
+        seg.encode_classes(names)
+        text_s = time.perf_counter() - text_t0
+        t0 = time.perf_counter()
+        res = seg.segment(image, names)
+        q.put({"T": t, "budget_MiB": budget_mb, "seconds": time.perf_counter() - t0, "text_s": text_s,
+               "peak_mem_MiB": _peak_mib(device), "class_mode": res.info.get("class_mode"),
+               "class_chunk": res.info.get("class_chunk")})
+    except Exception as e:  # noqa: BLE001
+        q.put({"T": t, "error": f"{type(e).__name__}: {e}"})
+
+
+def bench_vocab(device: str, budget_mb: int) -> list[dict]:
+    rows = [_in_subprocess(_vocab_job, t, budget_mb, device) for t in (150, 847)]
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def _fmt_models(rows: list[dict]) -> str:
+    lines = ["| size | T | protocol | model | params (M) | GFLOPs | latency (s) | peak mem (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | error: {r['error']} | | | |")
+            continue
+        lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | {r['params_M']:.1f} | "
+                     f"{r.get('gflops', float('nan')):.1f} | {r['latency_s']:.2f} | {r['peak_mem_MiB']:.0f} |")
+    ratios = ["", "| size | T | protocol | ESC/CAT params | ESC/CAT GFLOPs | ESC/CAT latency | ESC/CAT peak mem |",
+              "|---|---|---|---|---|---|---|"]
+    for e, c in zip(rows[0::2], rows[1::2]):
+        if "error" in e or "error" in c:
+            continue
+        ratios.append(f"| {e['preset']} | {e['T']} | {e['protocol']} | {e['params_M'] / c['params_M']:.3f} | "
+                      f"{e.get('gflops', 0) / max(c.get('gflops', 1), 1e-9):.3f} | "
+                      f"{e['latency_s'] / c['latency_s']:.2f} | {e['peak_mem_MiB'] / c['peak_mem_MiB']:.2f} |")
+    return "\n".join(lines + ratios)
+
+
+def run(args) -> int:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "date": time.strftime("%Y-%m-%d")}
+    what = set(args.what)
+    if "ppg" in what:
+        out["ppg"] = bench_ppg()
+        p = out["ppg"]
+        print(f"PPG T={p['T']}: batched {p['batched_ms']:.1f} ms, sklearn loop {p['sklearn_loop_ms']:.1f} ms, "
+              f"speed-up {p['speedup']:.1f}x", flush=True)
+    if "models" in what:
+        out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats, not args.no_flops)
+        print(_fmt_models(out["models"]))
+    if "vocab" in what:
+        out["vocab"] = bench_vocab(device, args.memory_budget)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency, memory; PPG; vocabularies")
+    p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"], choices=["ppg", "models", "vocab"])
+    p.add_argument("--sizes", nargs="+", default=["vitb16", "vitl14"], choices=["vitb16", "vitl14", "tiny"])
+    p.add_argument("--classes", nargs="+", type=int, default=[20, 59, 150, 171])
+    p.add_argument("--protocols", nargs="+", default=["single", "sliding"], choices=list(VIEWS))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it costs one extra forward)")
+    p.add_argument("--memory-budget", type=int, default=2048, help="MiB for the exact large-vocabulary inference")
+    p.add_argument("--json", help="also write all results to this JSON file")
+    p.set_defaults(func=run)

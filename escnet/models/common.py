@@ -1,0 +1,53 @@
+"""What ESC-Net and CAT-Seg share around CLIP: input checks and normalisation, text features with
+the prompt template, and which CLIP weights train."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from escnet.models.tokenizer import tokenize
+
+
+def first_synonym(name: str) -> str:
+    """'building, edifice' -> 'building' (DESIGN.md: text features use the first synonym)."""
+    return name.split(",")[0].strip()
+
+
+class CLIPBackedModel(nn.Module):
+    """Base of ESCNet and CATSeg. Subclasses set `self.cfg` (with clip, crop_size, template,
+    clip_finetune), `self.clip`, and the `pixel_mean` / `pixel_std` buffers (1, 3, 1, 1)."""
+
+    def encode_text(self, class_names: list[str]) -> Tensor:
+        """class_names (T strings) -> L2-normalised text features F_l (T, D), template applied."""
+        if not class_names:
+            raise ValueError("encode_text needs at least one class name")
+        prompts = [self.cfg.template.format(first_synonym(n)) for n in class_names]
+        device = next(self.clip.parameters()).device
+        return F.normalize(self.clip.encode_text(tokenize(prompts).to(device)), dim=-1)
+
+    def encode_image(self, images: Tensor) -> tuple[Tensor, list[Tensor], tuple[int, int]]:
+        """images (B, 3, H, W) RGB 0..255 -> F_v (B, D, g, g), skips [(B, W, g, g)], (H, W).
+
+        The view is resized to clip.image_size when they differ (ViT-L/14: 384 crop -> 336).
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        size = (images.shape[-2], images.shape[-1])
+        x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        side = self.cfg.clip.image_size
+        if size != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        feats, skips = self.clip.encode_image_dense(x.to(self.clip.visual.conv1.weight.dtype))
+        return feats, skips, size
+
+    def set_finetune(self, mode: str) -> None:
+        """Choose which CLIP weights train: 'attention' (q and v projection weights of both towers,
+        as CAT-Seg), 'full', or 'none'."""
+        if mode not in ("attention", "full", "none"):
+            raise ValueError(f"unknown clip_finetune {mode!r}; choose attention, full or none")
+        for name, p in self.clip.named_parameters():
+            if mode == "attention":
+                p.requires_grad_(name.endswith(("attn.q_proj_weight", "attn.v_proj_weight")))
+            else:
+                p.requires_grad_(mode == "full")

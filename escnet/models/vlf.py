@@ -1,0 +1,70 @@
+"""Vision-Language Fusion (paper Sec. 3.5).
+
+(a) image guidance: a spatial Swin block pair over every (image, class) correlation embedding whose
+    queries/keys also see the SAM-refined image features of that class;
+(b) text guidance: linear attention over the class axis with the text features as keys and values,
+    no positional embedding, so the block is order-agnostic and takes any number of classes.
+
+Because keys and values come from text alone, the class-attention statistics
+sum_t phi(k_t) v_t^T and sum_t phi(k_t) are per-vocabulary constants: `text_state` computes
+them once over all T classes and `forward` can then run on any chunk of classes with exactly the
+result of the unchunked pass.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from escnet.models.swin import LinearAttentionState, SwinBlockPair, linear_attention_query, linear_attention_state
+
+
+class TextClassAttention(nn.Module):
+    """Linear attention over classes; queries from the correlation embedding, keys/values from text.
+
+    dim: C of the embedding; text_dim: D of the CLIP text features; heads: attention heads.
+    """
+
+    def __init__(self, dim: int, text_dim: int, heads: int = 4, mlp_ratio: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"class attention dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(text_dim, dim)
+        self.v = nn.Linear(text_dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+
+    def text_state(self, text: Tensor) -> LinearAttentionState:
+        """text (T, D) -> key/value sums over all T classes (kv (heads, d, d), ksum (heads, d))."""
+        t = text.shape[0]
+        return linear_attention_state(self.k(text).view(t, self.heads, -1), self.v(text).view(t, self.heads, -1), t)
+
+    def forward(self, x: Tensor, state: LinearAttentionState, num_classes: int) -> Tensor:
+        """x (B, T', h, w, C) for any chunk of T' classes, `state` of all `num_classes` -> (B, T', h, w, C)."""
+        shape = x.shape
+        q = self.q(self.norm1(x)).view(*shape[:-1], self.heads, -1)  # (B, T', h, w, heads, d)
+        x = x + self.proj(linear_attention_query(q.unsqueeze(-3), state, num_classes).reshape(shape))
+        return x + self.mlp(self.norm2(x))
+
+
+class VLFBlock(nn.Module):
+    """One VLF block: Swin over space with SAM image guidance, then class attention with text.
+
+    dim: embedding C (128); guidance_dim: channels of the SAM guidance; text_dim: D.
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, text_dim: int, heads: int = 4, window: int = 12):
+        super().__init__()
+        self.spatial = SwinBlockPair(dim, guidance_dim, heads=heads, window=window)
+        self.classes = TextClassAttention(dim, text_dim, heads=heads)
+
+    def forward(self, x: Tensor, guidance: Tensor | None, state: LinearAttentionState, num_classes: int) -> Tensor:
+        """x (B, C, T', h, w), guidance (B*T', G, h, w) or None -> (B, C, T', h, w)."""
+        b, c, t, h, w = x.shape
+        y = x.transpose(1, 2).reshape(b * t, c, h, w)
+        y = self.spatial(y, guidance)
+        y = y.view(b, t, c, h, w).permute(0, 1, 3, 4, 2)  # (B, T', h, w, C)
+        y = self.classes(y, state, num_classes)
+        return y.permute(0, 4, 1, 2, 3)
