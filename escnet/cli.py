@@ -10,6 +10,11 @@ import importlib
 import sys
 
 _COMMANDS = [
+    "escnet.data.prepare",
+    "escnet.engine.evaluate",
+    "escnet.engine.segment",
+    "escnet.engine.info",
+    "escnet.engine.benchmark",
 ]
 
 
