@@ -34,8 +34,11 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (N, C, H, W) -> (N, C, H, W)."""
-        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        """x (N, C, H, W) -> (N, C, H, W), contiguous."""
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        # Back to the standard layout: a channels-last result would make every later conv output
+        # channels-last too, and .view() on (C, H, W) of those fails.
+        return y.permute(0, 3, 1, 2).contiguous()
 
 
 class MLPBlock(nn.Module):
