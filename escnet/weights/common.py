@@ -59,7 +59,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-map zip-format checkpoints: a 2.5 GB SAM file is not read whole for its decoder
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise WeightsError(f"{path}: could not be read as a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
     for key in ("model", "state_dict"):
