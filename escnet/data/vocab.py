@@ -1,0 +1,154 @@
+"""Vocabularies: the class lists a user segments with.
+
+A vocabulary is a list of *entries*. An entry is one class, written as one or more synonyms joined
+by ", " ("building, edifice"). The first synonym is the class's display name and the one the text
+encoder sees (DESIGN.md, "CLIP text encoder"); the rest document what the class covers.
+
+Accepted specifications (`parse_vocabulary`):
+
+- a Python list or tuple: each item is one entry; an item may itself be a list of synonyms;
+- a string naming a benchmark vocabulary (see `BENCHMARK_VOCABULARIES`), e.g. ``"ade150"``;
+- a path (str or Path) to a ``.txt`` file: one class per line, commas within a line separate
+  synonyms, blank lines are ignored;
+- a path to a ``.json`` file: a list of strings (entries), or of lists of strings (synonyms);
+- any other string: a list of classes. If the string contains ";" the classes are separated by ";"
+  and commas inside a class separate synonyms ("building, edifice; sky"); otherwise every
+  comma-separated item is its own class ("cat, dog, sky").
+
+Empty names, duplicate classes (identical entries, case-insensitive) and empty vocabularies are
+errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
+several); they get the same text features, so the lower id wins their ties.
+"""
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Sequence, Union
+
+BENCHMARK_VOCABULARIES = ("coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b")
+
+# A bare word that looks like a benchmark name but is not one is almost certainly a typo
+# ("ade151"), not a one-class vocabulary, so it is reported instead of segmented.
+_BENCHMARK_LIKE = re.compile(r"^(coco|ade|pc|voc)\d+b?$", re.IGNORECASE)
+
+VocabularySpec = Union[str, Path, Sequence[Union[str, Sequence[str]]]]
+
+
+class VocabularyError(ValueError):
+    """A vocabulary specification that cannot be used (names the problem and where it is)."""
+
+
+def display_name(entry: str) -> str:
+    """The first synonym of an entry: "building, edifice" -> "building"."""
+    return entry.split(",")[0].strip()
+
+
+def _entry(synonyms: Sequence[str], where: str) -> str:
+    names = [s.strip() for s in synonyms]
+    if not names or not names[0]:
+        raise VocabularyError(f"empty class name at {where}")
+    if any(not n for n in names):
+        raise VocabularyError(f"empty synonym in class {', '.join(names)!r} at {where}")
+    return ", ".join(names)
+
+
+def _check(entries: list[str], source: str) -> list[str]:
+    if not entries:
+        raise VocabularyError(f"empty vocabulary ({source}): give at least one class name")
+    # Whole entries are compared, not display names: benchmarks such as ADE-847 hold distinct
+    # classes that share a first synonym ("screen, crt screen" / "screen, silver screen").
+    first_seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        key = entry.lower()
+        if key in first_seen:
+            raise VocabularyError(
+                f"duplicate class name {entry!r} in {source} (classes {first_seen[key] + 1} and {i + 1})"
+            )
+        first_seen[key] = i
+    return entries
+
+
+def _from_items(items: Sequence, source: str) -> list[str]:
+    entries = []
+    for i, item in enumerate(items):
+        where = f"class {i + 1} of {source}"
+        if isinstance(item, str):
+            entries.append(_entry(item.split(","), where))
+        elif isinstance(item, (list, tuple)) and all(isinstance(s, str) for s in item):
+            entries.append(_entry(item, where))
+        else:
+            raise VocabularyError(f"{where} must be a string or a list of strings, got {type(item).__name__}")
+    return _check(entries, source)
+
+
+def _from_string(text: str) -> list[str]:
+    source = "the class string"
+    if ";" in text:
+        items = text.split(";")
+    else:
+        items = [[name] for name in text.split(",")]
+    # A trailing separator ("cat, dog,") is a common typing habit, not an empty class.
+    while items and not "".join(items[-1]).strip():
+        items.pop()
+    return _from_items(items, source)
+
+
+def _from_txt(text: str, source: str) -> list[str]:
+    return _from_items([line for line in text.splitlines() if line.strip()], source)
+
+
+def _from_json(text: str, source: str) -> list[str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VocabularyError(f"vocabulary file {source} is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise VocabularyError(f"vocabulary file {source} must hold a JSON list of class names, got {type(data).__name__}")
+    return _from_items(data, source)
+
+
+def benchmark_vocabulary(name: str) -> list[str]:
+    """The class entries of a named benchmark (escnet/assets/vocab/<name>.txt), in label-id order."""
+    key = name.strip().lower()
+    if key not in BENCHMARK_VOCABULARIES:
+        raise VocabularyError(
+            f"unknown benchmark vocabulary {name!r}; known: {', '.join(BENCHMARK_VOCABULARIES)}"
+        )
+    resource = resources.files("escnet") / "assets" / "vocab" / f"{key}.txt"
+    if not resource.is_file():
+        raise VocabularyError(f"benchmark vocabulary file for {key!r} is missing from this installation ({resource})")
+    return _from_txt(resource.read_text(encoding="utf-8"), f"benchmark vocabulary {key!r}")
+
+
+def parse_vocabulary(spec: VocabularySpec) -> list[str]:
+    """Turn any accepted specification (module docstring) into a checked list of entries."""
+    if isinstance(spec, Path):
+        return _from_file(spec)
+    if isinstance(spec, str):
+        stripped = spec.strip()
+        if stripped.lower() in BENCHMARK_VOCABULARIES or _BENCHMARK_LIKE.match(stripped):
+            return benchmark_vocabulary(stripped)
+        if stripped.lower().endswith((".txt", ".json")):
+            return _from_file(Path(stripped))
+        return _from_string(spec)
+    if isinstance(spec, (list, tuple)):
+        return _from_items(spec, "the class list")
+    raise VocabularyError(
+        f"a vocabulary must be a string, a path or a list of class names, got {type(spec).__name__}"
+    )
+
+
+def _from_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise VocabularyError(f"vocabulary file {str(path)!r} not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".json"):
+        raise VocabularyError(f"vocabulary file {str(path)!r} must end in .txt or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise VocabularyError(f"vocabulary file {str(path)!r} is not UTF-8 text") from None
+    reader = _from_json if suffix == ".json" else _from_txt
+    return reader(text, repr(str(path)))

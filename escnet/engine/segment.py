@@ -1,0 +1,128 @@
+"""`escnet segment`: segment images or folders of images with any vocabulary.
+
+    escnet segment photo.jpg photos/ --classes "cat, dog, sky" --model ckpt/ --out results/
+
+For every image it writes <name>_overlay.png (colours and a legend), <name>_labels.png (pixel
+values = class ids; a palette PNG up to 256 classes) and <name>.json (classes, pixel fractions,
+how the result was made). Folders are read non-recursively, taking the files whose extension
+Pillow knows. A file that cannot be read is reported and skipped; the run goes on, prints a
+summary and exits with status 1 if anything failed (2 for an unusable vocabulary or model).
+
+--classes: "cat, dog, sky" (each comma-separated item is a class), "building, edifice; sky"
+(";" separates classes when present, commas are then synonyms), a .txt file (one class per
+line, commas are synonyms), a .json list, or a benchmark name (coco171, ade150, ade847, pc59,
+pc459, voc20, voc20b).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from escnet.data.images import MAX_SIDE
+from escnet.data.vocab import VocabularyError, parse_vocabulary
+from escnet.engine.inference import CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, Segmenter, resolve_device
+from escnet.weights.common import WeightsError
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images with an open vocabulary",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    parser.add_argument("--classes", required=True, help="the vocabulary (see above)")
+    parser.add_argument("--model", default=None, help="checkpoint folder or file (default: the bundled model)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
+                        help="sliding: CAT-Seg's 4 crops + global view (default); single: one resized view")
+    parser.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
+                        help="exact: score every class (default); top256: CAT-Seg's truncation (CAT-Seg models)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--half", action="store_true", help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
+    parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
+                        help="per-class activation memory for exact mode; sets the class chunk (default %(default)s)")
+    parser.add_argument("--max-side", type=int, default=MAX_SIDE,
+                        help="images with a longer side are processed at this size, labels upsampled back (default %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def _image_files(folder: Path, out_dir: Path) -> list[Path]:
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    out_dir = out_dir.resolve()
+    return sorted(
+        path for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in extensions and path.resolve().parent != out_dir
+    )
+
+
+def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
+    files, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = _image_files(path, out_dir)
+            if not found:
+                problems.append(f"{item}: folder contains no image files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    return files, problems
+
+
+def _unique_names(files: list[Path]) -> list[str]:
+    """Output base names: the file stem, with _2, _3, ... when two inputs share a stem."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in files:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        names.append(path.stem if count == 1 else f"{path.stem}_{count}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        vocabulary = parse_vocabulary(args.classes)
+        device = resolve_device(args.device)
+    except (VocabularyError, ValueError) as exc:
+        print(f"escnet segment: error: {exc}", file=sys.stderr)
+        return 2
+    files, failures = _collect(args.inputs, args.out)
+    for problem in failures:
+        print(f"error: {problem}", file=sys.stderr)
+    if not files:
+        print("escnet segment: error: no images to segment", file=sys.stderr)
+        return 1
+    try:
+        segmenter = Segmenter.from_pretrained(
+            args.model, device=device, half=args.half, protocol=args.protocol,
+            class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
+        )
+    except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
+        print(f"escnet segment: error: cannot load model: {exc}", file=sys.stderr)
+        return 2
+
+    done = 0
+    for path, name in zip(tqdm(files, desc="segment", unit="image", file=sys.stderr), _unique_names(files)):
+        try:
+            segmenter.segment(path, vocabulary).save(args.out, name=name)
+            done += 1
+        except Exception as exc:  # one bad image must not end the run; it is reported below
+            message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+            tqdm.write(f"error: {message}", file=sys.stderr)
+            failures.append(message)
+    print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+        for problem in failures:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,111 @@
+"""Pictures of a segmentation: a class palette, label PNGs and a blended overlay with a legend.
+
+The legend uses Pillow's built-in default font, so no font file is needed. Overlays of small
+images are enlarged (nearest neighbour, whole factors) until their long side reaches
+`MIN_DISPLAY_SIDE`, otherwise a 40-pixel image would carry an illegible legend.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+MIN_DISPLAY_SIDE = 384
+MAX_LEGEND_ROWS = 24
+_GOLDEN = 0.6180339887498949
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """Distinct, deterministic colours (T, 3) uint8: hues step by the golden ratio, and
+    saturation/brightness cycle so that neighbouring ids also differ in lightness."""
+    ids = np.arange(num_classes)
+    hue = (ids * _GOLDEN) % 1.0
+    sat = np.array([0.85, 0.55])[ids % 2]
+    val = np.array([0.95, 0.75, 0.55])[(ids // 2) % 3]
+    sector = np.floor(hue * 6).astype(int) % 6
+    frac = hue * 6 - np.floor(hue * 6)
+    p, q, t = val * (1 - sat), val * (1 - frac * sat), val * (1 - (1 - frac) * sat)
+    # Standard HSV -> RGB, vectorised: each sector picks its (r, g, b) from (v, t, p, q).
+    table = np.stack([
+        np.stack([val, t, p], -1), np.stack([q, val, p], -1), np.stack([p, val, t], -1),
+        np.stack([p, q, val], -1), np.stack([t, p, val], -1), np.stack([val, p, q], -1),
+    ])
+    rgb = table[sector, ids]
+    return np.rint(rgb * 255).astype(np.uint8).reshape(num_classes, 3)
+
+
+def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Label map (H, W) -> colour image (H, W, 3) uint8."""
+    return palette(num_classes)[labels]
+
+
+def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """A PNG-ready image whose pixel values are the class ids: a palette ("P") image for up to
+    256 classes (viewers show the class colours), 16-bit grey ("I;16") for larger vocabularies."""
+    if num_classes <= 256:
+        image = Image.fromarray(labels.astype(np.uint8))
+        colours = np.zeros((256, 3), np.uint8)
+        colours[:num_classes] = palette(num_classes)
+        image.putpalette(colours.reshape(-1).tolist())  # turns the "L" image into "P", values kept
+        return image
+    if num_classes <= 65536:
+        return Image.fromarray(labels.astype(np.uint16))
+    raise ValueError(f"cannot store {num_classes} classes in a PNG label image (at most 65536)")
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    alpha: float = 0.5,
+    legend: bool = True,
+) -> Image.Image:
+    """Blend class colours over the image (alpha = colour weight) and add a legend panel to the
+    right listing the classes present, largest first, with their pixel percentages.
+
+    image (H, W, 3) uint8, labels (H, W) ints in [0, T), names: T display names.
+    """
+    num_classes = len(names)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, num_classes).astype(np.float32)
+    picture = Image.fromarray(np.rint(blended).astype(np.uint8))
+    scale = max(1, -(-MIN_DISPLAY_SIDE // max(labels.shape)))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    if not legend:
+        return picture
+    return _with_legend(picture, labels, names)
+
+
+def _with_legend(picture: Image.Image, labels: np.ndarray, names: list[str]) -> Image.Image:
+    counts = np.bincount(labels.reshape(-1), minlength=len(names))
+    fractions = counts / counts.sum()
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    shown, hidden = present[:MAX_LEGEND_ROWS], present[MAX_LEGEND_ROWS:]
+    colours = palette(len(names))
+
+    font = _font(14)
+    row, pad, swatch = 20, 8, 14
+    lines = [(f"{names[i]}  {100 * fractions[i]:.1f}%", tuple(int(c) for c in colours[i])) for i in shown]
+    if hidden:
+        lines.append((f"+ {len(hidden)} more ({100 * fractions[hidden].sum():.1f}%)", None))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(measure.textlength(text, font=font) for text, _ in lines)
+    panel_width = int(pad * 3 + swatch + text_width)
+    height = max(picture.height, pad * 2 + row * len(lines))
+
+    canvas = Image.new("RGB", (picture.width + panel_width, height), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = picture.width + pad
+    for k, (text, colour) in enumerate(lines):
+        y = pad + k * row
+        if colour is not None:
+            draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((x + swatch + pad, y + 1), text, fill=(0, 0, 0), font=font)
+    return canvas

@@ -1,0 +1,298 @@
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from escnet.engine import inference
+from escnet.engine.inference import (
+    ModelNotFoundError,
+    Segmenter,
+    class_chunk_for_budget,
+    predict_single,
+    predict_sliding,
+    resolve_device,
+    resolve_model_path,
+    sliding_geometry,
+    upsample_argmax,
+)
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
+
+
+class ColourModel(torch.nn.Module):
+    """Stub with the model interface: a class's text feature is its colour, and a pixel's logit
+    for a class falls with the pixel's distance to that colour. Records every call."""
+
+    def __init__(self, crop=48, truncation=False):
+        super().__init__()
+        self.cfg = SimpleNamespace(arch="stub", crop_size=crop)
+        if truncation:
+            self.cfg.class_truncation = None
+        self.text_calls = 0
+        self.calls = []
+
+    def encode_text(self, names):
+        self.text_calls += 1
+        return torch.tensor([COLOURS.get(n.split(",")[0].strip(), (128, 128, 128)) for n in names], dtype=torch.float32)
+
+    def forward(self, images, text, class_chunk=None):
+        self.calls.append({"images": images.clone(), "class_chunk": class_chunk,
+                           "class_truncation": getattr(self.cfg, "class_truncation", "absent")})
+        distance = (images[:, None] - text[None, :, :, None, None]).norm(dim=2)
+        return 4.0 - distance / 40.0
+
+
+class ViewConstantModel(torch.nn.Module):
+    """Stub whose probability for class 0 is (v + 1) / 10 on the whole of view v, and whose
+    class 1 reproduces the red channel (probability = red / 255), so the protocol's crop
+    placement, averaging and global view can be checked against known numbers."""
+
+    def __init__(self, crop=48):
+        super().__init__()
+        self.cfg = SimpleNamespace(arch="stub", crop_size=crop)
+        self.views = None
+
+    def forward(self, images, text, class_chunk=None):
+        self.views = images.clone()
+        n, _, h, w = images.shape
+        p0 = (torch.arange(n, dtype=torch.float32) + 1) / 10
+        p1 = (images[:, 0] / 255).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.logit(p0)[:, None, None].expand(n, h, w), torch.logit(p1)], dim=1)
+
+
+def test_sliding_geometry_matches_catseg():
+    assert sliding_geometry(384) == (640, 256, (0, 256))
+    assert sliding_geometry(96) == (160, 64, (0, 64))
+
+
+def test_sliding_window_crops_and_averaging():
+    crop = 48
+    side, stride, _ = sliding_geometry(crop)  # 80, 32
+    model = ViewConstantModel(crop)
+    image = torch.rand(3, side, side) * 255
+    probs = predict_sliding(model, image, torch.zeros(2, 4))
+    assert probs.shape == (2, side, side)
+
+    # The model saw the four crops in row-major order, then the whole image at crop size.
+    offsets = [(0, 0), (0, stride), (stride, 0), (stride, stride)]
+    for k, (y, x) in enumerate(offsets):
+        torch.testing.assert_close(model.views[k], image[:, y:y + crop, x:x + crop])
+    global_view = F.interpolate(image[None], size=(crop, crop), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(model.views[4], global_view)
+
+    # Class 0: view v has probability (v + 1) / 10; the global view (0.5) is averaged in at half weight.
+    p = [0.1, 0.2, 0.3, 0.4]
+    expected = {
+        (0, 0): p[0], (0, side - 1): p[1], (side - 1, 0): p[2], (side - 1, side - 1): p[3],
+        (0, stride): (p[0] + p[1]) / 2, (stride, 0): (p[0] + p[2]) / 2,
+        (stride, stride): sum(p) / 4, (crop - 1, crop - 1): sum(p) / 4, (crop, crop): p[3],
+        (stride - 1, stride): (p[0] + p[1]) / 2,
+    }
+    for (y, x), crops_mean in expected.items():
+        assert probs[0, y, x].item() == pytest.approx((crops_mean + 0.5) / 2, abs=1e-6), (y, x)
+
+    # Class 1 reproduces the red channel: every crop agrees with the image wherever it lies.
+    global_red = F.interpolate(global_view[None, :1] / 255, size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(probs[1], (image[0] / 255 + global_red) / 2, atol=1e-5, rtol=0)
+
+
+def test_sliding_window_on_a_wide_image_uses_the_short_side():
+    crop = 48
+    side, _, _ = sliding_geometry(crop)
+    model = ViewConstantModel(crop)
+    image = torch.rand(3, side, 2 * side) * 255  # short side already equals the window side
+    predict_sliding(model, image, torch.zeros(2, 4))
+    square = F.interpolate(image[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(model.views[0], square[:, :crop, :crop])
+    global_view = F.interpolate(image[None], size=(crop, crop), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(model.views[4], global_view)
+
+
+def test_single_view_protocol():
+    model = ViewConstantModel(48)
+    probs = predict_single(model, torch.rand(3, 20, 30) * 255, torch.zeros(2, 4))
+    assert probs.shape == (2, 48, 48)
+    assert model.views.shape == (1, 3, 48, 48)
+    assert probs[0].sub(0.1).abs().max() < 1e-6
+
+
+def test_upsample_argmax_chunks_are_exact_and_ties_go_to_the_lower_id():
+    probs = torch.rand(7, 9, 11)
+    probs[5] = probs[2]  # exact tie between classes 2 and 5
+    reference = F.interpolate(probs[None], size=(20, 25), mode="bilinear", align_corners=False)[0]
+    for chunk in (1, 2, 3, 7):
+        labels, kept = upsample_argmax(probs, (20, 25), chunk, keep=True)
+        torch.testing.assert_close(kept, reference)
+        assert torch.equal(labels, reference.argmax(0))
+        assert not (labels == 5).any()
+
+
+def test_class_chunk_follows_the_budget():
+    assert class_chunk_for_budget(847, 384, 5, None) is None
+    small = class_chunk_for_budget(847, 384, 5, 512)
+    large = class_chunk_for_budget(847, 384, 5, 4096)
+    assert 1 <= small < large < 847
+    assert class_chunk_for_budget(847, 384, 5, 0.001) == 1
+    assert class_chunk_for_budget(10, 384, 5, 4096) is None
+
+
+def _halves(height=40, width=60):
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 2] = COLOURS["red"]
+    image[:, width // 2:] = COLOURS["blue"]
+    return image
+
+
+def test_segment_returns_labels_at_input_resolution():
+    segmenter = Segmenter(ColourModel(), device="cpu")
+    result = segmenter.segment(_halves(), "green; red; blue", return_probs=True)
+    assert result.labels.shape == (40, 60)
+    assert (result.labels[:, :25] == 1).all() and (result.labels[:, 35:] == 2).all()
+    assert result.classes == ["green", "red", "blue"]
+    assert result.probs.shape == (3, 40, 60)
+    assert result.fractions().sum() == pytest.approx(1.0)
+    assert result.info["protocol"] == "sliding" and result.info["class_mode"] == "exact"
+    assert result.info["working_size"] == [40, 60]
+
+
+@pytest.mark.parametrize("protocol", ["sliding", "single"])
+def test_every_input_mode_segments(protocol, tmp_path: Path):
+    segmenter = Segmenter(ColourModel(), device="cpu", protocol=protocol)
+    rgba = np.concatenate([_halves(), np.full((40, 60, 1), 255, np.uint8)], axis=-1)
+    Image.fromarray(_halves()).save(tmp_path / "a.png")
+    inputs = [tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(_halves()), _halves(),
+              rgba, Image.fromarray(rgba, "RGBA"), _halves().astype(np.float64) / 255]
+    for item in inputs:
+        labels = segmenter.segment(item, ["red", "blue"]).labels
+        assert labels.shape == (40, 60)
+        assert (labels[:, :25] == 0).all() and (labels[:, 35:] == 1).all()
+
+
+def test_tiny_images():
+    segmenter = Segmenter(ColourModel(), device="cpu")
+    assert segmenter.segment(np.zeros((1, 1, 3), np.uint8), "red, blue").labels.shape == (1, 1)
+    result = segmenter.segment(_halves(2, 3), "red, blue")
+    assert result.labels.shape == (2, 3)
+    assert result.labels[0, 0] == 0 and result.labels[0, 2] == 1
+    assert result.overlay().width >= 384
+
+
+def test_large_image_is_processed_at_the_working_size():
+    segmenter = Segmenter(ColourModel(), device="cpu", max_side=30)
+    result = segmenter.segment(_halves(40, 60), "red, blue", return_probs=True)
+    assert result.info["working_size"] == [20, 30]
+    assert result.labels.shape == (40, 60)
+    assert result.probs.shape == (2, 20, 30)
+    assert (result.labels[:, :26] == 0).all() and (result.labels[:, 34:] == 1).all()
+    small = result.probs.argmax(0)
+    np.testing.assert_array_equal(result.labels[::2, ::2], small)
+
+
+def test_text_features_are_cached_per_vocabulary():
+    model = ColourModel()
+    segmenter = Segmenter(model, device="cpu", protocol="single")
+    segmenter.segment(_halves(), "red, blue")
+    segmenter.segment(_halves(8, 8), ["red", "blue"])
+    assert model.text_calls == 1
+    segmenter.segment(_halves(), "blue, red")
+    assert model.text_calls == 2
+
+
+def test_memory_budget_sets_the_class_chunk():
+    model = ColourModel(crop=48)
+    segmenter = Segmenter(model, device="cpu", memory_budget_mb=0.001)
+    result = segmenter.segment(_halves(), "red, green, blue")
+    assert model.calls[-1]["class_chunk"] == 1 and result.info["class_chunk"] == 1
+    Segmenter(model, device="cpu", memory_budget_mb=None).segment(_halves(), "red, green, blue")
+    assert model.calls[-1]["class_chunk"] is None
+
+
+def test_top256_sets_and_restores_the_model_truncation():
+    model = ColourModel(truncation=True)
+    segmenter = Segmenter(model, device="cpu", protocol="single")
+    names = [f"class {i}" for i in range(300)]
+    result = segmenter.segment(_halves(8, 8), names, class_mode="top256")
+    assert model.calls[-1]["class_truncation"] == 256
+    assert model.cfg.class_truncation is None
+    assert result.info["class_mode"] == "top256" and result.info["truncated"] is True
+    result = segmenter.segment(_halves(8, 8), names)
+    assert model.calls[-1]["class_truncation"] is None and result.info["truncated"] is False
+
+
+def test_top256_needs_a_model_with_truncation():
+    segmenter = Segmenter(ColourModel(), device="cpu")
+    with pytest.raises(ValueError, match="this stub model supports class_mode 'exact' only"):
+        segmenter.segment(_halves(), "red, blue", class_mode="top256")
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="unknown protocol 'tiles'; choose one of sliding, single"):
+        Segmenter(ColourModel(), device="cpu", protocol="tiles")
+    with pytest.raises(ValueError, match="unknown class_mode 'top100'"):
+        Segmenter(ColourModel(), device="cpu").segment(_halves(), "red", class_mode="top100")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_gpu_is_reported():
+    with pytest.raises(ValueError, match="device 'cuda' requested but no CUDA GPU is available"):
+        resolve_device("cuda")
+
+
+def test_half_precision_autocast_runs():
+    result = Segmenter(ColourModel(), device="cpu", half=True).segment(_halves(), "red, blue")
+    assert (result.labels[:, :25] == 0).all()
+
+
+def test_model_paths(tmp_path: Path, monkeypatch):
+    with pytest.raises(ModelNotFoundError, match=r"model path '.*nope' does not exist"):
+        resolve_model_path(tmp_path / "nope")
+    monkeypatch.setitem(inference.MODEL_NAMES, "default", "not-shipped")
+    with pytest.raises(ModelNotFoundError, match="the bundled model 'default' is not part of this installation"):
+        Segmenter.from_pretrained(None)
+    assert resolve_model_path(tmp_path) == tmp_path
+
+
+def test_save_writes_three_files(tmp_path: Path):
+    result = Segmenter(ColourModel(), device="cpu").segment(_halves(), "red; blue, navy")
+    paths = result.save(tmp_path / "out", name="halves")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["halves.json", "halves_labels.png", "halves_overlay.png"]
+    labels = np.asarray(Image.open(paths["labels"]))
+    np.testing.assert_array_equal(labels, result.labels)
+    data = json.loads(paths["json"].read_text())
+    assert [c["name"] for c in data["classes"]] == ["red", "blue"]
+    assert data["classes"][1]["entry"] == "blue, navy"
+    assert sum(c["fraction"] for c in data["classes"]) == pytest.approx(1.0)
+
+
+def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch):
+    result = Segmenter(ColourModel(), device="cpu").segment(_halves(), "red, blue")
+
+    def broken_json(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(inference.SegmentationResult, "to_dict", broken_json)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        result.save(tmp_path, name="x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chunked_and_unchunked_real_model_agree():
+    factory = pytest.importorskip("escnet.models.factory")
+    torch.manual_seed(0)
+    model = factory.create_model("escnet", "tiny")
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    classes = "cat, grass, sky, road"
+    whole = Segmenter(model, device="cpu", protocol="single", memory_budget_mb=None)
+    chunked = Segmenter(model, device="cpu", protocol="single", memory_budget_mb=1.2)  # 2 classes a pass
+    whole, chunked = (s.segment(image, classes, return_probs=True) for s in (whole, chunked))
+    assert chunked.info["class_chunk"] == 2 and whole.info["class_chunk"] is None
+    np.testing.assert_array_equal(chunked.labels, whole.labels)
+    np.testing.assert_allclose(chunked.probs, whole.probs, atol=1e-5, rtol=0)
