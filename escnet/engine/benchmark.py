@@ -133,7 +133,7 @@ def _vocab_job(t: int, budget_mb: int, device: str, q) -> None:
         names = [f"class {i}" for i in range(t)]
         image = (torch.rand(480, 640, 3) * 255).to(torch.uint8).numpy()
         text_t0 = time.perf_counter()
-        seg.encode_classes(names)
+        seg.text_features(names)
         text_s = time.perf_counter() - text_t0
         t0 = time.perf_counter()
         res = seg.segment(image, names)

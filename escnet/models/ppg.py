@@ -107,20 +107,32 @@ def generate_pseudo_prompts(
     else:
         raise ValueError(f"unknown PPG init {init!r} (expected 'farthest' or 'top')")
 
+    ys, xs = coords[:, 0], coords[:, 1]
     fgf = fg.float()
-    big = torch.tensor(float("inf"), device=corr.device)
-    for _ in range(iters):  # fixed iteration count (Lloyd's algorithm), batched over all maps
-        d = ((coords[None, :, None] - centres[:, None]) ** 2).sum(-1)  # (N, L, K)
-        d = torch.where(alive[:, None], d, big)
-        onehot = torch.nn.functional.one_hot(d.argmin(-1), k).float() * fgf[..., None]  # (N, L, K)
-        mass = onehot.sum(1)  # (N, K)
-        new = torch.einsum("nlk,lc->nkc", onehot, coords) / mass.clamp(min=1)[..., None]
-        alive = alive & (mass > 0)
-        centres = torch.where(alive[..., None], new, centres)
 
-    d = ((coords[None, :, None] - centres[:, None]) ** 2).sum(-1)
-    d = torch.where(alive[:, None], d, big)
-    assign = torch.nn.functional.one_hot(d.argmin(-1), k).bool() & fg[..., None]  # (N, L, K)
+    def nearest(centres: Tensor, alive: Tensor) -> Tensor:
+        """(N, K, 2) centres -> (N, L) index of the nearest live centre.
+
+        A running minimum over the K (fixed, 5) centres: each step is one (N, L) tensor op, several
+        times faster on CPU than argmin over a short axis of an (N, L, K) tensor.
+        """
+        best = torch.full((n, ys.numel()), float("inf"), device=corr.device)
+        index = torch.zeros(n, ys.numel(), dtype=torch.long, device=corr.device)
+        for j in range(k):
+            d = (ys[None] - centres[:, j, 0:1]) ** 2 + (xs[None] - centres[:, j, 1:2]) ** 2
+            closer = alive[:, j:j + 1] & (d < best)
+            best = torch.where(closer, d, best)
+            index = torch.where(closer, j, index)
+        return index
+
+    for _ in range(iters):  # fixed iteration count (Lloyd's algorithm), batched over all maps
+        assign = nearest(centres, alive)
+        mass = torch.zeros(n, k, device=corr.device).scatter_add_(1, assign, fgf)  # (N, K)
+        sums = torch.stack([torch.zeros(n, k, device=corr.device).scatter_add_(1, assign, fgf * c) for c in (ys, xs)], -1)
+        alive = alive & (mass > 0)
+        centres = torch.where(alive[..., None], sums / mass.clamp(min=1)[..., None], centres)
+
+    assign = torch.nn.functional.one_hot(nearest(centres, alive), k).bool() & fg[..., None]  # (N, L, K)
     valid = assign.any(1)  # (N, K)
 
     # Region-filtered probability map (paper Fig. 3 (e)); the point is its argmax within each region.
