@@ -1,0 +1,240 @@
+"""`escnet prepare`: official raw downloads -> detectron2-style benchmark layouts.
+
+Each benchmark's converter (``prepare_ade.py``, ``prepare_coco.py``, ``prepare_pascal.py``) reads
+the raw download in its real folder names and formats under ``$DETECTRON2_DATASETS`` (default
+``./datasets``) and writes the label files that `escnet.data.datasets` reads, with the label
+conversions of the standard open-vocabulary benchmarks (CAT-Seg's ``datasets/prepare_*.py``,
+MaskFormer's ``prepare_ade20k_full_sem_seg.py``).
+
+Safety of re-runs: every output file is written under a temporary name and renamed into place, so
+a file that exists under its final name is complete; an interrupted run leaves only temporary
+files, which the next run deletes. Files that exist are skipped (``--force`` rewrites them), and a
+marker ``.escnet-prepared.json`` is written into an output folder last, after all its files; a
+folder with a marker is skipped as a whole.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from escnet.data.datasets import datasets_root
+
+MARKER = ".escnet-prepared.json"
+_TMP_TAG = ".escnet-tmp-"
+MARKER_VERSION = 1
+
+# name -> (module, function); each function takes (root: Path, workers: int, force: bool) -> dict
+CONVERTERS = {
+    "coco-stuff": ("escnet.data.prepare_coco", "prepare_coco_stuff"),
+    "ade150": ("escnet.data.prepare_ade", "prepare_ade150"),
+    "ade847": ("escnet.data.prepare_ade", "prepare_ade847"),
+    "pc59": ("escnet.data.prepare_pascal", "prepare_pc59"),
+    "pc459": ("escnet.data.prepare_pascal", "prepare_pc459"),
+    "voc": ("escnet.data.prepare_pascal", "prepare_voc"),
+}
+
+
+class PrepareError(RuntimeError):
+    """A raw download that cannot be converted; the message names the file or folder."""
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic output, markers, progress
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_array(arr: np.ndarray, path: Path, fmt: str, **params) -> None:
+    """Save an image array atomically; ``fmt`` is a PIL format ("PNG", "TIFF", "JPEG")."""
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format=fmt, **params))
+
+
+def remove_stale_tmp(folder: Path) -> int:
+    """Delete temporary files an interrupted run left in ``folder``; returns how many."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TMP_TAG in p.name and p.name.startswith("."):
+                p.unlink()
+                n += 1
+    return n
+
+
+def is_prepared(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def mark_prepared(folder: Path, info: dict) -> None:
+    payload = json.dumps({"escnet_prepare_version": MARKER_VERSION, **info}, indent=1)
+    atomic_write(folder / MARKER, lambda tmp: tmp.write_text(payload))
+
+
+def start_output(folder: Path, force: bool) -> bool:
+    """Create ``folder`` and clean it of temporaries; False if a marker says it is complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(folder)
+    if force:
+        (folder / MARKER).unlink(missing_ok=True)
+        return True
+    return not is_prepared(folder)
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int, desc: str) -> list:
+    """``[fn(job) for job in jobs]`` with a progress bar, in ``workers`` processes if > 1."""
+    bar = dict(total=len(jobs), desc=desc, unit="file", disable=None, dynamic_ncols=True)
+    if workers <= 1 or len(jobs) < 2:
+        return [fn(job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        try:
+            return list(tqdm(pool.map(fn, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers)))), **bar))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def summarize(results: Iterable[str]) -> dict:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r] = counts.get(r, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# reading raw files with clear errors
+
+
+def open_array(path: Path, what: str = "file") -> np.ndarray:
+    """``np.array(Image.open(path))`` or a `PrepareError` naming the file."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im)
+    except FileNotFoundError:
+        raise PrepareError(f"{what} {path} not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PrepareError(f"cannot read {what} {path}: {exc}") from None
+
+
+def require_dir(path: Path, hint: str) -> Path:
+    if not path.is_dir():
+        raise PrepareError(f"folder {path} not found; {hint}")
+    return path
+
+
+def require_file(path: Path, hint: str) -> Path:
+    if not path.is_file():
+        raise PrepareError(f"file {path} not found; {hint}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenCV-compatible resizing (MaskFormer resizes ADE-847 with cv2; we do not depend on OpenCV)
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """Source index of each output index under cv2.INTER_NEAREST: floor(x / (dst / src)), clamped.
+
+    OpenCV computes the inverse scale as ``1. / (dst / src)`` in double precision and floors
+    ``x * that``; doing the same arithmetic keeps the chosen rows/columns identical at the
+    boundaries where ``x * src / dst`` is an integer.
+    """
+    inv = 1.0 / (dst / src)
+    return np.minimum(np.floor(np.arange(dst, dtype=np.float64) * inv).astype(np.int64), src - 1)
+
+
+def resize_nearest(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, ...) -> (height, width, ...) exactly as cv2.resize(..., INTER_NEAREST)."""
+    return arr[nearest_indices(arr.shape[0], height)][:, nearest_indices(arr.shape[1], width)]
+
+
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    inv = 1.0 / (dst / src)
+    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * inv - 0.5).astype(np.float32)
+    i0 = np.floor(pos).astype(np.int64)
+    frac = (pos - i0).astype(np.float64)
+    low = i0 < 0
+    frac[low], i0[low] = 0.0, 0
+    high = i0 >= src - 1
+    frac[high], i0[high] = 0.0, src - 1
+    return i0, np.minimum(i0 + 1, src - 1), frac
+
+
+def resize_bilinear_uint8(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W[, C]) uint8 -> (height, width[, C]) with cv2.INTER_LINEAR's sampling grid
+    (half-pixel centres, edge clamping, no antialiasing). OpenCV rounds 11-bit fixed-point
+    weights, so a pixel may differ from cv2's by 1 grey level; labels never go through this."""
+    y0, y1, fy = _linear_taps(img.shape[0], height)
+    x0, x1, fx = _linear_taps(img.shape[1], width)
+    f = img.astype(np.float64)
+    fy = fy.reshape((-1,) + (1,) * (img.ndim - 1))
+    fx = fx.reshape((-1,) + (1,) * (img.ndim - 2))
+    rows = f[y0] * (1.0 - fy) + f[y1] * fy
+    out = rows[:, x0] * (1.0 - fx) + rows[:, x1] * fx
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def short_side_size(height: int, width: int, max_size: int = 512) -> tuple[int, int] | None:
+    """MaskFormer's ADE-847 rule: if the short side exceeds ``max_size``, scale it to ``max_size``
+    (long side ``round(long / short * max_size)``, Python rounding); else None (keep the size)."""
+    if width >= height > max_size:
+        return max_size, round(width / float(height) * max_size)
+    if height >= width > max_size:
+        return round(height / float(width) * max_size), max_size
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, force: bool = False) -> dict:
+    """Prepare one benchmark (a key of `CONVERTERS`); returns a summary dict."""
+    if name not in CONVERTERS:
+        raise PrepareError(f"unknown benchmark {name!r}; choose from {', '.join(CONVERTERS)}")
+    module, func = CONVERTERS[name]
+    return getattr(importlib.import_module(module), func)(datasets_root(root), max(1, workers), force)
+
+
+def _run(args: argparse.Namespace) -> int:
+    names = list(CONVERTERS) if args.dataset == "all" else [args.dataset]
+    for name in names:
+        try:
+            summary = prepare(name, args.root, args.workers, args.force)
+        except PrepareError as exc:
+            print(f"escnet prepare {name}: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"escnet prepare {name}: {json.dumps(summary)}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="convert a benchmark's raw download into the layout `escnet evaluate` reads",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", choices=[*CONVERTERS, "all"],
+                   help="benchmark to prepare ('voc' makes VOC-20 and VOC-20b)")
+    p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--force", action="store_true", help="rewrite outputs that already exist")
+    p.set_defaults(func=_run)

@@ -1,0 +1,198 @@
+"""`escnet evaluate`: mIoU of a model on a benchmark or a user folder, the paper's Table 1 protocol.
+
+One confusion matrix is accumulated over the whole set (escnet.engine.metrics) and every number is
+computed from it: mIoU under both formulas in use (detectron2 main: the default; detectron2 v0.6 /
+mmseg), fwIoU, mACC, pACC and a per-class table. ``results.json`` and ``confusion_matrix.npy`` are
+written so the numbers can be recomputed (`escnet.engine.metrics.compute_metrics`).
+
+Under ``torchrun`` each process takes every world-size-th image (rank::world), the matrices are
+summed with all_reduce (gloo on CPU, nccl on CUDA) and rank 0 writes the outputs; the numbers are
+identical to a single-process run because the matrix is a sum of per-image counts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
+from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
+from escnet.weights.common import WeightsError
+
+MATRIX_LAYOUT = (
+    "(T+1, T+1) int64; [p, g] = pixels predicted as class p with ground truth g; "
+    "last column = pixels whose ground truth is the ignore label (not used by any metric)"
+)
+
+
+class EvaluationError(RuntimeError):
+    """A prediction that cannot be scored (wrong shape or class range); names the image."""
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate(
+    segmenter,
+    dataset: SegDataset,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> dict:
+    """Run ``segmenter`` over ``dataset`` and score it.
+
+    Args:
+        segmenter: anything with ``segment(image (H, W, 3) uint8, classes: list[str])`` returning
+            an object with ``labels`` (H, W) integer class indices into ``classes`` (or that array).
+        dataset: a `SegDataset` (benchmark or custom folder).
+        output_dir: where rank 0 writes ``results.json`` and ``confusion_matrix.npy`` (None: nowhere).
+        limit: score only the first ``limit`` images (quick checks; recorded in the results).
+        progress: show a progress bar on rank 0.
+        meta: extra fields for results.json (model path, protocol, ...).
+
+    Returns the results dict (the same on every rank): `compute_metrics` fields plus run info.
+    """
+    rank, world = _rank_world()
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = range(rank, n, world)
+    classes = dataset.prompt_classes
+    cm = ConfusionMatrix(dataset.num_classes, dataset.ignore_label)
+    # disable=None: tqdm shows the bar only on a terminal; other ranks stay quiet.
+    bar = tqdm(indices, desc=f"evaluate {Path(dataset.name).name}", unit="img",
+               disable=(not progress) or rank != 0 or None, dynamic_ncols=True)
+    start = time.perf_counter()
+    for i in bar:
+        image_path, label_path = dataset.items[i]
+        image, gt = dataset[i]
+        result = segmenter.segment(image, classes)
+        pred = np.asarray(getattr(result, "labels", result))
+        if pred.shape != gt.shape:
+            raise EvaluationError(
+                f"prediction for {image_path} has shape {pred.shape}, its label {label_path} has {gt.shape}"
+            )
+        if not np.issubdtype(pred.dtype, np.integer):
+            raise EvaluationError(f"prediction for {image_path} has dtype {pred.dtype}; expected integer class indices")
+        if pred.size and (pred.min() < 0 or pred.max() >= len(classes)):
+            raise EvaluationError(
+                f"prediction for {image_path} has class ids {pred.min()}..{pred.max()}, outside 0..{len(classes) - 1}"
+            )
+        if dataset.background_index is not None:
+            # VOC-20b: every class past the 20 VOC classes stands for the background.
+            pred = np.minimum(pred, dataset.background_index)
+        try:
+            cm.update(pred, gt, source=str(label_path))
+        except LabelRangeError as exc:
+            raise DatasetError(str(exc)) from None
+    seconds = time.perf_counter() - start
+    cm.all_reduce()
+    matrix = cm.numpy()
+    results = {
+        "dataset": dataset.name,
+        "num_images": n,
+        "limit": limit,
+        "world_size": world,
+        **(meta or {}),
+        **compute_metrics(matrix, dataset.class_names),
+        "confusion_matrix_layout": MATRIX_LAYOUT,
+        "seconds_rank0": round(seconds, 3),
+    }
+    if output_dir is not None and rank == 0:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "confusion_matrix.npy", matrix)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _init_distributed(device: str) -> tuple[bool, str]:
+    """Join the torchrun process group if launched by torchrun; returns (initialized here, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or torch.distributed.is_initialized():
+        return False, device
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+        torch.distributed.init_process_group("nccl")
+    else:
+        torch.distributed.init_process_group("gloo")
+    return True, device
+
+
+def load_dataset(spec: str, root: str | None = None, split: str = "val", classes: str | None = None,
+                 ignore_label: int = 255) -> SegDataset:
+    """A benchmark name (see escnet.data.datasets) or a custom dataset folder."""
+    if Path(spec).is_dir():
+        return load_custom_dataset(spec, class_file=classes, ignore_label=ignore_label)
+    return get_dataset(spec, root, split)
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    initialized, device = _init_distributed(device)
+    rank, _ = _rank_world()
+    try:
+        dataset = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
+        from escnet.engine.inference import Segmenter
+
+        segmenter = Segmenter.from_pretrained(args.model, device=device, protocol=args.protocol,
+                                              class_mode=args.class_mode)
+        output = args.output or str(Path("eval") / Path(dataset.name).name)
+        meta = {"model": str(args.model), "protocol": args.protocol, "class_mode": args.class_mode,
+                "split": args.split}
+        results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta)
+    except (DatasetError, EvaluationError, FileNotFoundError, WeightsError) as exc:
+        print(f"escnet evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if initialized:
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(format_table(results))
+        print(f"images: {results['num_images']}  results: {Path(output) / 'results.json'}  "
+              f"matrix: {Path(output) / 'confusion_matrix.npy'}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="mIoU (both formulas), fwIoU, mACC, pACC of a model on a benchmark or folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True,
+                   help="model folder in escnet's format (config.json + model.safetensors) or a CAT-Seg .pth checkpoint")
+    p.add_argument("--dataset", required=True,
+                   help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, "
+                        "or a folder with images/, labels/, classes.txt")
+    p.add_argument("--protocol", choices=["sliding", "single"], default="sliding",
+                   help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")
+    p.add_argument("--class-mode", choices=["exact", "top256"], default="exact",
+                   help="exact: score every class (bounded memory); top256: CAT-Seg's truncation for "
+                        "large vocabularies (ADE-847, PC-459), needs a CAT-Seg model")
+    p.add_argument("--split", default="val", help="benchmark split (coco-stuff also has 'train')")
+    p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument("--classes", default=None, help="class file of a custom dataset (default: <folder>/classes.txt)")
+    p.add_argument("--ignore-label", type=int, default=255, help="ignore value of a custom dataset's labels")
+    p.add_argument("--output", default=None,
+                   help="folder for results.json and confusion_matrix.npy (default: eval/<dataset>)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.set_defaults(func=_run)

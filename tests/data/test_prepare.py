@@ -1,0 +1,76 @@
+"""Shared prepare machinery: atomic writes, markers, cv2-compatible resizing, the CLI."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from escnet.cli import main
+from escnet.data import prepare as P
+
+
+def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
+    target = tmp_path / "out.png"
+
+    def crash(tmp):
+        tmp.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        P.atomic_write(target, crash)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_start_output_removes_stale_temporaries_and_honours_the_marker(tmp_path):
+    out = tmp_path / "labels"
+    out.mkdir()
+    (out / ".a.png.escnet-tmp-123").write_bytes(b"garbage")
+    (out / "a.png").write_bytes(b"kept")
+    assert P.start_output(out, force=False) is True
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    P.mark_prepared(out, {"dataset": "x"})
+    assert P.start_output(out, force=False) is False
+    assert P.start_output(out, force=True) is True and not (out / P.MARKER).exists()
+
+
+def test_nearest_indices_follow_opencv_not_pixel_centres():
+    # cv2.INTER_NEAREST: floor(x * src / dst); PIL's centre rule would give [0, 0, 1, 1, 1].
+    np.testing.assert_array_equal(P.nearest_indices(2, 5), [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(P.nearest_indices(5, 2), [0, 2])
+    # Shrinking by one row keeps rows 0..dst-1, i.e. drops only the last one.
+    np.testing.assert_array_equal(P.nearest_indices(513, 512), np.arange(512))
+
+
+def test_bilinear_matches_the_half_pixel_grid_within_one_level():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    out = P.resize_bilinear_uint8(img, 20, 31)
+    ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].double(), size=(20, 31),
+                        mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+    assert out.shape == (20, 31, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(float) - ref).max() <= 0.5 + 1e-9
+    grey = P.resize_bilinear_uint8(img[..., 0], 60, 70)
+    assert grey.shape == (60, 70)
+
+
+def test_short_side_rule():
+    assert P.short_side_size(513, 600) == (512, 599)
+    assert P.short_side_size(900, 700) == (658, 512)
+    assert P.short_side_size(512, 4000) is None
+    assert P.short_side_size(300, 200) is None
+
+
+def test_cli_reports_a_missing_download(tmp_path, capsys):
+    assert main(["prepare", "ade150", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "ADEChallengeData2016" in err and "not found" in err
+
+
+def test_open_array_names_an_unreadable_file(tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(P.PrepareError, match="x.png"):
+        P.open_array(bad, "annotation")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "ok.png")
+    assert P.open_array(tmp_path / "ok.png").shape == (2, 2)
