@@ -297,6 +297,8 @@ class Segmenter:
         self.max_side = max_side
         self.checkpoint: Optional[str] = None  # where the model came from, recorded in results
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
+        if class_mode == "top256":
+            self._check_truncation()
 
     @classmethod
     def from_pretrained(cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options) -> "Segmenter":
@@ -327,20 +329,23 @@ class Segmenter:
             self._text_cache.popitem(last=False)
         return feats
 
+    def _check_truncation(self) -> None:
+        if not hasattr(self.model.cfg, "class_truncation"):
+            raise ValueError(
+                f"class_mode 'top256' needs a model with CAT-Seg's class truncation; this "
+                f"{getattr(self.model.cfg, 'arch', type(self.model).__name__)} model supports class_mode 'exact' only"
+            )
+
     @contextlib.contextmanager
     def _truncation(self, class_mode: str):
         cfg = self.model.cfg
-        wanted = TOP_K if class_mode == "top256" else None
-        if not hasattr(cfg, "class_truncation"):
-            if wanted is not None:
-                raise ValueError(
-                    f"class_mode 'top256' needs a model with CAT-Seg's class truncation; "
-                    f"this {getattr(cfg, 'arch', type(self.model).__name__)} model supports class_mode 'exact' only"
-                )
+        if class_mode == "top256":
+            self._check_truncation()
+        elif not hasattr(cfg, "class_truncation"):
             yield
             return
         previous = cfg.class_truncation
-        cfg.class_truncation = wanted
+        cfg.class_truncation = TOP_K if class_mode == "top256" else None
         try:
             yield
         finally:

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet segment: error: cannot load model: {exc}", file=sys.stderr)
+        print(f"escnet segment: error: cannot use model: {exc}", file=sys.stderr)
         return 2
 
     done = 0

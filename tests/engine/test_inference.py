@@ -228,6 +228,8 @@ def test_top256_needs_a_model_with_truncation():
     segmenter = Segmenter(ColourModel(), device="cpu")
     with pytest.raises(ValueError, match="this stub model supports class_mode 'exact' only"):
         segmenter.segment(_halves(), "red, blue", class_mode="top256")
+    with pytest.raises(ValueError, match="this stub model supports class_mode 'exact' only"):
+        Segmenter(ColourModel(), device="cpu", class_mode="top256")
 
 
 def test_bad_options():
@@ -296,3 +298,21 @@ def test_chunked_and_unchunked_real_model_agree():
     assert chunked.info["class_chunk"] == 2 and whole.info["class_chunk"] is None
     np.testing.assert_array_equal(chunked.labels, whole.labels)
     np.testing.assert_allclose(chunked.probs, whole.probs, atol=1e-5, rtol=0)
+
+
+def test_catseg_checkpoint_exact_and_truncated(tmp_path: Path, monkeypatch):
+    factory = pytest.importorskip("escnet.models.factory")
+    torch.manual_seed(0)
+    factory.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path)
+    segmenter = Segmenter.from_pretrained(tmp_path, device="cpu", protocol="single")
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    classes = "cat, grass, sky, road, car"
+    exact = segmenter.segment(image, classes, return_probs=True)
+    assert segmenter.model.last_class_mode == "all" and exact.info["model"] == "catseg"
+    assert exact.probs.min() > 1e-6  # every class was scored
+    monkeypatch.setattr(inference, "TOP_K", 2)  # truncate a 5-class vocabulary to see the mechanism work
+    top = segmenter.segment(image, classes, class_mode="top256", return_probs=True)
+    assert segmenter.model.last_class_mode == "top2" and top.info["truncated"] is True
+    scored = (top.probs > 1e-6).any(axis=(1, 2))
+    assert scored.sum() == 2 and set(np.unique(top.labels)) <= set(np.flatnonzero(scored))
+    assert segmenter.model.cfg.class_truncation == 8  # the checkpoint's own setting is restored

@@ -96,6 +96,20 @@ def test_same_stem_gets_distinct_names(model_dir, tmp_path):
     assert {"x.json", "x_2.json"} <= set(_outputs(out))
 
 
+def test_catseg_checkpoint(tmp_path, capsys):
+    factory = pytest.importorskip("escnet.models.factory")
+    torch.manual_seed(0)
+    model_dir = factory.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path / "catseg")
+    image = tmp_path / "coffee.png"
+    Image.fromarray(skimage_data.coffee()[::8, ::8]).save(image)
+    out = tmp_path / "out"
+    assert main(["segment", str(image), "--classes", "cup, table, wall", "--model", str(model_dir), "--out", str(out),
+                 "--protocol", "single", "--class-mode", "top256", "--device", "cpu"]) == 0
+    info = json.loads((out / "coffee.json").read_text())["info"]
+    assert info["model"] == "catseg" and info["class_mode"] == "top256" and info["truncated"] is False
+    assert Image.open(out / "coffee_labels.png").size == (75, 50)
+
+
 def test_vocabulary_files_and_benchmarks(model_dir, tmp_path):
     image = tmp_path / "cat.png"
     Image.fromarray(skimage_data.chelsea()[::8, ::8]).save(image)
@@ -123,7 +137,15 @@ def test_bad_vocabulary_stops_before_any_work(classes, message, photos, tmp_path
 def test_missing_model_path(photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(photos), "--classes", "cat", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
-    assert f"cannot load model: model path '{tmp_path / 'nope'}' does not exist" in capsys.readouterr().err
+    assert f"cannot use model: model path '{tmp_path / 'nope'}' does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_top256_needs_a_catseg_model(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "--classes", "cat", "--model", str(model_dir), "--out", str(out),
+                 "--class-mode", "top256", "--device", "cpu"]) == 2
+    assert "this escnet model supports class_mode 'exact' only" in capsys.readouterr().err
     assert not out.exists()
 
 
