@@ -215,14 +215,17 @@ def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, 
 
 def _run(args: argparse.Namespace) -> int:
     names = list(CONVERTERS) if args.dataset == "all" else [args.dataset]
+    failed = 0
     for name in names:
         try:
             summary = prepare(name, args.root, args.workers, args.force)
         except PrepareError as exc:
+            # With "all", one missing download should not stop the others.
             print(f"escnet prepare {name}: error: {exc}", file=sys.stderr)
-            return 1
+            failed += 1
+            continue
         print(f"escnet prepare {name}: {json.dumps(summary)}")
-    return 0
+    return 1 if failed else 0
 
 
 def add_command(subparsers) -> None:

@@ -74,3 +74,14 @@ def test_open_array_names_an_unreadable_file(tmp_path):
         P.open_array(bad, "annotation")
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "ok.png")
     assert P.open_array(tmp_path / "ok.png").shape == (2, 2)
+
+
+def test_all_goes_on_past_missing_downloads(tmp_path, capsys):
+    base = tmp_path / "ADEChallengeData2016" / "annotations" / "validation"
+    base.mkdir(parents=True)
+    Image.fromarray(np.ones((2, 2), np.uint8)).save(base / "ADE_val_1.png")
+    assert main(["prepare", "all", "--root", str(tmp_path), "--workers", "1"]) == 1
+    out = capsys.readouterr()
+    assert "escnet prepare ade150: {" in out.out
+    assert out.err.count("error:") == len(P.CONVERTERS) - 1
+    assert (tmp_path / "ADEChallengeData2016" / "annotations_detectron2" / "validation" / "ADE_val_1.png").is_file()
