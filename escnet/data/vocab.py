@@ -105,7 +105,9 @@ def _from_json(text: str, source: str) -> list[str]:
     except json.JSONDecodeError as exc:
         raise VocabularyError(f"vocabulary file {source} is not valid JSON: {exc}") from None
     if not isinstance(data, list):
-        raise VocabularyError(f"vocabulary file {source} must hold a JSON list of class names, got {type(data).__name__}")
+        raise VocabularyError(
+            f"vocabulary file {source} must hold a JSON list of class names, got {type(data).__name__}"
+        )
     return _from_items(data, source)
 
 

@@ -54,9 +54,9 @@ CLASS_MODES = ("exact", "top256")
 TOP_K = 256
 SLIDING_OVERLAP = 0.333  # CAT-Seg's value; int(384 * (1 - 0.333)) = 256
 DEFAULT_MEMORY_BUDGET_MB = 2048
-# Rough peak activation bytes per class, per view, per crop pixel (float32), measured on the
-# decoder's last stages (~48-64 channels at a quarter of the crop, GroupNorm/ReLU copies and the
-# logits resized to the crop). Only sets the chunk size; it never changes the result.
+# Estimated peak activation bytes per class, per view, per crop pixel (float32): the decoder's
+# last stage holds ~48-64 channels at a quarter of the crop side plus GroupNorm/ReLU copies, and
+# the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
 
@@ -301,7 +301,9 @@ class Segmenter:
             self._check_truncation()
 
     @classmethod
-    def from_pretrained(cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options) -> "Segmenter":
+    def from_pretrained(
+        cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options
+    ) -> "Segmenter":
         """Load a saved checkpoint (escnet.models.factory.load_pretrained) or a bundled model."""
         from escnet.models.factory import load_pretrained
 

@@ -44,11 +44,13 @@ def add_command(subparsers) -> None:
     parser.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
                         help="exact: score every class (default); top256: CAT-Seg's truncation (CAT-Seg models)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--half", action="store_true", help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
+    parser.add_argument("--half", action="store_true",
+                        help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
     parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
                         help="per-class activation memory for exact mode; sets the class chunk (default %(default)s)")
     parser.add_argument("--max-side", type=int, default=MAX_SIDE,
-                        help="images with a longer side are processed at this size, labels upsampled back (default %(default)s)")
+                        help="images with a longer side are processed at this size and their labels "
+                             "upsampled back (default %(default)s)")
     parser.set_defaults(func=run)
 
 

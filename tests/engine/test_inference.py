@@ -97,7 +97,8 @@ def test_sliding_window_crops_and_averaging():
         assert probs[0, y, x].item() == pytest.approx((crops_mean + 0.5) / 2, abs=1e-6), (y, x)
 
     # Class 1 reproduces the red channel: every crop agrees with the image wherever it lies.
-    global_red = F.interpolate(global_view[None, :1] / 255, size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    global_red = F.interpolate(global_view[None, :1] / 255, size=(side, side), mode="bilinear", align_corners=False)
+    global_red = global_red[0, 0]
     torch.testing.assert_close(probs[1], (image[0] / 255 + global_red) / 2, atol=1e-5, rtol=0)
 
 
@@ -265,7 +266,8 @@ def test_model_paths(tmp_path: Path, monkeypatch):
 def test_save_writes_three_files(tmp_path: Path):
     result = Segmenter(ColourModel(), device="cpu").segment(_halves(), "red; blue, navy")
     paths = result.save(tmp_path / "out", name="halves")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["halves.json", "halves_labels.png", "halves_overlay.png"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["halves.json", "halves_labels.png", "halves_overlay.png"]
     labels = np.asarray(Image.open(paths["labels"]))
     np.testing.assert_array_equal(labels, result.labels)
     data = json.loads(paths["json"].read_text())
