@@ -34,7 +34,7 @@ def _model_job(arch: str, preset: str, t: int, protocol: str, device: str, repea
 
         torch.manual_seed(0)
         over = {"class_truncation": None} if arch == "catseg" else {}
-        model = create_model(arch, preset, **over).eval().to(device)
+        model = create_model(arch, preset, **over).eval().requires_grad_(False).to(device)
         crop = model.cfg.crop_size
         views = torch.rand(VIEWS[protocol], 3, crop, crop, device=device) * 255
         text = torch.nn.functional.normalize(torch.randn(t, model.cfg.clip.embed_dim, device=device), dim=-1)

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from escnet.models.clip import CLIP, CLIPConfig
-from escnet.models.common import CLIPBackedModel
-from escnet.models.escnet import CLIP_MEAN, CLIP_STD
+from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel
 from escnet.models.swin import ClassAttentionLayer, SwinBlockPair
 
 

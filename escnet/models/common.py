@@ -8,6 +8,10 @@ from torch import Tensor, nn
 
 from escnet.models.tokenizer import tokenize
 
+# CLIP's pixel statistics on the 0..255 scale (DESIGN.md).
+CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
+CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
+
 
 def first_synonym(name: str) -> str:
     """'building, edifice' -> 'building' (DESIGN.md: text features use the first synonym)."""

@@ -21,11 +21,9 @@ from escnet.models.clip import CLIP, CLIPConfig
 from escnet.models.decoder import Decoder, SkipProjector
 from escnet.models.ppg import generate_pseudo_prompts
 from escnet.models.sam import LayerNorm2d, PromptEncoder, TwoWayTransformer
-from escnet.models.common import CLIPBackedModel
+from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel
 from escnet.models.vlf import VLFBlock
 
-CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
-CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 
 
 @dataclass
