@@ -1,0 +1,24 @@
+"""The benchmark command runs end to end (numbers are not asserted: performance is a benchmark, not a test)."""
+import json
+
+from escnet.cli import main
+from escnet.engine.benchmark import bench_ppg
+
+
+def test_ppg_benchmark_reports_both_timings():
+    res = bench_ppg(t=8, repeats=1)
+    assert res["T"] == 8 and res["batched_ms"] > 0 and res["sklearn_loop_ms"] > 0
+    assert res["speedup"] == res["sklearn_loop_ms"] / res["batched_ms"]
+
+
+def test_models_benchmark_measures_both_architectures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--what", "models", "--sizes", "tiny", "--classes", "3", "--protocols", "single",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["models"]
+    assert [r["arch"] for r in rows] == ["escnet", "catseg"]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["gflops"] > 0 and r["latency_s"] > 0 and r["peak_mem_MiB"] > 0 and r["params_M"] > 0
+    table = capsys.readouterr().out
+    assert "ESC/CAT GFLOPs" in table and "| tiny | 3 | single | escnet |" in table
