@@ -12,9 +12,12 @@ import sys
 _COMMANDS = [
     "escnet.data.prepare",
     "escnet.engine.evaluate",
+    "escnet.engine.train",
     "escnet.engine.segment",
     "escnet.engine.info",
     "escnet.engine.benchmark",
+    "escnet.engine.convert",
+    "escnet.demo",
 ]
 
 

@@ -1,0 +1,35 @@
+"""`escnet convert`: public weights -> escnet's format (config.json + model.safetensors).
+
+    escnet convert --catseg model_large.pth --out catseg-vitl14/
+        a public CAT-Seg checkpoint, ready for `escnet segment --model catseg-vitl14/`
+    escnet convert --preset vitb16 --clip ViT-B-16.pt --sam sam_vit_b_01ec64.pth --out escnet-init/
+        the ESC-Net training initialisation: CLIP (OpenAI / open_clip / HF, or a CAT-Seg .pth whose
+        fine-tuned CLIP is the better warm start) + SAM's decoder pieces copied into every ESC block
+"""
+from __future__ import annotations
+
+from escnet.models.factory import PRESETS, build_escnet_init, count_parameters, load_pretrained, save_pretrained
+
+
+def run(args) -> int:
+    if args.catseg:
+        if args.clip or args.sam:
+            raise SystemExit("escnet convert: --catseg converts a CAT-Seg checkpoint on its own; drop --clip/--sam")
+        model = load_pretrained(args.catseg)
+    else:
+        if not args.clip:
+            raise SystemExit("escnet convert: give --catseg FILE, or --clip FILE (and --sam FILE) for an ESC-Net init")
+        model = build_escnet_init(args.preset, args.clip, args.sam)
+    out = save_pretrained(model, args.out)
+    print(f"wrote {model.cfg.arch} ({count_parameters(model)['total'] / 1e6:.1f} M parameters) to {out}")
+    return 0
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("convert", help="public CAT-Seg checkpoints or CLIP + SAM files -> escnet's format")
+    p.add_argument("--catseg", help="a CAT-Seg checkpoint (model_base.pth / model_large.pth)")
+    p.add_argument("--clip", help="CLIP weights (OpenAI .pt, open_clip, HF folder/.safetensors) or a CAT-Seg .pth")
+    p.add_argument("--sam", help="SAM weights (sam_vit_{b,l,h}.pth or an HF SamModel folder/.safetensors)")
+    p.add_argument("--preset", default="vitb16", choices=PRESETS, help="ESC-Net size for --clip/--sam")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run)
