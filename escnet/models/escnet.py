@@ -10,7 +10,7 @@ Data flow for B images, T classes, a g x g token grid (g = 24 at the paper's siz
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +69,21 @@ class ESCNetConfig:
     skip_dims: tuple[int, int] = (256, 128)
     skip_proj_dims: tuple[int, int] = (32, 16)
 
+    _CHOICES = {"ppg_threshold": ("relative", "uniform"), "ppg_init": ("farthest", "top"),
+                "ppg_source": ("stem_inverse", "initial"), "mask_combine": ("sum", "union"),
+                "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none")}
+
+    def __post_init__(self) -> None:
+        for name in ("decoder_dims", "skip_dims", "skip_proj_dims", "pixel_mean", "pixel_std"):
+            setattr(self, name, tuple(getattr(self, name)))
+        for name, allowed in self._CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ESCNetConfig.{name} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.hidden_dim % self.heads:
+            raise ValueError(f"ESCNetConfig: hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}")
+        if self.crop_size % self.grid:
+            raise ValueError(f"ESCNetConfig: crop_size {self.crop_size} is not a multiple of the token grid {self.grid}")
+
     @classmethod
     def preset(cls, name: str, **overrides) -> ESCNetConfig:
         """`vitb16` / `vitl14` (paper sizes) or `tiny` (CPU tests and the synthetic benchmark)."""
@@ -82,11 +97,10 @@ class ESCNetConfig:
                       skip_proj_dims=(8, 4))
         else:
             raise ValueError(f"unknown ESC-Net preset {name!r}; choose from vitb16, vitl14, tiny")
-        for key, value in overrides.items():
-            if not hasattr(cfg, key):
-                raise ValueError(f"unknown ESC-Net config field {key!r}")
-            setattr(cfg, key, value)
-        return cfg
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ESC-Net config field {unknown[0]!r}")
+        return dataclasses.replace(cfg, **overrides)
 
     @property
     def grid(self) -> int:
