@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -297,6 +298,7 @@ class Segmenter:
         self.max_side = max_side
         self.checkpoint: Optional[str] = None  # where the model came from, recorded in results
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
+        self._text_lock = threading.Lock()  # the demo serves requests from several threads
         if class_mode == "top256":
             self._check_truncation()
 
@@ -321,14 +323,15 @@ class Segmenter:
     def text_features(self, entries: list[str]) -> torch.Tensor:
         """(T, D) text features of the vocabulary entries, cached by the entry tuple."""
         key = tuple(entries)
-        if key in self._text_cache:
-            self._text_cache.move_to_end(key)
-            return self._text_cache[key]
-        with torch.no_grad(), self._autocast():
-            feats = self.model.encode_text(list(entries)).float()
-        self._text_cache[key] = feats
-        if len(self._text_cache) > _TEXT_CACHE_SIZE:
-            self._text_cache.popitem(last=False)
+        with self._text_lock:
+            if key in self._text_cache:
+                self._text_cache.move_to_end(key)
+                return self._text_cache[key]
+            with torch.no_grad(), self._autocast():
+                feats = self.model.encode_text(list(entries)).float()
+            self._text_cache[key] = feats
+            if len(self._text_cache) > _TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
         return feats
 
     def _check_truncation(self) -> None:
