@@ -146,10 +146,11 @@ def test_parameter_counts(preset, paper):
     assert total > 100
 
 
+@pytest.mark.parametrize("arch", ["escnet", "catseg"])
 @pytest.mark.parametrize("preset", ["vitb16", "vitl14"])
-def test_paper_size_shapes(preset):
+def test_paper_size_shapes(arch, preset):
     torch.manual_seed(0)
-    model = create_model("escnet", preset).eval()
+    model = create_model(arch, preset).eval()
     images = torch.rand(1, 3, 384, 384) * 255
     text = torch.nn.functional.normalize(torch.randn(2, model.cfg.clip.embed_dim), dim=-1)
     with torch.no_grad():
