@@ -1,9 +1,10 @@
 """`escnet benchmark`: ESC-Net vs CAT-Seg side by side in one run.
 
 Sections (pick with --what):
-  models  parameters, forward GFLOPs (torch.utils.flop_counter, machine-independent), latency and peak
-          memory for each (size, T, protocol); every measurement runs in a fresh subprocess so the
-          peak RSS (CPU) / peak allocated (CUDA) belongs to that configuration alone.
+  models  parameters and forward GFLOPs (torch.utils.flop_counter on the meta device: exact and
+          machine-independent) for each (size, T, protocol); latency and peak memory for the T in
+          --latency-classes, each measured in a fresh subprocess so the peak RSS (CPU) / peak
+          allocated (CUDA) belongs to that configuration alone.
   ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
   vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
 Results print as a Markdown table and can be saved as JSON (--json).
@@ -27,31 +28,41 @@ def _peak_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _model_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, flops: bool, q) -> None:
-    """Runs in a child process: build the model, time forward passes, count FLOPs once."""
-    try:
-        from escnet.models.factory import count_parameters, create_model
+def _build(arch: str, preset: str):
+    from escnet.models.factory import create_model
 
+    over = {"class_truncation": None} if arch == "catseg" else {}  # exact all-class scoring for both
+    return create_model(arch, preset, **over).eval().requires_grad_(False)
+
+
+def count_gflops(arch: str, preset: str, t: int, views: int) -> float:
+    """Forward GFLOPs (matmul, convolution, attention; torch.utils.flop_counter) on the meta device:
+    shapes only, so it is exact, machine-independent and takes seconds even at ViT-L, 5 views."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = _build(arch, preset)
+        crop = model.cfg.crop_size
+        images = torch.empty(views, 3, crop, crop)
+        text = torch.empty(t, model.cfg.clip.embed_dim)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(images, text)
+    return counter.get_total_flops() / 1e9
+
+
+def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, q) -> None:
+    """Runs in a child process, so the peak memory it reports belongs to this configuration alone."""
+    try:
         torch.manual_seed(0)
-        over = {"class_truncation": None} if arch == "catseg" else {}
-        model = create_model(arch, preset, **over).eval().requires_grad_(False).to(device)
+        model = _build(arch, preset).to(device)
         crop = model.cfg.crop_size
         views = torch.rand(VIEWS[protocol], 3, crop, crop, device=device) * 255
         text = torch.nn.functional.normalize(torch.randn(t, model.cfg.clip.embed_dim, device=device), dim=-1)
-        res = {"arch": arch, "preset": preset, "T": t, "protocol": protocol, "device": device,
-               "params_M": count_parameters(model)["total"] / 1e6}
         with torch.inference_mode():
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            if flops:  # the counted pass doubles as the warm-up
-                from torch.utils.flop_counter import FlopCounterMode
-
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    model(views, text)
-                res["gflops"] = counter.get_total_flops() / 1e9
-            else:
-                model(views, text)
+            model(views, text)  # warm-up
             times = []
             for _ in range(repeats):
                 if device.startswith("cuda"):
@@ -61,11 +72,9 @@ def _model_job(arch: str, preset: str, t: int, protocol: str, device: str, repea
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-        res["latency_s"] = min(times)
-        res["peak_mem_MiB"] = _peak_mib(device)
-        q.put(res)
+        q.put({"latency_s": min(times), "peak_mem_MiB": _peak_mib(device)})
     except Exception as e:  # noqa: BLE001 - reported in the table instead of killing the whole run
-        q.put({"arch": arch, "preset": preset, "T": t, "protocol": protocol, "error": f"{type(e).__name__}: {e}"})
+        q.put({"error": f"{type(e).__name__}: {e}"})
 
 
 def _in_subprocess(target, *args) -> dict:
@@ -78,16 +87,27 @@ def _in_subprocess(target, *args) -> dict:
     return res
 
 
-def bench_models(presets, classes, protocols, device, repeats, flops=True) -> list[dict]:
+def bench_models(presets, classes, protocols, device, repeats, latency_classes=None) -> list[dict]:
+    """One row per (size, T, protocol, arch), ESC-Net and CAT-Seg adjacent. Latency and peak memory
+    are measured for T in `latency_classes` (default: all of `classes`; empty: none)."""
+    from escnet.models.factory import count_parameters
+
+    latency_classes = classes if latency_classes is None else latency_classes
     rows = []
     for preset in presets:
+        params = {}
+        for arch in ("escnet", "catseg"):
+            with torch.device("meta"):
+                params[arch] = count_parameters(_build(arch, preset))["total"] / 1e6
         for t in classes:
             for protocol in protocols:
-                pair = {arch: _in_subprocess(_model_job, arch, preset, t, protocol, device, repeats, flops)
-                        for arch in ("escnet", "catseg")}
                 for arch in ("escnet", "catseg"):
-                    rows.append(pair[arch])
-                    print(json.dumps(pair[arch]), flush=True)
+                    row = {"arch": arch, "preset": preset, "T": t, "protocol": protocol, "device": device,
+                           "params_M": params[arch], "gflops": count_gflops(arch, preset, t, VIEWS[protocol])}
+                    if t in latency_classes:
+                        row.update(_in_subprocess(_latency_job, arch, preset, t, protocol, device, repeats))
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     return rows
 
 
@@ -159,16 +179,20 @@ def _fmt_models(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | error: {r['error']} | | | |")
             continue
+        lat = f"{r['latency_s']:.2f}" if "latency_s" in r else "-"
+        mem = f"{r['peak_mem_MiB']:.0f}" if "peak_mem_MiB" in r else "-"
         lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | {r['params_M']:.1f} | "
-                     f"{r.get('gflops', float('nan')):.1f} | {r['latency_s']:.2f} | {r['peak_mem_MiB']:.0f} |")
+                     f"{r['gflops']:.1f} | {lat} | {mem} |")
     ratios = ["", "| size | T | protocol | ESC/CAT params | ESC/CAT GFLOPs | ESC/CAT latency | ESC/CAT peak mem |",
               "|---|---|---|---|---|---|---|"]
     for e, c in zip(rows[0::2], rows[1::2]):
         if "error" in e or "error" in c:
             continue
+        timed = "latency_s" in e and "latency_s" in c
+        lat = f"{e['latency_s'] / c['latency_s']:.2f}" if timed else "-"
+        mem = f"{e['peak_mem_MiB'] / c['peak_mem_MiB']:.2f}" if timed else "-"
         ratios.append(f"| {e['preset']} | {e['T']} | {e['protocol']} | {e['params_M'] / c['params_M']:.3f} | "
-                      f"{e.get('gflops', 0) / max(c.get('gflops', 1), 1e-9):.3f} | "
-                      f"{e['latency_s'] / c['latency_s']:.2f} | {e['peak_mem_MiB'] / c['peak_mem_MiB']:.2f} |")
+                      f"{e['gflops'] / c['gflops']:.3f} | {lat} | {mem} |")
     return "\n".join(lines + ratios)
 
 
@@ -185,7 +209,8 @@ def run(args) -> int:
         print(f"PPG T={p['T']}: batched {p['batched_ms']:.1f} ms, sklearn loop {p['sklearn_loop_ms']:.1f} ms, "
               f"speed-up {p['speedup']:.1f}x", flush=True)
     if "models" in what:
-        out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats, not args.no_flops)
+        out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats,
+                                     args.latency_classes)
         print(_fmt_models(out["models"]))
     if "vocab" in what:
         out["vocab"] = bench_vocab(device, args.memory_budget)
@@ -203,7 +228,9 @@ def add_command(sub) -> None:
     p.add_argument("--protocols", nargs="+", default=["single", "sliding"], choices=list(VIEWS))
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=1, help="timed forward passes per configuration (the best is reported)")
-    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it costs one extra forward)")
+    p.add_argument("--latency-classes", nargs="*", type=int, default=None,
+                   help="measure latency and peak memory only for these T (default: every --classes value; "
+                        "none: FLOPs and parameters only)")
     p.add_argument("--memory-budget", type=int, default=2048, help="MiB for the exact large-vocabulary inference")
     p.add_argument("--json", help="also write all results to this JSON file")
     p.set_defaults(func=run)
