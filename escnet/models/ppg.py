@@ -30,34 +30,44 @@ class PseudoPrompts:
     foreground: Tensor
 
 
-def _farthest_point_init(coords: Tensor, fg: Tensor, prob: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _farthest_point_init(pts: Tensor, member: Tensor, prob: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Deterministic seeds: the most probable foreground pixel, then repeatedly the foreground pixel
     farthest from all seeds so far (separates distinct blobs better than the top-k pixels, which
     usually sit next to each other in one blob).
 
-    coords (L, 2), fg (N, L) bool, prob (N, L) -> centres (N, K, 2), seeded (N, K) bool.
+    pts (N, F, 2) packed foreground positions, member (N, F) bool (False = padding), prob (N, F)
+    -> centres (N, K, 2), seeded (N, K) bool.
     """
-    n, L = fg.shape
-    neg_inf = torch.finfo(prob.dtype).min
-    first = torch.where(fg, prob, torch.full_like(prob, neg_inf)).argmax(-1)  # (N,)
+    rows = torch.arange(pts.shape[0], device=pts.device)
+    first = prob.argmax(-1)  # padding has prob -1
     idx = [first]
-    min_d = ((coords[None] - coords[first][:, None]) ** 2).sum(-1)  # (N, L)
-    count = fg.sum(-1)  # (N,)
+    min_d = ((pts - pts[rows, first][:, None]) ** 2).sum(-1)  # (N, F)
     for _ in range(1, k):  # k is the fixed number of regions (5), not a data-dependent loop
-        nxt = torch.where(fg, min_d, torch.full_like(min_d, -1.0)).argmax(-1)
+        nxt = torch.where(member, min_d, -1.0).argmax(-1)
         idx.append(nxt)
-        min_d = torch.minimum(min_d, ((coords[None] - coords[nxt][:, None]) ** 2).sum(-1))
+        min_d = torch.minimum(min_d, ((pts - pts[rows, nxt][:, None]) ** 2).sum(-1))
     idx = torch.stack(idx, 1)  # (N, K)
-    seeded = torch.arange(k, device=fg.device)[None] < count[:, None]
-    return coords[idx], seeded
+    seeded = torch.arange(k, device=pts.device)[None] < member.sum(-1, keepdim=True)
+    return pts[rows[:, None], idx], seeded
 
 
-def _topk_init(coords: Tensor, fg: Tensor, prob: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _topk_init(pts: Tensor, member: Tensor, prob: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Seeds at the K most probable foreground pixels. Same shapes as `_farthest_point_init`."""
-    neg_inf = torch.finfo(prob.dtype).min
-    idx = torch.where(fg, prob, torch.full_like(prob, neg_inf)).topk(k, dim=-1).indices
-    seeded = torch.arange(k, device=fg.device)[None] < fg.sum(-1, keepdim=True)
-    return coords[idx], seeded
+    rows = torch.arange(pts.shape[0], device=pts.device)
+    idx = prob.topk(min(k, prob.shape[1]), dim=-1).indices
+    if idx.shape[1] < k:  # fewer candidate pixels than regions: the extra seeds are unused
+        idx = torch.cat([idx, idx[:, :1].expand(-1, k - idx.shape[1])], 1)
+    seeded = torch.arange(k, device=pts.device)[None] < member.sum(-1, keepdim=True)
+    return pts[rows[:, None], idx], seeded
+
+
+def _nearest(pts: Tensor, centres: Tensor, alive: Tensor) -> Tensor:
+    """pts (N, F, 2), centres (N, K, 2), alive (N, K) -> (N, F) index of the nearest live centre.
+
+    |p - m|^2 = |p|^2 - 2 p.m + |m|^2; |p|^2 does not change the argmin, so one batched matmul.
+    """
+    d = torch.baddbmm((centres * centres).sum(-1)[:, None, :], pts, centres.transpose(1, 2), alpha=-2.0)
+    return d.masked_fill_(~alive[:, None], float("inf")).min(-1).indices
 
 
 @torch.no_grad()
@@ -100,48 +110,41 @@ def generate_pseudo_prompts(
 
     ys, xs = torch.meshgrid(torch.arange(h, device=corr.device), torch.arange(w, device=corr.device), indexing="ij")
     coords = torch.stack([ys.reshape(-1), xs.reshape(-1)], -1).float()  # (L, 2) as (y, x)
+
+    # Pack each map's foreground pixels to the front of an (N, F) table, F = the largest foreground:
+    # k-means then costs O(F), not O(h*w), and foregrounds are usually small.
+    f = h * w if corr.is_meta else max(int(fg.sum(-1).max()), 1)  # meta: shape-only FLOP counting
+    order = torch.argsort(fg.to(torch.uint8), dim=-1, descending=True, stable=True)[:, :f]  # (N, F)
+    member = torch.gather(fg, 1, order)  # (N, F): False = padding
+    pts = coords[order]  # (N, F, 2)
+    pprob = torch.where(member, torch.gather(prob, 1, order), -1.0)
     if init == "farthest":
-        centres, alive = _farthest_point_init(coords, fg, prob, k)
+        centres, alive = _farthest_point_init(pts, member, pprob, k)
     elif init == "top":
-        centres, alive = _topk_init(coords, fg, prob, k)
+        centres, alive = _topk_init(pts, member, pprob, k)
     else:
         raise ValueError(f"unknown PPG init {init!r} (expected 'farthest' or 'top')")
 
-    ys, xs = coords[:, 0], coords[:, 1]
-    fgf = fg.float()
-
-    def nearest(centres: Tensor, alive: Tensor) -> Tensor:
-        """(N, K, 2) centres -> (N, L) index of the nearest live centre.
-
-        A running minimum over the K (fixed, 5) centres: each step is one (N, L) tensor op, several
-        times faster on CPU than argmin over a short axis of an (N, L, K) tensor.
-        """
-        best = torch.full((n, ys.numel()), float("inf"), device=corr.device)
-        index = torch.zeros(n, ys.numel(), dtype=torch.long, device=corr.device)
-        for j in range(k):
-            d = (ys[None] - centres[:, j, 0:1]) ** 2 + (xs[None] - centres[:, j, 1:2]) ** 2
-            closer = alive[:, j:j + 1] & (d < best)
-            best = torch.where(closer, d, best)
-            index = torch.where(closer, j, index)
-        return index
-
+    weight = member.float()
     for _ in range(iters):  # fixed iteration count (Lloyd's algorithm), batched over all maps
-        assign = nearest(centres, alive)
-        mass = torch.zeros(n, k, device=corr.device).scatter_add_(1, assign, fgf)  # (N, K)
-        sums = torch.stack([torch.zeros(n, k, device=corr.device).scatter_add_(1, assign, fgf * c) for c in (ys, xs)], -1)
+        assign = _nearest(pts, centres, alive)
+        mass = torch.zeros(n, k, device=corr.device).scatter_add_(1, assign, weight)  # (N, K)
+        sums = torch.zeros(n, k, 2, device=corr.device).scatter_add_(
+            1, assign[..., None].expand(-1, -1, 2), pts * weight[..., None])
         alive = alive & (mass > 0)
         centres = torch.where(alive[..., None], sums / mass.clamp(min=1)[..., None], centres)
 
-    assign = torch.nn.functional.one_hot(nearest(centres, alive), k).bool() & fg[..., None]  # (N, L, K)
-    valid = assign.any(1)  # (N, K)
+    onehot = torch.nn.functional.one_hot(_nearest(pts, centres, alive), k).bool() & member[..., None]  # (N, F, K)
+    valid = onehot.any(1)  # (N, K)
 
     # Region-filtered probability map (paper Fig. 3 (e)); the point is its argmax within each region.
-    region_prob = torch.where(assign, prob[..., None], torch.full_like(prob[..., None], -1.0))
-    best = region_prob.argmax(1)  # (N, K) flat position
+    best = torch.where(onehot, pprob[..., None], -1.0).argmax(1)  # (N, K) position in the packed table
+    yx = pts[torch.arange(n, device=corr.device)[:, None], best]  # (N, K, 2)
     cell = canvas_size / torch.tensor([w, h], device=corr.device, dtype=torch.float32)
-    xy = torch.stack([best % w, best // w], -1).float()
-    points = (xy + 0.5) * cell - 0.5  # SAM adds 0.5 before normalising: lands on the cell centre
+    points = (yx.flip(-1) + 0.5) * cell - 0.5  # (x, y); SAM adds 0.5 before normalising: the cell centre
     points = torch.where(valid[..., None], points, torch.zeros_like(points))
-    labels = torch.where(valid, torch.ones_like(best), torch.full_like(best, -1))
-    masks = assign.permute(0, 2, 1).reshape(n, k, h, w).float()
+    labels = torch.where(valid, 1, -1)
+    masks = torch.zeros(n, h * w, k, dtype=torch.bool, device=corr.device).scatter_(
+        1, order[..., None].expand(-1, -1, k), onehot)
+    masks = masks.permute(0, 2, 1).reshape(n, k, h, w).float()
     return PseudoPrompts(points=points, labels=labels, masks=masks, valid=valid, foreground=fg.reshape(n, h, w))
