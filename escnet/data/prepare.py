@@ -41,7 +41,10 @@ CONVERTERS = {
     "pc59": ("escnet.data.prepare_pascal", "prepare_pc59"),
     "pc459": ("escnet.data.prepare_pascal", "prepare_pc459"),
     "voc": ("escnet.data.prepare_pascal", "prepare_voc"),
+    "synthetic": ("escnet.data.synthetic", "prepare_synthetic"),
 }
+# what `escnet prepare all` converts: every official download (the synthetic set is generated on request)
+DOWNLOADS = [name for name in CONVERTERS if name != "synthetic"]
 
 
 class PrepareError(RuntimeError):
@@ -214,7 +217,7 @@ def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, 
 
 
 def _run(args: argparse.Namespace) -> int:
-    names = list(CONVERTERS) if args.dataset == "all" else [args.dataset]
+    names = DOWNLOADS if args.dataset == "all" else [args.dataset]
     failed = 0
     for name in names:
         try:

@@ -83,5 +83,6 @@ def test_all_goes_on_past_missing_downloads(tmp_path, capsys):
     assert main(["prepare", "all", "--root", str(tmp_path), "--workers", "1"]) == 1
     out = capsys.readouterr()
     assert "escnet prepare ade150: {" in out.out
-    assert out.err.count("error:") == len(P.CONVERTERS) - 1
+    assert out.err.count("error:") == len(P.DOWNLOADS) - 1
+    assert "synthetic" not in out.out + out.err
     assert (tmp_path / "ADEChallengeData2016" / "annotations_detectron2" / "validation" / "ADE_val_1.png").is_file()

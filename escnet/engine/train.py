@@ -1,0 +1,470 @@
+"""`escnet train`: the ESC-Net / CAT-Seg training recipe on one or many processes.
+
+    escnet train --config configs/escnet_vitb16_coco.toml [key=value ...]
+    torchrun --nproc_per_node 8 -m escnet train --config configs/escnet_vitb16_coco.toml
+    escnet train --config configs/escnet_tiny_synthetic.toml        # CPU, minutes
+
+Recipe (DESIGN.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
+projections and SAM attention at `low_lr`, the rest at `lr`; no weight decay on norms, biases and
+embeddings; escnet.models.factory.param_groups), cosine decay to 0 over `max_iters` (optional
+linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and
+CAT-Seg's loss: sigmoid binary cross-entropy between the logits (B, T, H, W) and one-hot targets,
+averaged over every image, class and pixel, with ignored pixels counted as negatives for every
+class (so each image weighs the same, which also makes W processes x B/W images equal one
+process x B images). Optional bf16 autocast; periodic evaluation with escnet.engine.evaluate.
+
+Processes: under torchrun every process trains a DistributedDataParallel replica (NCCL on GPUs,
+gloo on CPU) on its share of each global batch (escnet.data.train_dataset.StreamSampler); rank 0
+logs and writes checkpoints. Outputs in `output_dir`: checkpoint_<step>.pt (keep-last-N, atomic;
+`--resume` continues exactly), metrics.jsonl, TensorBoard events when tensorboard is installed,
+and model/ (config.json + model.safetensors, the format `escnet segment --model` reads) at the end.
+A non-finite loss or gradient norm stops the run naming the step, leaving the checkpoints as they were.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from escnet.data.datasets import DatasetError
+from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, resolve_dataset
+from escnet.data.transforms import ColorJitter, TrainAugmentation
+from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                      remove_stale_temporaries, save_checkpoint, set_rng_state)
+from escnet.engine.config import ConfigError, TrainConfig, build_model_config, config_from_dict, load_config
+
+# Settings a resumed run may change; any other difference from the checkpoint's config is an error.
+RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_every", "save_every", "keep_last",
+                     "stop_after", "eval_every", "eval_limit", "eval_dataset", "eval_split", "eval_protocol",
+                     "data_root")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, incompatible resume); the message says why and where."""
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Join torchrun's process group when WORLD_SIZE > 1; pick the device (cuda:LOCAL_RANK on GPUs)."""
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA GPU is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+        return Runtime(dist.get_rank(), dist.get_world_size(), dev, True)
+    if dist.is_initialized():
+        return Runtime(dist.get_rank(), dist.get_world_size(), dev, False)
+    return Runtime(0, 1, dev, False)
+
+
+def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) -> tuple[SplitInfo, SplitInfo | None]:
+    """Everything that can be checked before training: files, datasets, batch split, output folder.
+    Returns the (train, eval) dataset splits. Errors name the key and the path."""
+    root = cfg.data_root or None
+    for key in ("init_clip", "init_sam", "init_model"):
+        path = getattr(cfg, key)
+        if path and not Path(path).exists():
+            raise ConfigError(f"{key} = {path!r}: file not found")
+    if cfg.init_sam and cfg.arch != "escnet":
+        raise ConfigError(f"init_sam is for ESC-Net; arch = {cfg.arch!r} has no SAM blocks")
+    if cfg.init_model and (cfg.init_clip or cfg.init_sam):
+        raise ConfigError("init_model replaces init_clip / init_sam; set only one of them")
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size = {cfg.batch_size} is not divisible by the {world_size} processes")
+    try:
+        train = resolve_dataset(cfg.dataset, root, "train")
+    except DatasetError as exc:
+        raise ConfigError(f"dataset = {cfg.dataset!r}: {exc}") from None
+    evaluation = None
+    if cfg.eval_dataset:
+        try:
+            evaluation = resolve_dataset(cfg.eval_dataset, root, cfg.eval_split)
+        except DatasetError as exc:
+            raise ConfigError(f"eval_dataset = {cfg.eval_dataset!r}: {exc}") from None
+    if not resume and list_checkpoints(cfg.output_dir):
+        raise ConfigError(f"output_dir = {cfg.output_dir!r} already holds checkpoints; pass --resume to continue "
+                          "that run or choose another output_dir")
+    return train, evaluation
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The model to train: a saved model (init_model), or the preset with CLIP / SAM initialisation."""
+    from escnet.models import factory
+
+    if cfg.init_model:
+        model = factory.load_pretrained(cfg.init_model)
+        if model.cfg.arch != cfg.arch:
+            raise ConfigError(f"init_model {cfg.init_model} is a {model.cfg.arch} model but arch = {cfg.arch!r}")
+        return model
+    mcfg = build_model_config(cfg)
+    overrides = {k: getattr(mcfg, k) for k in ("clip", *cfg.model)}
+    if cfg.arch == "escnet" and cfg.init_clip:
+        return factory.build_escnet_init(cfg.preset, cfg.init_clip, cfg.init_sam or None, **overrides)
+    model = factory.create_model(cfg.arch, cfg.preset, **overrides)
+    if cfg.init_clip:
+        from escnet.weights.clip import load_clip_weights
+
+        _, sd = load_clip_weights(cfg.init_clip, image_size=model.cfg.clip.image_size)
+        factory.load_state_dict_strict(model.clip, sd, cfg.init_clip)
+    return model
+
+
+def cosine_schedule(max_iters: int, warmup_iters: int = 0):
+    """LR multiplier of step s: linear warm-up, then 0.5 (1 + cos(pi s / max_iters)) (detectron2's WarmupCosineLR)."""
+    def factor(step: int) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, max_iters) / max_iters))
+        if step < warmup_iters:
+            return cosine * (step + 1) / warmup_iters
+        return cosine
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    from escnet.models.factory import param_groups
+
+    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.max_iters, cfg.warmup_iters))
+    return optimizer, scheduler
+
+
+def make_augmentation(cfg: TrainConfig, crop: int, ignore_label: int) -> TrainAugmentation:
+    color = ColorJitter(hue_delta=cfg.hue_delta) if cfg.color_aug else None
+    return TrainAugmentation(crop=crop, min_sizes=cfg.min_size_train, max_size=cfg.max_size_train,
+                             single_category_max_area=cfg.single_category_max_area, color=color, flip=cfg.flip,
+                             ignore_label=ignore_label)
+
+
+# ---------------------------------------------------------------------------------------------
+# loss
+
+
+def segmentation_loss(logits: Tensor, labels: Tensor, ignore_label: int) -> Tensor:
+    """CAT-Seg's loss. logits (B, T, H, W), labels (B, H, W) int -> scalar: sigmoid BCE against
+    one-hot targets, mean over B, T, H, W; ignored pixels are negatives for every class."""
+    t = logits.shape[1]
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    valid = labels != ignore_label
+    target = F.one_hot(torch.where(valid, labels, 0), t).permute(0, 3, 1, 2).to(logits.dtype)
+    target = target * valid[:, None].to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+class Objective(nn.Module):
+    """What DDP wraps: text features (with gradient, the CLIP text q/v train) + model + loss, so
+    every trainable parameter is reached inside one forward.
+    forward(images (B, 3, H, W) uint8, labels (B, H, W)) -> loss."""
+
+    def __init__(self, model: nn.Module, class_names: list[str], ignore_label: int):
+        super().__init__()
+        self.model = model
+        self.class_names = list(class_names)
+        self.ignore_label = ignore_label
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        text = self.model.encode_text(self.class_names)
+        logits = self.model(images.float(), text)
+        return segmentation_loss(logits.float(), labels, self.ignore_label)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation and logging
+
+
+def group_miou(per_class: list[dict], ids: list[int]) -> float | None:
+    """Mean IoU (percent) over the classes `ids` present in the ground truth; None if none is."""
+    values = [per_class[i]["IoU"] for i in ids if per_class[i]["IoU"] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device: torch.device) -> dict:
+    """mIoU of the model on the evaluation split (escnet.engine.evaluate, sharded over processes);
+    for the synthetic benchmark also seen / unseen class mIoU and their harmonic mean."""
+    from escnet.engine.evaluate import evaluate
+    from escnet.engine.inference import Segmenter
+
+    segmenter = Segmenter(model, device=device, protocol=cfg.eval_protocol)
+    try:
+        results = evaluate(segmenter, split.dataset, None, limit=cfg.eval_limit or None, progress=False)
+    finally:
+        model.train()
+    out = {k: results[k] for k in ("mIoU", "mIoU_v0.6", "pACC")}
+    if split.groups:
+        for name, ids in split.groups.items():
+            out[f"{name}_mIoU"] = group_miou(results["per_class"], ids)
+        seen, unseen = out.get("seen_mIoU"), out.get("unseen_mIoU")
+        if seen and unseen:
+            out["hIoU"] = 2 * seen * unseen / (seen + unseen)
+    out["num_images"] = results["num_images"]
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) and, when installed, TensorBoard scalars."""
+
+    def __init__(self, directory: Path, resume_step: int | None):
+        self.path = directory / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # a resumed run repeats the steps after its checkpoint: drop what the old run logged for them
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step)
+        except ImportError:
+            pass
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                    self.tb.add_scalar(key.replace(".", "/"), value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (MiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    out = {"peak_rss_mb": round(rss, 1)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def _check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
+    old = config_from_dict(saved, f"checkpoint {path}").to_dict()
+    new = cfg.to_dict()
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    if changed:
+        detail = "; ".join(f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in changed)
+        raise TrainingError(f"cannot resume from {path}: the config differs in {detail}")
+
+
+def _all_mean(value: Tensor, rt: Runtime) -> Tensor:
+    if rt.world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= rt.world_size
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: TrainConfig, resume: str | bool = False) -> dict:
+    """Train with `cfg`; `resume` = True (latest checkpoint in output_dir) or a checkpoint path.
+    Returns a summary (final step, last loss, last evaluation, timings, peak memory)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rt = setup_runtime(cfg.device)
+    try:
+        return _train(cfg, resume, rt)
+    finally:
+        if rt.initialized_here:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
+    out = Path(cfg.output_dir)
+    train_split, eval_split = check_config(cfg, rt.world_size, resume=bool(resume))
+    ckpt = None
+    if resume:
+        where = out if resume is True else Path(resume)
+        if resume is True and latest_checkpoint(out) is None:
+            raise CheckpointError(f"--resume: no checkpoint_*.pt in {out}")
+        ckpt = load_checkpoint(where)
+        _check_resume(ckpt["config"], cfg, ckpt["path"])
+    if rt.main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = build_model(cfg).to(rt.device).train()
+    optimizer, scheduler = make_optimizer(model, cfg)
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+        del ckpt
+    end = min(cfg.max_iters, cfg.stop_after) if cfg.stop_after else cfg.max_iters
+
+    data = train_split.dataset
+    crop = model.cfg.crop_size
+    dataset = TrainDataset(data, make_augmentation(cfg, crop, data.ignore_label), seed=cfg.seed)
+    sampler = StreamSampler(len(dataset), cfg.batch_size, cfg.seed, rt.rank, rt.world_size, start_step=start)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size // rt.world_size, sampler=sampler,
+                                         num_workers=cfg.num_workers, pin_memory=rt.device.type == "cuda",
+                                         persistent_workers=False)
+    objective = Objective(model, data.prompt_classes, data.ignore_label)
+    if rt.world_size > 1:
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        # unused: e.g. the last visual block's q/k (the value path skips attention) when all of CLIP trains
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    autocast = (torch.autocast(rt.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+
+    log = MetricsLog(out, start if resume else None) if rt.main else None
+    if log is not None and start == 0:
+        log.write({"step": 0, "config": cfg.to_dict(), "world_size": rt.world_size,
+                   "train_images": len(dataset), "classes": len(data.prompt_classes)})
+    bar = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (rt.main and sys.stderr.isatty()))
+    summary: dict = {"start_step": start, "world_size": rt.world_size}
+    batches = iter(loader)
+    window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
+    loss_sum = torch.zeros((), device=rt.device)
+    step = start
+    try:
+        while step < end:
+            images, labels = next(batches)
+            images = images.to(rt.device, non_blocking=True)
+            labels = labels.to(rt.device, non_blocking=True)
+            with autocast:
+                loss = objective(images, labels)
+            mean_loss = _all_mean(loss.detach(), rt)
+            if not torch.isfinite(mean_loss):
+                raise TrainingError(f"loss is {mean_loss.item()} at step {step + 1}; stopping. "
+                                    f"Last good checkpoint: {latest_checkpoint(out) or 'none'}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if not torch.isfinite(grad_norm):
+                raise TrainingError(f"gradient norm is {grad_norm.item()} at step {step + 1}; stopping. "
+                                    f"Last good checkpoint: {latest_checkpoint(out) or 'none'}")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += mean_loss
+            window_steps += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == end:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "loss": (loss_sum / window_steps).item(),
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
+                          "grad_norm": grad_norm.item(), "steps_per_s": window_steps / elapsed,
+                          "images_per_s": window_steps * cfg.batch_size / elapsed,
+                          "elapsed_s": time.perf_counter() - run_start, **peak_memory_mb(rt.device)}
+                summary["loss"] = record["loss"]
+                if rt.main:
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    img_s=f"{record['images_per_s']:.1f}")
+                    if bar.disable:
+                        print(f"step {step}/{end}  loss {record['loss']:.4f}  lr {record['lr']:.3e}  "
+                              f"{record['steps_per_s']:.2f} steps/s  {record['images_per_s']:.1f} img/s", flush=True)
+                loss_sum.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+
+            if rt.main and (step % cfg.save_every == 0 or step == end):
+                raw = objective.module.model if rt.world_size > 1 else model
+                save_checkpoint(out, step, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "scheduler": scheduler.state_dict(), "config": cfg.to_dict()},
+                                keep_last=cfg.keep_last)
+            if eval_split is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == end):
+                metrics = evaluate_model(model, eval_split, cfg, rt.device)
+                summary["eval"] = metrics
+                if rt.main:
+                    log.write({"step": step, "eval": metrics})
+                    print(f"step {step}: evaluation on {cfg.eval_dataset}/{cfg.eval_split}: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+    finally:
+        bar.close()
+        del batches
+        if log is not None:
+            log.close()
+
+    summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory_mb(rt.device))
+    if rt.main and step == cfg.max_iters:
+        from escnet.models.factory import save_pretrained
+
+        summary["model_dir"] = str(save_pretrained(model, out / "model"))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = train(cfg, resume=True if args.resume == "latest" else (args.resume or False))
+    except (ConfigError, CheckpointError, TrainingError, DatasetError) as exc:
+        print(f"escnet train: error: {exc}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train ESC-Net or CAT-Seg (one process, or many under torchrun)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="TOML config (configs/*.toml); keys are escnet.engine.config.TrainConfig")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in output_dir, or from the given checkpoint file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. max_iters=1000 model.num_blocks=2 clip.patch_size=12")
+    p.set_defaults(func=_run)

