@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -310,6 +311,9 @@ class Segmenter:
         from escnet.models.factory import load_pretrained
 
         path = resolve_model_path(path_or_name)
+        notice = path / "NOTICE.txt" if path.is_dir() else None
+        if notice is not None and notice.is_file():  # e.g. the bundled placeholder says it has random weights
+            warnings.warn(f"{path.name}: {notice.read_text().strip()}", stacklevel=2)
         segmenter = cls(load_pretrained(path), device=device, **options)
         segmenter.checkpoint = str(path)
         return segmenter
