@@ -7,6 +7,10 @@ Sections (pick with --what):
           allocated (CUDA) belongs to that configuration alone.
   ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
   vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
+  train   training steps/s and peak memory of the real training step (text tower + model + CAT-Seg's
+          loss + backward + AdamW with the recipe's parameter groups) for ESC-Net and CAT-Seg at
+          --train-size with --train-classes names (default ViT-B/16, COCO-Stuff's 171), per-device
+          batch --train-batch (the recipe's 4 images over 4 GPUs = 1 per GPU).
 Results print as a Markdown table and can be saved as JSON (--json).
 """
 from __future__ import annotations
@@ -51,8 +55,9 @@ def count_gflops(arch: str, preset: str, t: int, views: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, q) -> None:
-    """Runs in a child process, so the peak memory it reports belongs to this configuration alone."""
+def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, warmup: int, q) -> None:
+    """Runs in a child process, so the peak memory it reports belongs to this configuration alone.
+    `warmup` untimed forward passes come first (0: the first pass is timed)."""
     try:
         torch.manual_seed(0)
         model = _build(arch, preset).to(device)
@@ -62,7 +67,8 @@ def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, rep
         with torch.inference_mode():
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            model(views, text)  # warm-up
+            for _ in range(warmup):
+                model(views, text)
             times = []
             for _ in range(repeats):
                 if device.startswith("cuda"):
@@ -87,7 +93,7 @@ def _in_subprocess(target, *args) -> dict:
     return res
 
 
-def bench_models(presets, classes, protocols, device, repeats, latency_classes=None) -> list[dict]:
+def bench_models(presets, classes, protocols, device, repeats, latency_classes=None, warmup: int = 1) -> list[dict]:
     """One row per (size, T, protocol, arch), ESC-Net and CAT-Seg adjacent. Latency and peak memory
     are measured for T in `latency_classes` (default: all of `classes`; empty: none)."""
     from escnet.models.factory import count_parameters
@@ -105,7 +111,7 @@ def bench_models(presets, classes, protocols, device, repeats, latency_classes=N
                     row = {"arch": arch, "preset": preset, "T": t, "protocol": protocol, "device": device,
                            "params_M": params[arch], "gflops": count_gflops(arch, preset, t, VIEWS[protocol])}
                     if t in latency_classes:
-                        row.update(_in_subprocess(_latency_job, arch, preset, t, protocol, device, repeats))
+                        row.update(_in_subprocess(_latency_job, arch, preset, t, protocol, device, repeats, warmup))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     return rows
@@ -178,6 +184,63 @@ def bench_vocab(device: str, budget_mb: int) -> list[dict]:
     return rows
 
 
+def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: int, device: str, q) -> None:
+    """One configuration of the training benchmark, in a child process (its own peak memory)."""
+    try:
+        from escnet.data.vocab import benchmark_vocabulary
+        from escnet.engine.config import TrainConfig
+        from escnet.engine.train import Objective, make_optimizer
+
+        torch.manual_seed(0)
+        model = _build(arch, preset).to(device).train().requires_grad_(True)
+        model.set_finetune(model.cfg.clip_finetune)  # the recipe's trainable set: CLIP q/v and all of the rest
+        names = benchmark_vocabulary("coco171")
+        names = (names * (t // len(names) + 1))[:t] if t > len(names) else names[:t]
+        objective = Objective(model, names, ignore_label=255)
+        optimizer, _ = make_optimizer(model, TrainConfig())
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        crop = model.cfg.crop_size
+        images = (torch.rand(batch, 3, crop, crop, device=device) * 255).to(torch.uint8)
+        labels = torch.randint(0, t, (batch, crop, crop), device=device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(warmup + steps):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss = objective(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 0.01)
+            optimizer.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        trainable = sum(p.numel() for p in params) / 1e6
+        q.put({"arch": arch, "preset": preset, "T": t, "batch": batch, "device": device, "steps": steps,
+               "warmup": warmup, "step_s": sum(times) / len(times), "steps_per_s": len(times) / sum(times),
+               "peak_mem_MiB": _peak_mib(device), "trainable_M": trainable, "loss": loss.item()})
+    except Exception as e:  # noqa: BLE001
+        q.put({"arch": arch, "preset": preset, "T": t, "error": f"{type(e).__name__}: {e}"})
+
+
+def bench_train(preset: str, t: int, batch: int, steps: int, warmup: int, device: str) -> list[dict]:
+    """ESC-Net then CAT-Seg, each in a fresh process, same inputs and recipe."""
+    rows = []
+    for arch in ("escnet", "catseg"):
+        rows.append(_in_subprocess(_train_job, arch, preset, t, batch, steps, warmup, device))
+        print(json.dumps(rows[-1]), flush=True)
+    if all("error" not in r for r in rows):
+        e, c = rows
+        print(f"training, {preset}, T={t}, batch {batch}/device, {device}: ESC-Net {e['steps_per_s']:.4f} steps/s "
+              f"({e['peak_mem_MiB']:.0f} MiB peak), CAT-Seg {c['steps_per_s']:.4f} steps/s ({c['peak_mem_MiB']:.0f} MiB); "
+              f"ESC/CAT step time {e['step_s'] / c['step_s']:.2f}, peak memory {e['peak_mem_MiB'] / c['peak_mem_MiB']:.2f}",
+              flush=True)
+    return rows
+
+
 def _fmt_models(rows: list[dict]) -> str:
     lines = ["| size | T | protocol | model | params (M) | GFLOPs | latency (s) | peak mem (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -217,10 +280,13 @@ def run(args) -> int:
               f"{p['sklearn_loop_ms']:.1f} ms, speed-up {p['speedup']:.1f}x", flush=True)
     if "models" in what:
         out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats,
-                                     args.latency_classes)
+                                     args.latency_classes, args.warmup)
         print(_fmt_models(out["models"]))
     if "vocab" in what:
         out["vocab"] = bench_vocab(device, args.memory_budget)
+    if "train" in what:
+        out["train"] = bench_train(args.train_size, args.train_classes, args.train_batch, args.train_steps,
+                                   args.warmup, device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
@@ -229,12 +295,19 @@ def run(args) -> int:
 
 def add_command(sub) -> None:
     p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency, memory; PPG; vocabularies")
-    p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"], choices=["ppg", "models", "vocab"])
+    p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"],
+                   choices=["ppg", "models", "vocab", "train"], help="sections to run (train is opt-in: it is slow on a CPU)")
     p.add_argument("--sizes", nargs="+", default=["vitb16", "vitl14"], choices=["vitb16", "vitl14", "tiny"])
     p.add_argument("--classes", nargs="+", type=int, default=[20, 59, 150, 171])
     p.add_argument("--protocols", nargs="+", default=["single", "sliding"], choices=list(VIEWS))
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=1, help="timed forward passes per configuration (the best is reported)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed passes (forward for models, training steps for train) before timing (default %(default)s)")
+    p.add_argument("--train-size", default="vitb16", choices=["vitb16", "vitl14", "tiny"])
+    p.add_argument("--train-classes", type=int, default=171, help="class names per training step (default %(default)s)")
+    p.add_argument("--train-batch", type=int, default=1, help="images per step and device (default %(default)s)")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default %(default)s)")
     p.add_argument("--latency-classes", nargs="*", type=int, default=None,
                    help="measure latency and peak memory only for these T (default: every --classes value; "
                         "none: FLOPs and parameters only)")

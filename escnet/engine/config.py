@@ -58,6 +58,10 @@ class TrainConfig:
     eval_protocol: str = "sliding"  # sliding (CAT-Seg's evaluation) | single
     eval_every: int = 5000  # steps between evaluations (and one at the end); 0 = only at the end
     eval_limit: int = 0  # evaluate on the first N images only; 0 = all
+    # dense CLIP warm-up before segmentation training (for a CLIP that starts random; off for real runs)
+    clip_warmup_iters: int = 0  # steps training CLIP alone as a per-pixel classifier over the class names
+    clip_warmup_lr: float = 2e-3
+    clip_warmup_batch: int = 16
     # optimisation
     batch_size: int = 4  # global batch, split over the processes
     max_iters: int = 80000
@@ -276,11 +280,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{key} = {getattr(cfg, key)!r}: choose one of {', '.join(choices)}")
-    positive = ("batch_size", "max_iters", "log_every", "keep_last", "save_every")
+    positive = ("batch_size", "max_iters", "log_every", "keep_last", "save_every", "clip_warmup_batch")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("eval_every", "eval_limit", "num_workers", "threads", "warmup_iters", "stop_after"):
+    for key in ("eval_every", "eval_limit", "num_workers", "threads", "warmup_iters", "stop_after", "clip_warmup_iters"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if not cfg.min_size_train:

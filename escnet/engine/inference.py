@@ -62,7 +62,9 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
 
-MODEL_NAMES = {"default": "default"}  # name -> folder under escnet/assets/models/
+# name -> folder under escnet/assets/models/. The default is the tiny ESC-Net trained on the synthetic
+# benchmark (configs/escnet_tiny_synthetic.toml): a demonstration model for synthetic scenes.
+MODEL_NAMES = {"default": "escnet-synthetic-tiny", "escnet-synthetic-tiny": "escnet-synthetic-tiny"}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -312,7 +314,7 @@ class Segmenter:
 
         path = resolve_model_path(path_or_name)
         notice = path / "NOTICE.txt" if path.is_dir() else None
-        if notice is not None and notice.is_file():  # e.g. the bundled placeholder says it has random weights
+        if notice is not None and notice.is_file():  # e.g. the bundled model says what it is for
             warnings.warn(f"{path.name}: {notice.read_text().strip()}", stacklevel=2)
         segmenter = cls(load_pretrained(path), device=device, **options)
         segmenter.checkpoint = str(path)

@@ -19,6 +19,16 @@ logs and writes checkpoints. Outputs in `output_dir`: checkpoint_<step>.pt (keep
 `--resume` continues exactly), metrics.jsonl, TensorBoard events when tensorboard is installed,
 and model/ (config.json + model.safetensors, the format `escnet segment --model` reads) at the end.
 A non-finite loss or gradient norm stops the run naming the step, leaving the checkpoints as they were.
+
+Dense CLIP warm-up (`clip_warmup_iters` > 0, off in the COCO configs): ESC-Net and CAT-Seg start
+from a pretrained CLIP whose dense features already correlate with class names. A tiny CLIP
+trained from scratch has no such start, and end-to-end training then sits for hundreds of steps
+predicting only the background (the text features collapse onto one "object" direction). The
+warm-up first trains CLIP alone, as the zero-shot segmenter ESC-Net's correlation C0 is: per-pixel
+softmax cross-entropy over the training classes of exp(logit_scale) * cos(F_v, F_l), upsampled to
+the crop. It sees the same training images and classes (never the unseen ones), runs once at the
+start of a fresh run (a resumed run loads its checkpoint instead), and every process runs it
+identically on the whole warm-up batch, so no communication is needed.
 """
 from __future__ import annotations
 
@@ -203,6 +213,52 @@ class Objective(nn.Module):
         return segmentation_loss(logits.float(), labels, self.ignore_label)
 
 
+def dense_clip_loss(model: nn.Module, images: Tensor, labels: Tensor, class_names: list[str], ignore_label: int) -> Tensor:
+    """The warm-up loss. images (B, 3, H, W) uint8, labels (B, H, W) -> per-pixel softmax
+    cross-entropy of exp(logit_scale) * cos(F_v, F_l) (B, T, H, W) against the labels."""
+    feats, _, size = model.encode_image(images.float())
+    text = model.encode_text(class_names)
+    corr = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), text)
+    logits = F.interpolate(corr, size=size, mode="bilinear", align_corners=False) * model.clip.logit_scale.exp()
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_label)
+
+
+def warm_up_clip(model: nn.Module, data, augment: TrainAugmentation, cfg: TrainConfig, device: torch.device,
+                 log: MetricsLog | None, autocast) -> float:
+    """Dense CLIP warm-up (module docstring): `clip_warmup_iters` AdamW steps on all CLIP weights.
+    Returns the last loss."""
+    dataset = TrainDataset(data, augment, seed=cfg.seed + 1)  # its own sample stream and augmentations
+    sampler = StreamSampler(len(dataset), cfg.clip_warmup_batch, seed=cfg.seed + 1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.clip_warmup_batch, sampler=sampler,
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    model.clip.requires_grad_(True)
+    params = list(model.clip.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.clip_warmup_lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.clip_warmup_iters, cfg.warmup_iters))
+    batches = iter(loader)
+    value = float("nan")
+    for step in range(1, cfg.clip_warmup_iters + 1):
+        images, labels = next(batches)
+        with autocast:
+            loss = dense_clip_loss(model, images.to(device), labels.to(device), data.prompt_classes, data.ignore_label)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(f"CLIP warm-up loss is {value} at warm-up step {step}; stopping")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        schedule.step()
+        if log is not None and (step % cfg.log_every == 0 or step == cfg.clip_warmup_iters):
+            log.write({"warmup_step": step, "warmup_loss": value})
+            print(f"CLIP warm-up {step}/{cfg.clip_warmup_iters}  loss {value:.4f}", flush=True)
+    del batches
+    model.zero_grad(set_to_none=True)
+    model.set_finetune(model.cfg.clip_finetune)
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation and logging
 
@@ -262,9 +318,12 @@ class MetricsLog:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self.tb.add_scalar(key.replace(".", "/"), value, record["step"])
+            step = record.get("step", record.get("warmup_step", 0))
+            flat = {**{k: v for k, v in record.items() if k != "eval"},
+                    **{f"eval/{k}": v for k, v in record.get("eval", {}).items()}}
+            for key, value in flat.items():
+                if key not in ("step", "warmup_step") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, step)
 
     def close(self) -> None:
         self.file.close()
@@ -332,6 +391,16 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build_model(cfg).to(rt.device).train()
+    data = train_split.dataset
+    augment = make_augmentation(cfg, model.cfg.crop_size, data.ignore_label)
+    autocast = (torch.autocast(rt.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+    log = MetricsLog(out, ckpt["step"] if ckpt is not None else None) if rt.main else None
+    if log is not None and ckpt is None:
+        log.write({"step": 0, "config": cfg.to_dict(), "world_size": rt.world_size,
+                   "train_images": len(data), "classes": len(data.prompt_classes)})
+    if ckpt is None and cfg.clip_warmup_iters:
+        warm_up_clip(model, data, augment, cfg, rt.device, log, autocast)
     optimizer, scheduler = make_optimizer(model, cfg)
     start = 0
     if ckpt is not None:
@@ -343,9 +412,7 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
         del ckpt
     end = min(cfg.max_iters, cfg.stop_after) if cfg.stop_after else cfg.max_iters
 
-    data = train_split.dataset
-    crop = model.cfg.crop_size
-    dataset = TrainDataset(data, make_augmentation(cfg, crop, data.ignore_label), seed=cfg.seed)
+    dataset = TrainDataset(data, augment, seed=cfg.seed)
     sampler = StreamSampler(len(dataset), cfg.batch_size, cfg.seed, rt.rank, rt.world_size, start_step=start)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size // rt.world_size, sampler=sampler,
                                          num_workers=cfg.num_workers, pin_memory=rt.device.type == "cuda",
@@ -356,13 +423,8 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
         # unused: e.g. the last visual block's q/k (the value path skips attention) when all of CLIP trains
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    autocast = (torch.autocast(rt.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
-
-    log = MetricsLog(out, start if resume else None) if rt.main else None
-    if log is not None and start == 0:
-        log.write({"step": 0, "config": cfg.to_dict(), "world_size": rt.world_size,
-                   "train_images": len(dataset), "classes": len(data.prompt_classes)})
+    # the lr shown is the main one (2e-4 in the paper's recipe); metrics.jsonl has every group's
+    main_group = next((g for g in optimizer.param_groups if g["name"].startswith("main")), optimizer.param_groups[0])
     bar = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (rt.main and sys.stderr.isatty()))
     summary: dict = {"start_step": start, "world_size": rt.world_size}
@@ -396,8 +458,7 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
 
             if step % cfg.log_every == 0 or step == end:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, "loss": (loss_sum / window_steps).item(),
-                          "lr": optimizer.param_groups[0]["lr"],
+                record = {"step": step, "loss": (loss_sum / window_steps).item(), "lr": main_group["lr"],
                           "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
                           "grad_norm": grad_norm.item(), "steps_per_s": window_steps / elapsed,
                           "images_per_s": window_steps * cfg.batch_size / elapsed,

@@ -1,22 +1,18 @@
 import numpy as np
 import pytest
 
-from escnet.data.synthetic import (COLOURS, SHAPES, polygon_mask, prepare_synthetic, scene, shape_mask, vocabulary,
-                                   write_example)
+from escnet.data.synthetic import (HUES, SHAPES, TONES, colour_of, polygon_mask, prepare_synthetic, scene, shape_mask,
+                                   vocabulary, write_example)
 from escnet.data.train_dataset import resolve_dataset
 from escnet.data.transforms import rgb_to_hsv
 
 
 def test_vocabulary_unseen_are_new_combinations_of_seen_words():
     vocab = vocabulary()
-    assert vocab.seen[0] == "background" and len(vocab.seen) == 21 and len(vocab.unseen) == 5
-    assert not set(vocab.seen) & set(vocab.unseen)
+    assert vocab.seen[0] == "background" and len(vocab.seen) == 10 and len(vocab.unseen) == 3
+    assert sorted(vocab.seen[1:] + vocab.unseen) == sorted(f"{t} {h}" for t in TONES for h in HUES)
     seen_words = {w for name in vocab.seen[1:] for w in name.split()}
-    for name in vocab.unseen:
-        colour, shape = name.split()
-        assert colour in seen_words and shape in seen_words
-    assert sorted(n.split()[0] for n in vocab.unseen) == sorted(COLOURS)
-    assert sorted(n.split()[1] for n in vocab.unseen) == sorted(SHAPES)
+    assert seen_words == set(TONES) | set(HUES)  # every word of an unseen name was seen in training
 
 
 def test_shapes_have_sensible_areas():
@@ -36,27 +32,27 @@ def test_scenes_are_deterministic_and_respect_the_split():
     assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
     assert a_img.shape == (128, 128, 3) and a_img.dtype == np.uint8 and a_lab.dtype == np.uint8
     train_ids = set().union(*(np.unique(scene("train", i)[1]).tolist() for i in range(20)))
-    assert train_ids <= set(range(len(vocab.seen))) and len(train_ids) > 10
+    assert train_ids == set(range(len(vocab.seen)))
     val_ids = set().union(*(np.unique(scene("val", i)[1]).tolist() for i in range(20)))
-    assert val_ids & set(range(len(vocab.seen), len(vocab.all)))
+    assert set(range(len(vocab.seen), len(vocab.all))) <= val_ids
 
 
 def test_labels_name_the_colour_of_their_pixels():
+    """Every labelled region shows its class colour: the hue of the name, dark regions dark, light
+    ones light, and the background much less saturated than any object."""
     vocab = vocabulary()
-    hues = {name: rgb_to_hsv(np.array([[rgb]], np.uint8))[0, 0, 0] for name, rgb in COLOURS.items()}
-    for i in range(10):
+    for i in range(12):
         image, label = scene("val", i)
-        hsv = rgb_to_hsv(image)
-        for k in np.unique(label):
-            if k == 0:
-                continue
-            colour = vocab.all[k].split()[0]
-            region = hsv[label == k]
-            diff = np.abs(region[:, 0].astype(int) - int(hues[colour]))
-            diff = np.minimum(diff, 180 - diff)
-            assert np.median(diff) <= 8, (vocab.all[k], np.median(diff))
-            assert np.median(region[:, 1]) > 100  # objects are saturated; the background is not
-        assert np.median(hsv[label == 0][:, 1]) < 70
+        hsv = rgb_to_hsv(image).astype(int)
+        for k in np.unique(label)[1:]:
+            name = vocab.all[k]
+            expected = rgb_to_hsv(colour_of(name).astype(np.uint8)[None, None])[0, 0].astype(int)
+            region = np.median(hsv[label == k], axis=0)
+            hue_gap = min(abs(region[0] - expected[0]), 180 - abs(region[0] - expected[0]))
+            assert hue_gap <= 6 and abs(region[2] - expected[2]) <= 40, (name, region, expected)
+            assert region[1] >= 60
+            assert (region[2] < 130) if name.startswith("dark") else (region[2] > 170)
+        assert np.percentile(hsv[label == 0][:, 1], 95) < 50
 
 
 def test_prepare_writes_detectron2_layout(tmp_path):
@@ -70,10 +66,10 @@ def test_prepare_writes_detectron2_layout(tmp_path):
     train = resolve_dataset("synthetic", tmp_path, "train")
     val = resolve_dataset("synthetic", tmp_path, "val")
     assert train.dataset.class_names == list(vocabulary().seen) and len(train.dataset) == 6
-    assert val.dataset.num_classes == 26 and val.groups["unseen"] == list(range(21, 26))
-    assert val.groups["seen"] == list(range(1, 21)) and val.groups["background"] == [0]
+    assert val.dataset.num_classes == 13 and val.groups["unseen"] == [10, 11, 12]
+    assert val.groups["seen"] == list(range(1, 10)) and val.groups["background"] == [0]
     image, label = val.dataset[0]
-    assert image.shape == (64, 64, 3) and label.max() < 26
+    assert image.shape == (64, 64, 3) and label.max() < 13
 
 
 def test_missing_benchmark_names_the_prepare_command(tmp_path):

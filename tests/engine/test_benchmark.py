@@ -22,3 +22,18 @@ def test_models_benchmark_measures_both_architectures(tmp_path, capsys):
         assert r["gflops"] > 0 and r["latency_s"] > 0 and r["peak_mem_MiB"] > 0 and r["params_M"] > 0
     table = capsys.readouterr().out
     assert "ESC/CAT GFLOPs" in table and "| tiny | 3 | single | escnet |" in table
+
+
+def test_train_benchmark_runs_the_real_step_for_both(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--what", "train", "--train-size", "tiny", "--train-classes", "5", "--train-steps", "2",
+                 "--warmup", "0", "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["train"]
+    assert [r["arch"] for r in rows] == ["escnet", "catseg"]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["T"] == 5 and r["steps"] == 2 and r["steps_per_s"] > 0 and r["peak_mem_MiB"] > 0
+        assert abs(r["step_s"] * r["steps_per_s"] - 1) < 1e-9 and r["loss"] > 0
+    esc, cat = rows
+    assert esc["trainable_M"] > cat["trainable_M"]  # ESC-Net adds SAM blocks to what trains
+    assert "ESC/CAT step time" in capsys.readouterr().out

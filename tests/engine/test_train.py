@@ -13,23 +13,26 @@ import torch
 
 from escnet.cli import main
 from escnet.data.synthetic import prepare_synthetic
+from escnet.data.train_dataset import resolve_dataset
 from escnet.engine import train as train_mod
 from escnet.engine.checkpoint import list_checkpoints, load_checkpoint
 from escnet.engine.config import ConfigError, TrainConfig, load_config
+from escnet.engine.metrics import ConfusionMatrix, compute_metrics
 from escnet.engine.train import (Objective, TrainingError, cosine_schedule, make_optimizer, segmentation_loss,
                                  train)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "escnet_tiny_synthetic.toml"
-# a smaller model than the shipped tiny config: 48 px views, 4 x 4 token grid
-SMALL = ["clip.image_size=48", "model.crop_size=48", "model.window=2", "min_size_train=48",
-         "num_workers=0", "eval_dataset=", "log_every=1", "threads=1"]
+# a smaller model than the shipped tiny config: 48 px views, 4 x 4 token grid, a 2-step CLIP warm-up
+# (kept on so that resume and DDP are checked with it)
+SMALL = ["clip.image_size=48", "clip.patch_size=12", "model.crop_size=48", "model.window=2", "min_size_train=48",
+         "clip_warmup_iters=2", "clip_warmup_batch=2", "num_workers=0", "eval_dataset=", "log_every=1", "threads=1"]
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
-    prepare_synthetic(root, workers=1, num_train=24, num_val=12, size=64)
+    prepare_synthetic(root, workers=1, num_train=40, num_val=12, size=96)
     return root
 
 
@@ -189,8 +192,9 @@ def test_resume_is_bitwise_exact(data_root, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     oa, ob = load_checkpoint(tmp_path / "full")["optimizer"], load_checkpoint(tmp_path / "half")["optimizer"]
     assert all(torch.equal(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"]) for i in oa["state"])
-    steps = [json.loads(line).get("step") for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3, 4]
+    records = [json.loads(line) for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "step" in r] == [0, 1, 2, 3, 4]
+    assert [r["warmup_step"] for r in records if "warmup_step" in r] == [1, 2]  # not repeated on resume
     assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
 
 
@@ -236,10 +240,30 @@ def test_ddp_two_processes_match_one_process(data_root, tmp_path):
 # the method learns
 
 
-def test_short_run_loss_falls_by_half(data_root, tmp_path):
-    train(_cfg(data_root, tmp_path, "max_iters=40", "save_every=40", "warmup_iters=5"))
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
-    assert len(losses) == 40
-    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-    assert last <= 0.5 * first, (first, last)
+def test_short_run_learns_the_synthetic_benchmark(data_root, tmp_path):
+    """The tiny recipe (CLIP warm-up, then ESC-Net) on the small synthetic set: the segmentation
+    loss falls by at least half and seen-class mIoU on the validation images is far above chance."""
+    out = tmp_path / "run"
+    # the shipped tiny model with 12-pixel patches (half the cost), shortened: 150 warm-up steps, 100 ESC-Net
+    # steps at a higher lr
+    summary = train(load_config(TINY_CONFIG, [
+        f"data_root={data_root}", f"output_dir={out}", "num_workers=0", "threads=1", "min_size_train=96",
+        "clip.patch_size=12", "model.window=4",
+        "clip_warmup_iters=150", "clip_warmup_batch=8", "max_iters=100", "batch_size=4", "warmup_iters=0",
+        "lr=5e-3", "low_lr=1e-3", "eval_every=0", "log_every=5", "save_every=100"]))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    warmup = [r["warmup_loss"] for r in records if "warmup_loss" in r]
+    assert len(warmup) == 30 and warmup[-1] < 0.6 * warmup[0]
+    assert losses[-1] <= 0.5 * losses[0], losses
+    seen = summary["eval"]["seen_mIoU"]
+    # chance: uniform random labels over the 13 prompted classes, scored the same way
+    val = resolve_dataset("synthetic", data_root, "val").dataset
+    rng = np.random.default_rng(0)
+    cm = ConfusionMatrix(val.num_classes, val.ignore_label)
+    for i in range(len(val)):
+        _, gt = val[i]
+        cm.update(rng.integers(0, val.num_classes, gt.shape), gt)
+    per_class = compute_metrics(cm.numpy(), val.class_names)["per_class"]
+    chance = np.mean([per_class[k]["IoU"] for k in range(1, 10) if per_class[k]["IoU"] is not None])
+    assert seen > max(5 * chance, 20.0), (seen, chance)
