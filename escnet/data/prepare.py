@@ -28,9 +28,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from escnet.data.datasets import datasets_root
+from escnet.fileio import atomic_write, remove_stale_tmp  # noqa: F401 - re-exported for the prepare_* modules
 
 MARKER = ".escnet-prepared.json"
-_TMP_TAG = ".escnet-tmp-"
 MARKER_VERSION = 1
 
 # name -> (module, function); each function takes (root: Path, workers: int, force: bool) -> dict
@@ -55,31 +55,9 @@ class PrepareError(RuntimeError):
 # atomic output, markers, progress
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_array(arr: np.ndarray, path: Path, fmt: str, **params) -> None:
     """Save an image array atomically; ``fmt`` is a PIL format ("PNG", "TIFF", "JPEG")."""
     atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format=fmt, **params))
-
-
-def remove_stale_tmp(folder: Path) -> int:
-    """Delete temporary files an interrupted run left in ``folder``; returns how many."""
-    n = 0
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if _TMP_TAG in p.name and p.name.startswith("."):
-                p.unlink()
-                n += 1
-    return n
 
 
 def is_prepared(folder: Path) -> bool:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from escnet.fileio import atomic_write
+
 PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
 _TMP_PREFIX = ".checkpoint_"
 
@@ -84,33 +86,16 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, keep_l
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(d, step)
-    tmp = d / f"{_TMP_PREFIX}{step:08d}.{os.getpid()}.tmp"
-    try:
+    payload = {**state, "step": step, "rng": rng_state()}
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save({**state, "step": step, "rng": rng_state()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(d)
+            torch.save(payload, f)
+
+    atomic_write(final, write, durable=True)
     for _, old in list_checkpoints(d)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return final
-
-
-def _fsync_dir(d: Path) -> None:
-    # make the rename itself durable where the platform allows it
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import typing
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from escnet.fileio import atomic_write
 from escnet.weights.common import WeightsError, check_keys, check_shapes
 
 ARCHS = ("escnet", "catseg")
@@ -68,21 +68,6 @@ def config_from_dict(cls, data: dict, where: str = "config"):
     return cls(**kwargs)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` (atomically) to `directory`."""
     from safetensors.torch import save_file
@@ -90,9 +75,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt", "arch": model.cfg.arch}))
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt", "arch": model.cfg.arch}))
     text = json.dumps(config_to_dict(model.cfg), indent=2)
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
     return out
 
 
