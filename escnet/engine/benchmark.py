@@ -32,11 +32,11 @@ def _peak_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _build(arch: str, preset: str):
+def _build(arch: str, preset: str, **overrides):
     from escnet.models.factory import create_model
 
     over = {"class_truncation": None} if arch == "catseg" else {}  # exact all-class scoring for both
-    return create_model(arch, preset, **over).eval().requires_grad_(False)
+    return create_model(arch, preset, **over, **overrides).eval().requires_grad_(False)
 
 
 def count_gflops(arch: str, preset: str, t: int, views: int) -> float:
@@ -84,11 +84,24 @@ def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, rep
 
 
 def _in_subprocess(target, *args) -> dict:
+    """Run target(*args, queue) in a fresh process and return what it put on the queue; a process
+    that dies without answering (e.g. killed for memory) gives an error row instead of a hang."""
+    import queue as queue_mod
+
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    res = q.get()
+    while True:
+        try:
+            res = q.get(timeout=2.0)
+            break
+        except queue_mod.Empty:
+            if not p.is_alive():
+                code = p.exitcode
+                why = " (killed: SIGKILL, usually the out-of-memory killer)" if code == -9 else ""
+                res = {"error": f"the benchmark process died with exit code {code}{why}"}
+                break
     p.join()
     return res
 
@@ -184,7 +197,32 @@ def bench_vocab(device: str, budget_mb: int) -> list[dict]:
     return rows
 
 
-def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: int, device: str, q) -> None:
+def saved_for_backward_gib(arch: str, preset: str, t: int, batch: int = 1, checkpointing: bool = False) -> float:
+    """GiB of the tensors autograd keeps for the backward pass of one training forward (the
+    recipe's trainable set), counted on the meta device: machine-independent, like the FLOPs.
+    Each saved tensor object counts once; two views of one storage count twice, so this is an
+    upper bound of the activation memory (without the transient peaks of the backward)."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    with torch.device("meta"):
+        model = _build(arch, preset, grad_checkpointing=checkpointing).train().requires_grad_(True)
+        model.set_finetune(model.cfg.clip_finetune)
+        crop = model.cfg.crop_size
+        images = torch.empty(batch, 3, crop, crop)
+        text = torch.empty(t, model.cfg.clip.embed_dim)
+    kept: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def pack(x):
+        kept[id(x)] = (x, x.numel() * x.element_size())  # holding x keeps its id unique
+        return x
+
+    with saved_tensors_hooks(pack, lambda x: x):
+        model(images, text)
+    return sum(n for _, n in kept.values()) / 2**30
+
+
+def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: int, device: str,
+               checkpointing: bool, q) -> None:
     """One configuration of the training benchmark, in a child process (its own peak memory)."""
     try:
         from escnet.data.vocab import benchmark_vocabulary
@@ -192,7 +230,7 @@ def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: i
         from escnet.engine.train import Objective, make_optimizer
 
         torch.manual_seed(0)
-        model = _build(arch, preset).to(device).train().requires_grad_(True)
+        model = _build(arch, preset, grad_checkpointing=checkpointing).to(device).train().requires_grad_(True)
         model.set_finetune(model.cfg.clip_finetune)  # the recipe's trainable set: CLIP q/v and all of the rest
         names = benchmark_vocabulary("coco171")
         names = (names * (t // len(names) + 1))[:t] if t > len(names) else names[:t]
@@ -223,14 +261,19 @@ def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: i
                "warmup": warmup, "step_s": sum(times) / len(times), "steps_per_s": len(times) / sum(times),
                "peak_mem_MiB": _peak_mib(device), "trainable_M": trainable, "loss": loss.item()})
     except Exception as e:  # noqa: BLE001
-        q.put({"arch": arch, "preset": preset, "T": t, "error": f"{type(e).__name__}: {e}"})
+        q.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def bench_train(preset: str, t: int, batch: int, steps: int, warmup: int, device: str) -> list[dict]:
+def bench_train(preset: str, t: int, batch: int, steps: int, warmup: int, device: str,
+                checkpointing: bool = False) -> list[dict]:
     """ESC-Net then CAT-Seg, each in a fresh process, same inputs and recipe."""
     rows = []
     for arch in ("escnet", "catseg"):
-        rows.append(_in_subprocess(_train_job, arch, preset, t, batch, steps, warmup, device))
+        saved = {f"saved_for_backward_GiB{'_checkpointed' if c else ''}": saved_for_backward_gib(arch, preset, t, batch, c)
+                 for c in (False, True)}
+        rows.append({"arch": arch, "preset": preset, "T": t, "batch": batch, "device": device,
+                     "grad_checkpointing": checkpointing, **saved,
+                     **_in_subprocess(_train_job, arch, preset, t, batch, steps, warmup, device, checkpointing)})
         print(json.dumps(rows[-1]), flush=True)
     if all("error" not in r for r in rows):
         e, c = rows
@@ -238,6 +281,10 @@ def bench_train(preset: str, t: int, batch: int, steps: int, warmup: int, device
               f"({e['peak_mem_MiB']:.0f} MiB peak), CAT-Seg {c['steps_per_s']:.4f} steps/s ({c['peak_mem_MiB']:.0f} MiB); "
               f"ESC/CAT step time {e['step_s'] / c['step_s']:.2f}, peak memory {e['peak_mem_MiB'] / c['peak_mem_MiB']:.2f}",
               flush=True)
+    e, c = rows
+    print(f"saved for backward (meta device, GiB): ESC-Net {e['saved_for_backward_GiB']:.2f} "
+          f"({e['saved_for_backward_GiB_checkpointed']:.2f} checkpointed), CAT-Seg {c['saved_for_backward_GiB']:.2f} "
+          f"({c['saved_for_backward_GiB_checkpointed']:.2f} checkpointed)", flush=True)
     return rows
 
 
@@ -286,7 +333,7 @@ def run(args) -> int:
         out["vocab"] = bench_vocab(device, args.memory_budget)
     if "train" in what:
         out["train"] = bench_train(args.train_size, args.train_classes, args.train_batch, args.train_steps,
-                                   args.warmup, device)
+                                   args.warmup, device, args.train_checkpointing)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
@@ -308,6 +355,8 @@ def add_command(sub) -> None:
     p.add_argument("--train-classes", type=int, default=171, help="class names per training step (default %(default)s)")
     p.add_argument("--train-batch", type=int, default=1, help="images per step and device (default %(default)s)")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default %(default)s)")
+    p.add_argument("--train-checkpointing", action="store_true",
+                   help="train with model.grad_checkpointing on (both models): less memory, more compute")
     p.add_argument("--latency-classes", nargs="*", type=int, default=None,
                    help="measure latency and peak memory only for these T (default: every --classes value; "
                         "none: FLOPs and parameters only)")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from escnet.models.clip import CLIP, CLIPConfig
-from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel
+from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel, run_block
 from escnet.models.swin import ClassAttentionLayer, SwinBlockPair
 
 
@@ -53,6 +53,7 @@ class CATSegConfig:
     pooling_eval: tuple[int, int] = (1, 1)  # ... at evaluation (CAT-Seg's eval.sh sets [1, 1])
     pad_len: int = 256  # class axis padded with a learnable token up to this length (0 = off)
     class_truncation: int | None = 256  # T > this: keep the top-k classes (CAT-Seg: = pad_len); None = all
+    grad_checkpointing: bool = False  # training: recompute each aggregator layer and the decoder in backward (not in CAT-Seg)
 
     def __post_init__(self) -> None:
         for name in ("decoder_dims", "skip_dims", "skip_proj_dims", "pooling_train", "pooling_eval", "pixel_mean", "pixel_std"):
@@ -160,6 +161,7 @@ class Aggregator(nn.Module):
 
     def __init__(self, cfg: CATSegConfig):
         super().__init__()
+        self.cfg = cfg
         d, c = cfg.clip.embed_dim, cfg.hidden_dim
         self.layers = nn.ModuleList(AggregatorLayer(cfg) for _ in range(cfg.num_layers))
         self.conv1 = nn.Conv2d(1, c, cfg.stem_kernel, padding=cfg.stem_kernel // 2)
@@ -186,13 +188,13 @@ class Aggregator(nn.Module):
         dec_guidance = [proj(s) for proj, s in zip(self.decoder_guidance_projection, skips)]
         x = _per_chunk(lambda c: self.conv1(corr[:, c].flatten(0, 1).unsqueeze(1)).unflatten(0, (b, -1)), chunks)
         for layer in self.layers:
-            x = layer(x, appearance, text_guidance, chunks)
+            x = run_block(self, layer, x, appearance, text_guidance, chunks)
 
         def decode(c: slice) -> Tensor:
             y = self.decoder2(self.decoder1(x[:, c], dec_guidance[0]), dec_guidance[1])
             return self.head(y.flatten(0, 1)).view(b, -1, *y.shape[-2:])
 
-        return _per_chunk(decode, chunks)
+        return run_block(self, _per_chunk, decode, chunks)
 
 
 class CATSeg(CLIPBackedModel):

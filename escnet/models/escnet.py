@@ -21,7 +21,7 @@ from escnet.models.clip import CLIP, CLIPConfig
 from escnet.models.decoder import Decoder, SkipProjector
 from escnet.models.ppg import generate_pseudo_prompts
 from escnet.models.sam import LayerNorm2d, PromptEncoder, TwoWayTransformer
-from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel
+from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel, run_block
 from escnet.models.vlf import VLFBlock
 
 
@@ -53,6 +53,7 @@ class ESCNetConfig:
     mask_combine: str = "sum"  # how the K region masks become one dense prompt: sum | union
     # SAM block
     use_sam: bool = True  # False = the paper's "W/O SAM" ablation (Table 2a)
+    grad_checkpointing: bool = False  # training: recompute each ESC block and the decoder in backward (less memory)
     sam_sharing: str = "copies"  # copies: each block owns a copy of the pretrained transformer | shared
     sam_dim: int = 256
     sam_depth: int = 2
@@ -226,10 +227,14 @@ class ESCNet(CLIPBackedModel):
         b, _, g, _ = feats.shape
         corr = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), F.normalize(text, dim=-1))
         e = self.stem(corr.reshape(-1, 1, g, g)).view(b, corr.shape[1], -1, g, g).transpose(1, 2)
-        for i, vlf in enumerate(self.vlf):
-            sam_guidance = None
-            if self.cfg.use_sam:
-                ppg_map = corr if self.cfg.ppg_source == "initial" or i == 0 else self._readout(e)
-                sam_guidance = self.sam[i](feats, ppg_map.detach())
-            e = vlf(e, sam_guidance, states[i], num_classes)
-        return self.decoder(e, guidance)
+        for i in range(len(self.vlf)):
+            e = run_block(self, self._esc_block, i, e, corr, feats, states[i], num_classes)
+        return run_block(self, self.decoder, e, guidance)
+
+    def _esc_block(self, i: int, e: Tensor, corr: Tensor, feats: Tensor, state, num_classes: int) -> Tensor:
+        """ESC block i: PPG -> SAM block -> VLF. e (B, C, T', g, g) -> (B, C, T', g, g)."""
+        sam_guidance = None
+        if self.cfg.use_sam:
+            ppg_map = corr if self.cfg.ppg_source == "initial" or i == 0 else self._readout(e)
+            sam_guidance = self.sam[i](feats, ppg_map.detach())
+        return self.vlf[i](e, sam_guidance, state, num_classes)
