@@ -50,6 +50,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    groups: dict[str, list[int]] | None = None,
 ) -> dict:
     """Run ``segmenter`` over ``dataset`` and score it.
 
@@ -108,12 +109,28 @@ def evaluate(
         "confusion_matrix_layout": MATRIX_LAYOUT,
         "seconds_rank0": round(seconds, 3),
     }
+    if groups:
+        results["groups"] = group_metrics(results["per_class"], groups)
     if output_dir is not None and rank == 0:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "confusion_matrix.npy", matrix)
         (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def group_metrics(per_class: list[dict], groups: dict[str, list[int]]) -> dict:
+    """Mean IoU (percent) per class group, e.g. {"seen": ids, "unseen": ids} ->
+    {"seen_mIoU": ..., "unseen_mIoU": ..., "hIoU": harmonic mean of the two}; a group none of whose
+    classes occurs in the ground truth gets None."""
+    out: dict = {}
+    for name, ids in groups.items():
+        values = [per_class[i]["IoU"] for i in ids if per_class[i]["IoU"] is not None]
+        out[f"{name}_mIoU"] = float(np.mean(values)) if values else None
+    seen, unseen = out.get("seen_mIoU"), out.get("unseen_mIoU")
+    if seen and unseen:
+        out["hIoU"] = 2 * seen * unseen / (seen + unseen)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +153,17 @@ def _init_distributed(device: str) -> tuple[bool, str]:
 
 
 def load_dataset(spec: str, root: str | None = None, split: str = "val", classes: str | None = None,
-                 ignore_label: int = 255) -> SegDataset:
-    """A benchmark name (see escnet.data.datasets) or a custom dataset folder."""
+                 ignore_label: int = 255) -> tuple[SegDataset, dict[str, list[int]] | None]:
+    """A benchmark name (see escnet.data.datasets), "synthetic" (escnet's synthetic benchmark, with
+    its seen / unseen class groups) or a custom dataset folder -> (dataset, class groups or None)."""
     if Path(spec).is_dir():
-        return load_custom_dataset(spec, class_file=classes, ignore_label=ignore_label)
-    return get_dataset(spec, root, split)
+        return load_custom_dataset(spec, class_file=classes, ignore_label=ignore_label), None
+    if spec == "synthetic":
+        from escnet.data.train_dataset import resolve_dataset
+
+        info = resolve_dataset("synthetic", root, split)
+        return info.dataset, info.groups
+    return get_dataset(spec, root, split), None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -148,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     initialized, device = _init_distributed(device)
     rank, _ = _rank_world()
     try:
-        dataset = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
+        dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
         from escnet.engine.inference import Segmenter
 
         segmenter = Segmenter.from_pretrained(args.model, device=device, protocol=args.protocol,
@@ -156,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
         output = args.output or str(Path("eval") / Path(dataset.name).name)
         meta = {"model": str(args.model), "protocol": args.protocol, "class_mode": args.class_mode,
                 "split": args.split}
-        results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta)
+        results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
     except (DatasetError, EvaluationError, FileNotFoundError, WeightsError) as exc:
         print(f"escnet evaluate: error: {exc}", file=sys.stderr)
         return 1
@@ -165,6 +188,8 @@ def _run(args: argparse.Namespace) -> int:
             torch.distributed.destroy_process_group()
     if rank == 0:
         print(format_table(results))
+        for name, value in results.get("groups", {}).items():
+            print(f"{name}: {'-' if value is None else f'{value:.2f}'}")
         print(f"images: {results['num_images']}  results: {Path(output) / 'results.json'}  "
               f"matrix: {Path(output) / 'confusion_matrix.npy'}")
     return 0
@@ -180,7 +205,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--model", required=True,
                    help="model folder in escnet's format (config.json + model.safetensors) or a CAT-Seg .pth checkpoint")
     p.add_argument("--dataset", required=True,
-                   help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, "
+                   help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, synthetic (seen / unseen mIoU too), "
                         "or a folder with images/, labels/, classes.txt")
     p.add_argument("--protocol", choices=["sliding", "single"], default="sliding",
                    help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")

@@ -263,12 +263,6 @@ def warm_up_clip(model: nn.Module, data, augment: TrainAugmentation, cfg: TrainC
 # evaluation and logging
 
 
-def group_miou(per_class: list[dict], ids: list[int]) -> float | None:
-    """Mean IoU (percent) over the classes `ids` present in the ground truth; None if none is."""
-    values = [per_class[i]["IoU"] for i in ids if per_class[i]["IoU"] is not None]
-    return float(np.mean(values)) if values else None
-
-
 def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device: torch.device) -> dict:
     """mIoU of the model on the evaluation split (escnet.engine.evaluate, sharded over processes);
     for the synthetic benchmark also seen / unseen class mIoU and their harmonic mean."""
@@ -277,16 +271,12 @@ def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device:
 
     segmenter = Segmenter(model, device=device, protocol=cfg.eval_protocol)
     try:
-        results = evaluate(segmenter, split.dataset, None, limit=cfg.eval_limit or None, progress=False)
+        results = evaluate(segmenter, split.dataset, None, limit=cfg.eval_limit or None, progress=False,
+                           groups=split.groups)
     finally:
         model.train()
     out = {k: results[k] for k in ("mIoU", "mIoU_v0.6", "pACC")}
-    if split.groups:
-        for name, ids in split.groups.items():
-            out[f"{name}_mIoU"] = group_miou(results["per_class"], ids)
-        seen, unseen = out.get("seen_mIoU"), out.get("unseen_mIoU")
-        if seen and unseen:
-            out["hIoU"] = 2 * seen * unseen / (seen + unseen)
+    out.update(results.get("groups", {}))
     out["num_images"] = results["num_images"]
     return out
 

@@ -181,3 +181,24 @@ def test_cli_reports_missing_inputs_in_one_line(tmp_path, capsys):
     assert "escnet prepare ade150" in capsys.readouterr().err
     assert main([*args, "--dataset", str(_folder(tmp_path / "data", n=1))]) == 1
     assert "no_model" in capsys.readouterr().err
+
+
+def test_evaluate_cli_on_the_synthetic_benchmark_reports_seen_and_unseen(tmp_path, capsys):
+    import warnings
+
+    from escnet.data.synthetic import prepare_synthetic, vocabulary
+
+    prepare_synthetic(tmp_path / "datasets", workers=1, num_train=2, num_val=6, size=96)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bundled model's notice
+        assert main(["evaluate", "--model", "default", "--dataset", "synthetic", "--root", str(tmp_path / "datasets"),
+                     "--protocol", "single", "--device", "cpu", "--output", str(tmp_path / "eval")]) == 0
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    n_seen = len(vocabulary().seen)
+    per_class = res["per_class"]
+    seen = [per_class[i]["IoU"] for i in range(1, n_seen) if per_class[i]["IoU"] is not None]
+    unseen = [per_class[i]["IoU"] for i in range(n_seen, len(per_class)) if per_class[i]["IoU"] is not None]
+    assert seen and unseen
+    assert res["groups"]["seen_mIoU"] == pytest.approx(sum(seen) / len(seen))
+    assert res["groups"]["unseen_mIoU"] == pytest.approx(sum(unseen) / len(unseen))
+    assert "seen_mIoU:" in capsys.readouterr().out
