@@ -15,7 +15,6 @@ Results print as a Markdown table and can be saved as JSON (--json).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import resource
