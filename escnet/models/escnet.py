@@ -1,12 +1,18 @@
 """ESC-Net (Lee et al., CVPR 2025): CLIP correlation refined by N ESC blocks (PPG -> SAM block -> VLF).
 
-Data flow for B images, T classes, a g x g token grid (g = 24 at the paper's sizes):
+Data flow for B images, T classes, a g x g token grid (g = 24 at the paper's sizes), L = g*g:
 
     images (B, 3, H, W) -> CLIP -> F_v (B, D, g, g), skips;   class names -> CLIP text -> F_l (T, D)
     C0 = cos(F_v, F_l) (B, T, g, g);   E = stem(C0) (B, C, T, g, g)
-    for each ESC block: map = readout(E) -> PPG -> prompts -> SAM block -> guidance (B*T, C, g, g)
-                        E = VLF(E, guidance, F_l)
+    for each ESC block: map = readout(E) -> PPG -> prompts (B*T sets) -> SAM block -> F'_v
+                        E = VLF(E, F'_v, F_l)
     logits = decoder(E, skips) (B, T, 4g, 4g) -> bilinear to (B, T, H, W)
+
+The paper's reading is the default (docs/design.md): one SAM two-way attention layer per ESC block,
+the per-class refined image tokens (F_v^n)' merged by eq. (2) into ONE class-agnostic F'_v per image
+(a 1x1 conv over [F_v ; mean_n (F_v^n)'], order-agnostic and valid for any T), and one Swin block per
+VLF. Today's earlier reading (per-class guidance, SAM's whole two-layer transformer per block, a Swin
+pair per VLF) is `ESCNetConfig.preset(..., reading="legacy")`; each choice is a field of its own.
 """
 from __future__ import annotations
 
@@ -18,17 +24,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from escnet.models.clip import CLIP, CLIPConfig
+from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel, run_block
 from escnet.models.decoder import Decoder, SkipProjector
 from escnet.models.ppg import generate_pseudo_prompts
-from escnet.models.sam import LayerNorm2d, PromptEncoder, TwoWayTransformer
-from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel, run_block
+from escnet.models.sam import LayerNorm2d, PromptEncoder, TwoWayAttentionBlock
 from escnet.models.vlf import VLFBlock
 
+# Named readings of the paper: field overrides applied by `ESCNetConfig.preset(name, reading=...)`.
+READINGS: dict[str, dict] = {
+    "paper": {},  # the defaults below
+    # The paper's reading without the feed-forward after the class attention (the paper names only the
+    # attention): the cheapest configuration.
+    "efficient": {"class_ffn": False},
+    # escnet's reading before v0.2 (and of the bundled demonstration model): not the paper's.
+    "legacy": {"sam_guidance": "perclass", "sam_layers": "full", "vlf_swin": "pair", "sam_seed_layers": (0, 1)},
+}
 
 
 @dataclass
 class ESCNetConfig:
-    """Every choice the paper leaves open is a field here (see DESIGN.md), so it can be ablated."""
+    """Every choice the paper leaves open is a field here (docs/design.md), so it can be ablated."""
 
     clip: CLIPConfig = field(default_factory=lambda: CLIPConfig.preset("vitb16"))
     arch: str = "escnet"
@@ -48,20 +63,27 @@ class ESCNetConfig:
     ppg_iters: int = 10
     ppg_init: str = "farthest"  # farthest | top
     ppg_source: str = "stem_inverse"  # map for PPG: stem_inverse (C0 at block 1, readout of E after) | initial (C0 always)
-    prompt_points: bool = True
+    prompt_points: bool = True  # the paper's prompts: points + masks (Table 3)
+    prompt_boxes: bool = False  # the smallest box around each region mask, through SAM's box embedding
     prompt_masks: bool = True
-    mask_combine: str = "sum"  # how the K region masks become one dense prompt: sum | union
+    mask_combine: str = "sum"  # how the K region masks become one dense prompt: sum | mean | union
     # SAM block
     use_sam: bool = True  # False = the paper's "W/O SAM" ablation (Table 2a)
+    sam_guidance: str = "merge"  # merge: eq. (2), one F'_v per image | perclass: each class its own
+    sam_layers: str = "one"  # one: one SAM two-way attention layer per ESC block | full: SAM's whole transformer
+    sam_seed_layers: tuple[int, ...] = (0, 1)  # with "one": pretrained layer seeding block i = [i % len]
+    sam_text_token: bool = False  # a class's text feature as one more prompt token (the literal SA(F_l^n))
     grad_checkpointing: bool = False  # training: recompute each ESC block and the decoder in backward (less memory)
-    sam_sharing: str = "copies"  # copies: each block owns a copy of the pretrained transformer | shared
+    sam_sharing: str = "copies"  # copies: each block owns its SAM pieces | shared: one set for all blocks
     sam_dim: int = 256
-    sam_depth: int = 2
+    sam_depth: int = 2  # layers of the pretrained SAM transformer (the file's; "full" runs them all)
     sam_heads: int = 8
     sam_mlp_dim: int = 2048
     sam_downsample: int = 2
     sam_mask_in_chans: int = 16
     # VLF
+    vlf_swin: str = "single"  # single: one Swin block per VLF, shift alternating over blocks | pair
+    class_ffn: bool = True  # feed-forward after the class attention
     guidance_dim: int = 128
     heads: int = 4
     window: int = 12
@@ -71,11 +93,13 @@ class ESCNetConfig:
     skip_proj_dims: tuple[int, int] = (32, 16)
 
     _CHOICES = {"ppg_threshold": ("relative", "uniform"), "ppg_init": ("farthest", "top"),
-                "ppg_source": ("stem_inverse", "initial"), "mask_combine": ("sum", "union"),
-                "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none")}
+                "ppg_source": ("stem_inverse", "initial"), "mask_combine": ("sum", "mean", "union"),
+                "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none"),
+                "sam_guidance": ("merge", "perclass"), "sam_layers": ("one", "full"),
+                "vlf_swin": ("single", "pair")}
 
     def __post_init__(self) -> None:
-        for name in ("decoder_dims", "skip_dims", "skip_proj_dims", "pixel_mean", "pixel_std"):
+        for name in ("decoder_dims", "skip_dims", "skip_proj_dims", "pixel_mean", "pixel_std", "sam_seed_layers"):
             setattr(self, name, tuple(getattr(self, name)))
         for name, allowed in self._CHOICES.items():
             if getattr(self, name) not in allowed:
@@ -84,10 +108,17 @@ class ESCNetConfig:
             raise ValueError(f"ESCNetConfig: hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}")
         if self.crop_size % self.grid:
             raise ValueError(f"ESCNetConfig: crop_size {self.crop_size} is not a multiple of the token grid {self.grid}")
+        if not self.sam_seed_layers or any(not 0 <= i < self.sam_depth for i in self.sam_seed_layers):
+            raise ValueError(f"ESCNetConfig.sam_seed_layers = {self.sam_seed_layers}: each must be a layer "
+                             f"0..{self.sam_depth - 1} of the pretrained SAM transformer (sam_depth {self.sam_depth})")
+        if self.use_sam and not (self.prompt_points or self.prompt_boxes or self.prompt_masks or self.sam_text_token):
+            raise ValueError("ESCNetConfig: the SAM block needs a prompt: enable prompt_points, prompt_boxes, "
+                             "prompt_masks or sam_text_token (or set use_sam = false)")
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> ESCNetConfig:
-        """`vitb16` / `vitl14` (paper sizes) or `tiny` (CPU tests and the synthetic benchmark)."""
+    def preset(cls, name: str, reading: str = "paper", **overrides) -> ESCNetConfig:
+        """`vitb16` / `vitl14` (paper sizes) or `tiny` (CPU tests and the synthetic benchmark), in a
+        named reading of the paper (READINGS: paper, efficient, legacy); overrides win over both."""
         if name in ("vitb16", "vitl14"):
             cfg = cls(clip=CLIPConfig.preset(name))
         elif name == "tiny":
@@ -98,25 +129,88 @@ class ESCNetConfig:
                       skip_proj_dims=(8, 4))
         else:
             raise ValueError(f"unknown ESC-Net preset {name!r}; choose from vitb16, vitl14, tiny")
+        if reading not in READINGS:
+            raise ValueError(f"unknown ESC-Net reading {reading!r}; choose from {', '.join(READINGS)}")
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown ESC-Net config field {unknown[0]!r}")
-        return dataclasses.replace(cfg, **overrides)
+        return dataclasses.replace(cfg, **{**READINGS[reading], **overrides})
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """A saved config.json from before the readings existed (no `sam_guidance`) described the
+        legacy reading: fill its fields so such models load and run unchanged."""
+        if "sam_guidance" in data:
+            return data
+        return {**{k: list(v) if isinstance(v, tuple) else v for k, v in READINGS["legacy"].items()}, **data}
 
     @property
     def grid(self) -> int:
         return self.clip.image_size // self.clip.patch_size
 
+    def seed_layer(self, block: int) -> int:
+        """Which layer of the pretrained SAM transformer ESC block `block` starts from ("one")."""
+        return self.sam_seed_layers[block % len(self.sam_seed_layers)]
+
+
+class SAMLayers(nn.Module):
+    """The SAM two-way attention layers an ESC block runs (names as SAM's `transformer.layers.*`):
+    one (the paper's reading) or the whole pretrained depth. SAM's final token->image attention is
+    not here: its output (the tokens) is never used by ESC-Net."""
+
+    def __init__(self, cfg: ESCNetConfig, first_layer: int):
+        super().__init__()
+        indices = [first_layer] if cfg.sam_layers == "one" else list(range(cfg.sam_depth))
+        self.seeds = indices  # pretrained layer each of `layers` is loaded from
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(cfg.sam_dim, cfg.sam_heads, cfg.sam_mlp_dim, nn.ReLU, cfg.sam_downsample,
+                                 skip_first_layer_pe=(i == 0))
+            for i in indices)
+
+
+def _fold(lin: nn.Linear, shared: Tensor, dense: DensePrompt, t: int) -> Tensor:
+    """lin(shared_b + W_c H_n + beta_n) for every class n of every image b, exactly, without
+    materialising the per-class sum: the shared part is projected once per image, and lin o W_c is
+    one small (out, m) map applied to the m-channel mask features (m = 16 at SAM's sizes vs 256).
+
+    shared (B, L, S); dense with H (N, L, m) or None and beta (N, S); N = B*t -> (N, L, out).
+    """
+    b, length, _ = shared.shape
+    out = lin(shared).unsqueeze(1)  # (B, 1, L, out)
+    offset = F.linear(dense.beta, lin.weight).view(b, t, 1, -1)
+    if dense.h is not None:
+        per_class = dense.h @ (lin.weight @ dense.w_c).transpose(0, 1)  # (N, L, out)
+        return (out + per_class.view(b, t, length, -1) + offset).flatten(0, 1)
+    return (out + offset).flatten(0, 1)
+
+
+@dataclass
+class DensePrompt:
+    """A dense prompt per class in factored form: dense_n = H_n @ W_c^T + beta_n, where W_c (S, m) is
+    the mask encoder's last 1x1 conv. h: (N, L, m) mask features before that conv (None: no mask
+    for any class); beta: (N, S) the conv bias times the region count, or no_mask_embed."""
+
+    h: Tensor | None
+    beta: Tensor
+    w_c: Tensor
+
+    def materialise(self) -> Tensor:
+        """-> (N, L, S)."""
+        if self.h is None:
+            return self.beta[:, None, :]
+        return self.h @ self.w_c.transpose(0, 1) + self.beta[:, None, :]
+
 
 class SAMBlock(nn.Module):
-    """Pretrained SAM mask-decoder pieces driven by pseudo prompts, batched over classes.
+    """Pretrained SAM mask-decoder pieces driven by pseudo prompts, batched over the T classes.
 
-    Image: Conv1x1(D -> sam_dim) + LayerNorm2d of F_v, shared by the T classes of an image (expand, no copy).
-    Tokens: SAM's IoU token + 4 mask tokens + sparse point prompts. Output: the refined image tokens
-    of every class -> Conv1x1(sam_dim -> guidance_dim) = VLF's image guidance.
+    Image: Conv1x1(D -> S) + LayerNorm2d of F_v, shared by the T classes of an image. Per class n:
+    keys = image + dense prompt, tokens = SAM's IoU + 4 mask tokens + sparse prompts; the SAM layer(s)
+    refine the keys to (F_v^n)' (B, T, L, S). Guidance for VLF: `merge` (eq. 2) -> (B, G, g, g) or
+    `perclass` -> (B*T, G, g, g).
     """
 
-    def __init__(self, cfg: ESCNetConfig, transformer: TwoWayTransformer, prompt_encoder: PromptEncoder):
+    def __init__(self, cfg: ESCNetConfig, transformer: SAMLayers, prompt_encoder: PromptEncoder):
         super().__init__()
         self.cfg = cfg
         self.image_proj = nn.Sequential(nn.Conv2d(cfg.clip.embed_dim, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim))
@@ -124,41 +218,111 @@ class SAMBlock(nn.Module):
         self.transformer = transformer
         self.iou_token = nn.Embedding(1, cfg.sam_dim)
         self.mask_tokens = nn.Embedding(4, cfg.sam_dim)
-        self.out_proj = nn.Conv2d(cfg.sam_dim, cfg.guidance_dim, 1)
+        self.text_proj = nn.Linear(cfg.clip.embed_dim, cfg.sam_dim) if cfg.sam_text_token else None
+        if cfg.sam_guidance == "merge":
+            self.merge = nn.Conv2d(2 * cfg.sam_dim, cfg.guidance_dim, 1)
+        else:
+            self.out_proj = nn.Conv2d(cfg.sam_dim, cfg.guidance_dim, 1)
 
-    def forward(self, feats: Tensor, corr: Tensor) -> Tensor:
-        """feats F_v (B, D, g, g), corr (B, T, g, g) maps for PPG -> guidance (B*T, G, g, g)."""
-        cfg = self.cfg
-        b, t, g, _ = corr.shape
-        n = b * t
-        pp = generate_pseudo_prompts(corr.reshape(n, g, g), num_regions=cfg.ppg_regions, tau=cfg.ppg_tau,
+    def project_image(self, feats: Tensor) -> Tensor:
+        """F_v (B, D, g, g) -> SAM image tokens (B, S, g, g)."""
+        return self.image_proj(feats)
+
+    def prompts(self, corr: Tensor, text: Tensor) -> tuple[Tensor, DensePrompt]:
+        """PPG maps corr (N, g, g) and text (N, D) -> tokens (N, P, S) and the dense prompt of each class."""
+        cfg, pe = self.cfg, self.prompt_encoder
+        n, g, _ = corr.shape
+        pp = generate_pseudo_prompts(corr, num_regions=cfg.ppg_regions, tau=cfg.ppg_tau,
                                      threshold=cfg.ppg_threshold, alpha=cfg.ppg_alpha, iters=cfg.ppg_iters,
                                      init=cfg.ppg_init, canvas_size=cfg.crop_size)
-        pe = self.prompt_encoder
+        coords, labels = [pp.points[:, :0]], [pp.labels[:, :0]]
         if cfg.prompt_points:
-            sparse = pe.embed_points(pp.points, pp.labels, pad=True)  # (N, K+1, S)
+            coords.append(pp.points)
+            labels.append(pp.labels)
+        if cfg.prompt_boxes:  # two corner tokens per region (labels 2, 3), "not a point" for empty regions
+            coords.append(pp.boxes.reshape(n, -1, 2))
+            corner = torch.tensor([2, 3], device=corr.device)
+            labels.append(torch.where(pp.valid[..., None], corner, -1).reshape(n, -1))
+        # SAM pads a prompt without boxes with one not-a-point token.
+        sparse = pe.embed_points(torch.cat(coords, 1), torch.cat(labels, 1), pad=not cfg.prompt_boxes)
+        dtype = sparse.dtype
+        tokens = [self.iou_token.weight, self.mask_tokens.weight]
+        tokens = [torch.cat(tokens, 0).unsqueeze(0).expand(n, -1, -1), sparse]
+        if self.text_proj is not None:
+            tokens.append(self.text_proj(text).unsqueeze(1))
+        tokens = torch.cat(tokens, 1)
+
+        last = pe.mask_downscaling[-1]  # the 1x1 conv: linear, so it is folded into what follows
+        w_c = last.weight.flatten(1)  # (S, m)
+        no_mask = pe.no_mask_embed.weight.expand(n, -1)
+        if not cfg.prompt_masks:
+            return tokens, DensePrompt(None, no_mask, w_c)
+        k = cfg.ppg_regions
+        valid = pp.valid.to(dtype)  # (N, K)
+        if cfg.mask_combine == "union":
+            masks, weights = pp.foreground.to(dtype)[:, None], valid.amax(1, keepdim=True)
         else:
-            sparse = pe.embed_points(pp.points[:, :0], pp.labels[:, :0], pad=True)
-        dense = pe.no_mask_dense(n)  # (N, S, g, g)
-        if cfg.prompt_masks:
-            k = cfg.ppg_regions
-            if cfg.mask_combine == "sum":
-                masks = F.interpolate(pp.masks, scale_factor=4, mode="nearest").reshape(n * k, 1, 4 * g, 4 * g)
-                emb = pe.embed_masks(masks).view(n, k, -1, g, g)
-                summed = (emb * pp.valid[:, :, None, None, None]).sum(1)
-            elif cfg.mask_combine == "union":
-                union = pp.foreground.float()[:, None]
-                summed = pe.embed_masks(F.interpolate(union, scale_factor=4, mode="nearest"))
-            else:
-                raise ValueError(f"unknown mask_combine {cfg.mask_combine!r} (expected 'sum' or 'union')")
-            any_region = pp.valid.any(1)[:, None, None, None]
-            dense = torch.where(any_region, summed, dense)
-        image = self.image_proj(feats)  # (B, S, g, g)
-        src = image.unsqueeze(1).expand(b, t, *image.shape[1:]).reshape(n, *image.shape[1:]) + dense
-        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
-        tokens = torch.cat([tokens.unsqueeze(0).expand(n, -1, -1), sparse], 1)
-        _, keys = self.transformer(src, pe.get_dense_pe(), tokens)  # keys (N, g*g, S)
-        return self.out_proj(keys.transpose(1, 2).reshape(n, -1, g, g))
+            masks, weights = pp.masks.to(dtype).reshape(n * k, 1, g, g), valid
+            if cfg.mask_combine == "mean":
+                weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+        masks = F.interpolate(masks, scale_factor=4, mode="nearest")
+        h = pe.mask_downscaling[:-1](masks)  # (N * K', m, g, g)
+        h = torch.einsum("nkmhw,nk->nhwm", h.view(n, weights.shape[1], *h.shape[1:]), weights).reshape(n, g * g, -1)
+        any_region = pp.valid.any(1, keepdim=True)
+        beta = torch.where(any_region, weights.sum(1, keepdim=True) * last.bias, no_mask)
+        return tokens, DensePrompt(h * any_region[:, :, None].to(dtype), beta, w_c)
+
+    def refine(self, image: Tensor, corr: Tensor, text: Tensor) -> Tensor:
+        """image (B, S, g, g) from `project_image`, PPG maps corr (B, T', g, g), text (T', D) ->
+        the refined image tokens (F_v^n)' of every class (B, T', L, S)."""
+        b, t, g, _ = corr.shape
+        tokens, dense = self.prompts(corr.reshape(b * t, g, g), text.repeat(b, 1))
+        image = image.flatten(2).transpose(1, 2)  # (B, L, S)
+        pos = self.prompt_encoder.get_dense_pe().to(image.dtype).flatten(2).transpose(1, 2)  # (1, L, S)
+        first, *rest = self.transformer.layers
+        queries, keys = _first_layer(first, tokens, image, pos, dense, t)
+        for layer in rest:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=pos)
+        return keys.view(b, t, g * g, -1)
+
+    def merge_guidance(self, image: Tensor, mean_refined: Tensor) -> Tensor:
+        """Eq. (2): image (B, S, g, g), mean over all T classes of (F_v^n)' (B, L, S) -> F'_v (B, G, g, g)."""
+        refined = mean_refined.transpose(1, 2).reshape(image.shape)
+        return self.merge(torch.cat([image, refined], 1))
+
+    def perclass_guidance(self, refined: Tensor) -> Tensor:
+        """(F_v^n)' (B, T', L, S) -> per-class guidance (B*T', G, g, g)."""
+        b, t, length, s = refined.shape
+        g = self.cfg.grid
+        return self.out_proj(refined.reshape(b * t, length, s).transpose(1, 2).reshape(b * t, s, g, g))
+
+
+def _first_layer(layer: TwoWayAttentionBlock, tokens: Tensor, image: Tensor, pos: Tensor, dense: DensePrompt,
+                 t: int) -> tuple[Tensor, Tensor]:
+    """SAM's TwoWayAttentionBlock on keys_n = image_b + dense_n for the t classes of each image, equal to
+    `layer(tokens, keys, tokens, pos)` on the materialised keys, but with every projection of the keys
+    computed in the factored form of `_fold` (the image part once per image).
+
+    tokens (N, P, S) (also their positional encoding, as in SAM); image (B, L, S); pos (1, L, S).
+    Returns queries (N, P, S) and the refined keys (N, L, S)."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=tokens, k=tokens, v=tokens)
+    else:
+        queries = tokens + layer.self_attn(q=tokens + tokens, k=tokens + tokens, v=tokens)
+    queries = layer.norm1(queries)
+
+    a = layer.cross_attn_token_to_image
+    k = _fold(a.k_proj, image + pos, dense, t)
+    v = _fold(a.v_proj, image, dense, t)
+    queries = layer.norm2(queries + a.attend(a.q_proj(queries + tokens), k, v))
+    queries = layer.norm3(queries + layer.mlp(queries))
+
+    a = layer.cross_attn_image_to_token
+    q = _fold(a.q_proj, image + pos, dense, t)
+    attn = a.attend(q, a.k_proj(queries + tokens), a.v_proj(queries))  # (N, L, S)
+    b, length, s = image.shape
+    keys = (image.unsqueeze(1) + dense.materialise().view(b, t, -1, s)).flatten(0, 1)
+    return queries, layer.norm4(keys + attn)
 
 
 class ESCNet(CLIPBackedModel):
@@ -176,27 +340,42 @@ class ESCNet(CLIPBackedModel):
             g = cfg.grid
             make_pe = lambda: PromptEncoder(cfg.sam_dim, (g, g), (cfg.crop_size, cfg.crop_size),  # noqa: E731
                                             cfg.sam_mask_in_chans)
-            make_tf = lambda: TwoWayTransformer(depth=cfg.sam_depth, embedding_dim=cfg.sam_dim,  # noqa: E731
-                                                num_heads=cfg.sam_heads, mlp_dim=cfg.sam_mlp_dim,
-                                                attention_downsample_rate=cfg.sam_downsample)
             if cfg.sam_sharing == "copies":
-                self.sam = nn.ModuleList(SAMBlock(cfg, make_tf(), make_pe()) for _ in range(cfg.num_blocks))
-            elif cfg.sam_sharing == "shared":
-                tf, pe = make_tf(), make_pe()
-                self.sam = nn.ModuleList(SAMBlock(cfg, tf, pe) for _ in range(cfg.num_blocks))
+                self.sam = nn.ModuleList(SAMBlock(cfg, SAMLayers(cfg, cfg.seed_layer(i)), make_pe())
+                                         for i in range(cfg.num_blocks))
             else:
-                raise ValueError(f"unknown sam_sharing {cfg.sam_sharing!r} (expected 'copies' or 'shared')")
+                layers, pe = SAMLayers(cfg, cfg.seed_layer(0)), make_pe()
+                self.sam = nn.ModuleList(SAMBlock(cfg, layers, pe) for _ in range(cfg.num_blocks))
+            if not cfg.prompt_masks:  # never used: frozen, so that every trainable parameter gets a gradient
+                for block in self.sam:
+                    block.prompt_encoder.mask_downscaling.requires_grad_(False)
         guidance = cfg.guidance_dim if cfg.use_sam else 0
-        self.vlf = nn.ModuleList(VLFBlock(c, guidance, d, cfg.heads, cfg.window) for _ in range(cfg.num_blocks))
+        half = cfg.window // 2
+        shifts = [(0, half) if cfg.vlf_swin == "pair" else ((0,) if i % 2 == 0 else (half,))
+                  for i in range(cfg.num_blocks)]
+        self.vlf = nn.ModuleList(VLFBlock(c, guidance, d, cfg.heads, cfg.window, shifts[i], cfg.class_ffn)
+                                 for i in range(cfg.num_blocks))
         self.skips = SkipProjector(cfg.clip.vision_width, cfg.skip_dims, cfg.skip_proj_dims)
         self.decoder = Decoder(c, cfg.decoder_dims, cfg.skip_proj_dims)
         self.set_finetune(cfg.clip_finetune)
 
+    @staticmethod
+    def upgrade_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Models saved before v0.2 hold SAM's final token->image attention in every block; no reading
+        uses its output, so it is no longer part of the model: drop it."""
+        unused = (".transformer.final_attn_token_to_image.", ".transformer.norm_final_attn.")
+        return {k: v for k, v in sd.items() if not (k.startswith("sam.") and any(u in k for u in unused))}
+
     def load_sam_weights(self, sd: dict[str, Tensor]) -> None:
-        """Copy pretrained SAM decoder pieces (keys prompt_encoder.*, transformer.*, iou_token.weight,
-        mask_tokens.weight) into every ESC block."""
+        """Copy pretrained SAM decoder pieces (keys prompt_encoder.*, transformer.layers.<j>.*,
+        iou_token.weight, mask_tokens.weight) into every ESC block; each block's layers take the
+        pretrained layers named by `SAMLayers.seeds` (cfg.sam_seed_layers for the paper's reading)."""
         for block in self.sam:
-            block.load_state_dict(sd, strict=False)
+            own = {k: v for k, v in sd.items() if not k.startswith("transformer.")}
+            for j, seed in enumerate(block.transformer.seeds):
+                prefix = f"transformer.layers.{seed}."
+                own.update({f"transformer.layers.{j}.{k[len(prefix):]}": v for k, v in sd.items() if k.startswith(prefix)})
+            block.load_state_dict(own, strict=False)
 
     def _readout(self, e: Tensor) -> Tensor:
         """Project E (B, C, T, g, g) back onto the stem direction -> (B, T, g, g); equals C0 for E = stem(C0).
@@ -211,30 +390,40 @@ class ESCNet(CLIPBackedModel):
     def forward(self, images: Tensor, text: Tensor, class_chunk: int | None = None) -> Tensor:
         """images (B, 3, H, W) RGB 0..255, text (T, D) L2-normalised -> logits (B, T, H, W).
 
-        class_chunk: run the per-class part on chunks of this many classes (exact, bounded memory).
+        class_chunk: run the per-class parts on chunks of this many classes (exact, bounded memory).
+        The ESC blocks run one after another over all chunks, because eq. (2)'s F'_v of a block needs
+        the refined tokens of every class: only the embedding E of all classes (B, C, T, g, g) is kept.
         """
         feats, skips, out_size = self.encode_image(images)
         guidance = self.skips(skips)
-        states = [blk.classes.text_state(text) for blk in self.vlf]
+        text = text.to(feats.dtype)
         t = text.shape[0]
         step = t if not class_chunk or class_chunk >= t else class_chunk
-        outs = [self._classes_forward(feats, text[i:i + step], guidance, states, t) for i in range(0, t, step)]
+        chunks = [slice(i, min(i + step, t)) for i in range(0, t, step)]
+        unit = F.normalize(feats, dim=1)
+        corr = [torch.einsum("bdhw,td->bthw", unit, F.normalize(text[c], dim=-1)) for c in chunks]
+        b, _, g, _ = feats.shape
+        es = [self.stem(x.reshape(-1, 1, g, g)).view(b, x.shape[1], -1, g, g).transpose(1, 2) for x in corr]
+        for i, vlf in enumerate(self.vlf):
+            state = vlf.classes.text_state(text)
+            sam_guidance = [None] * len(chunks)
+            if self.cfg.use_sam:
+                sam_guidance = self._sam_guidance(i, feats, es, corr, text, chunks)
+            es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
+        outs = [run_block(self, self.decoder, e, guidance) for e in es]
         logits = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
 
-    def _classes_forward(self, feats: Tensor, text: Tensor, guidance, states, num_classes: int) -> Tensor:
-        """feats (B, D, g, g), text (T', D) -> low-res logits (B, T', 4g, 4g)."""
-        b, _, g, _ = feats.shape
-        corr = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), F.normalize(text, dim=-1))
-        e = self.stem(corr.reshape(-1, 1, g, g)).view(b, corr.shape[1], -1, g, g).transpose(1, 2)
-        for i in range(len(self.vlf)):
-            e = run_block(self, self._esc_block, i, e, corr, feats, states[i], num_classes)
-        return run_block(self, self.decoder, e, guidance)
-
-    def _esc_block(self, i: int, e: Tensor, corr: Tensor, feats: Tensor, state, num_classes: int) -> Tensor:
-        """ESC block i: PPG -> SAM block -> VLF. e (B, C, T', g, g) -> (B, C, T', g, g)."""
-        sam_guidance = None
-        if self.cfg.use_sam:
-            ppg_map = corr if self.cfg.ppg_source == "initial" or i == 0 else self._readout(e)
-            sam_guidance = self.sam[i](feats, ppg_map.detach())
-        return self.vlf[i](e, sam_guidance, state, num_classes)
+    def _sam_guidance(self, i: int, feats: Tensor, es: list[Tensor], corr: list[Tensor], text: Tensor,
+                      chunks: list[slice]) -> list[Tensor]:
+        """ESC block i's SAM block for every chunk -> the guidance each chunk's VLF sees: eq. (2)'s
+        F'_v (B, G, g, g) shared by all chunks (a mean over ALL classes), or (B*T', G, g, g) per chunk."""
+        block = self.sam[i]
+        image = block.project_image(feats)
+        maps = [(x if self.cfg.ppg_source == "initial" or i == 0 else self._readout(e)).detach()
+                for x, e in zip(corr, es)]
+        if self.cfg.sam_guidance == "perclass":
+            return [block.perclass_guidance(run_block(self, block.refine, image, m, text[c]))
+                    for m, c in zip(maps, chunks)]
+        total = sum(run_block(self, block.refine, image, m, text[c]).sum(1) for m, c in zip(maps, chunks))
+        return [block.merge_guidance(image, total / text.shape[0])] * len(chunks)

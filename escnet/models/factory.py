@@ -114,6 +114,8 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{p / CONFIG_NAME}: not valid JSON ({e})") from None
     arch = data.get("arch")
     cfg_cls, model_cls = _classes(arch)
+    if hasattr(cfg_cls, "upgrade"):
+        data = cfg_cls.upgrade(data)
     cfg = config_from_dict(cfg_cls, data, str(p / CONFIG_NAME))
     model = model_cls(cfg)
     from safetensors.torch import load_file
@@ -122,6 +124,8 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         sd = load_file(str(p / WEIGHTS_NAME))
     except Exception as e:  # noqa: BLE001 - re-raised naming the file
         raise WeightsError(f"{p / WEIGHTS_NAME}: not a readable safetensors file ({e})") from None
+    if hasattr(model_cls, "upgrade_state_dict"):
+        sd = model_cls.upgrade_state_dict(sd)
     load_state_dict_strict(model, sd, str(p / WEIGHTS_NAME))
     return model.to(map_location)
 

@@ -19,6 +19,8 @@ class PseudoPrompts:
     points: (N, K, 2) float (x, y) in canvas pixels (SAM convention: SAM adds 0.5 itself).
     labels: (N, K) long, 1 = point of a non-empty region, -1 = SAM's "not a point".
     masks: (N, K, h, w) float {0, 1} region masks on the token grid.
+    boxes: (N, K, 4) float (x0, y0, x1, y1) in canvas pixels, the smallest box around each region
+        mask (inclusive corner pixels, as SAM's boxes; SAM adds 0.5 itself); zeros for empty regions.
     valid: (N, K) bool, region is non-empty.
     foreground: (N, h, w) bool, thresholded probability map.
     """
@@ -26,6 +28,7 @@ class PseudoPrompts:
     points: Tensor
     labels: Tensor
     masks: Tensor
+    boxes: Tensor
     valid: Tensor
     foreground: Tensor
 
@@ -146,5 +149,22 @@ def generate_pseudo_prompts(
     labels = torch.where(valid, 1, -1)
     masks = torch.zeros(n, h * w, k, dtype=torch.bool, device=corr.device).scatter_(
         1, order[..., None].expand(-1, -1, k), onehot)
-    masks = masks.permute(0, 2, 1).reshape(n, k, h, w).float()
-    return PseudoPrompts(points=points, labels=labels, masks=masks, valid=valid, foreground=fg.reshape(n, h, w))
+    masks = masks.permute(0, 2, 1).reshape(n, k, h, w)
+    return PseudoPrompts(points=points, labels=labels, masks=masks.float(), boxes=_boxes(masks, canvas_size),
+                         valid=valid, foreground=fg.reshape(n, h, w))
+
+
+def _boxes(masks: Tensor, canvas_size: int) -> Tensor:
+    """masks (N, K, h, w) bool -> (N, K, 4) smallest boxes (x0, y0, x1, y1) in canvas pixels; 0 if empty."""
+    h, w = masks.shape[-2:]
+
+    def extent(occupied: Tensor, size: int) -> tuple[Tensor, Tensor]:  # (N, K, size) -> first, last index
+        first = occupied.to(torch.uint8).argmax(-1)
+        last = size - 1 - occupied.flip(-1).to(torch.uint8).argmax(-1)
+        return first, last
+
+    y0, y1 = extent(masks.any(-1), h)
+    x0, x1 = extent(masks.any(-2), w)
+    sy, sx = canvas_size / h, canvas_size / w
+    boxes = torch.stack([x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1], -1).float()
+    return torch.where(masks.flatten(2).any(-1)[..., None], boxes, torch.zeros_like(boxes))

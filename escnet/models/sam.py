@@ -80,8 +80,14 @@ class Attention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (N, Lq, C), k and v (N, Lk, C) -> (N, Lq, C)."""
-        out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
-                                             self._heads(self.v_proj(v)))
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention on already projected inputs: q (N, Lq, I), k and v (N, Lk, I), I = internal_dim -> (N, Lq, C).
+
+        ESC-Net's SAM block computes the projections of its per-class image tokens in a cheaper,
+        exactly equal form and enters here."""
+        out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
         n, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(n, length, self.internal_dim))
 
@@ -245,8 +251,8 @@ class PromptEncoder(nn.Module):
 
         Args:
             coords: (N, P, 2) float (x, y) in input-image pixels (SAM adds the 0.5 pixel-centre shift here).
-            labels: (N, P) int: 1 foreground, 0 background, -1 not-a-point. Other values get only the
-                positional encoding, as in SAM.
+            labels: (N, P) int: 1 foreground, 0 background, -1 not-a-point, 2 / 3 a box's top-left /
+                bottom-right corner (what SAM's box embedding adds to a corner's encoding).
             pad: append one not-a-point token (SAM does this when there are no boxes).
         Returns:
             (N, P + pad, C).
@@ -262,8 +268,11 @@ class PromptEncoder(nn.Module):
         lab = labels[..., None]
         # where (not masked in-place writes) keeps this a pure, batched, autograd-friendly program.
         emb = torch.where(lab == -1, self.not_a_point_embed.weight.to(pe.dtype), pe)
-        emb = emb + (lab == 0).to(emb.dtype) * self.point_embeddings[0].weight
-        return emb + (lab == 1).to(emb.dtype) * self.point_embeddings[1].weight
+        # Every label's embedding enters the graph (times 0 where unused), so all of them receive a
+        # gradient and DDP needs no unused-parameter search.
+        for label in range(self.num_point_embeddings):
+            emb = emb + (lab == label).to(emb.dtype) * self.point_embeddings[label].weight
+        return emb
 
     def embed_boxes(self, boxes: Tensor) -> Tensor:
         """boxes (N, 4) as (x0, y0, x1, y1) in input-image pixels -> corner tokens (N, 2, C)."""

@@ -216,17 +216,22 @@ class SwinBlock(nn.Module):
 
 
 class SwinBlockPair(nn.Module):
-    """Two Swin blocks (shift 0, then window // 2) with appearance guidance (CAT-Seg's
-    SwinTransformerBlockWrapper): spatial aggregation of a per-class embedding.
+    """Swin blocks with appearance guidance over a per-class embedding; by default two (shift 0, then
+    window // 2: CAT-Seg's SwinTransformerBlockWrapper). ESC-Net's VLF uses one block per ESC block,
+    its shift alternating over the blocks: `shifts=(0,)` or `shifts=(window // 2,)`.
 
-    dim: C of x; guidance_dim: G of the guidance (0 = no guidance); heads; window (12 in CAT-Seg).
+    dim: C of x; guidance_dim: G of the guidance (0 = no guidance); heads; window (12 in CAT-Seg);
+    shifts: the cyclic shift of each block in order (modules block_1, block_2, ...).
     Any h, w works: grids not a multiple of the window are padded, and padding is masked out.
     """
 
-    def __init__(self, dim: int, guidance_dim: int, heads: int = 4, window: int = 12):
+    def __init__(self, dim: int, guidance_dim: int, heads: int = 4, window: int = 12,
+                 shifts: tuple[int, ...] | None = None):
         super().__init__()
-        self.block_1 = SwinBlock(dim, guidance_dim, heads, window, shift=0)
-        self.block_2 = SwinBlock(dim, guidance_dim, heads, window, shift=window // 2)
+        shifts = (0, window // 2) if shifts is None else tuple(shifts)
+        self.blocks = [f"block_{i + 1}" for i in range(len(shifts))]
+        for name, shift in zip(self.blocks, shifts):
+            self.add_module(name, SwinBlock(dim, guidance_dim, heads, window, shift=shift))
         self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
 
     def forward(self, x: Tensor, guidance: Tensor | None) -> Tensor:
@@ -239,8 +244,8 @@ class SwinBlockPair(nn.Module):
             if guidance.shape[-2:] != x.shape[1:3]:
                 raise ValueError(f"SwinBlockPair: guidance grid {tuple(guidance.shape[-2:])} != x grid {tuple(x.shape[1:3])}")
             guidance = self.guidance_norm(guidance.permute(0, 2, 3, 1))
-        x = self.block_1(x, guidance)
-        x = self.block_2(x, guidance)
+        for name in self.blocks:
+            x = getattr(self, name)(x, guidance)
         return x.permute(0, 3, 1, 2)
 
 

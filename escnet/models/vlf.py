@@ -1,7 +1,9 @@
 """Vision-Language Fusion (paper Sec. 3.5).
 
-(a) image guidance: a spatial Swin block pair over every (image, class) correlation embedding whose
-    queries/keys also see the SAM-refined image features of that class;
+(a) image guidance: a spatial Swin block over every (image, class) correlation embedding whose
+    queries/keys also see F'_v, the SAM-refined image features (the paper's reading: one map per image,
+    shared by all classes; `sam_guidance = "perclass"`: each class's own refined features). One Swin
+    block per VLF, the shift alternating over the ESC blocks (`vlf_swin = "pair"`: two per VLF);
 (b) text guidance: linear attention over the class axis with the text features as keys and values,
     no positional embedding, so the block is order-agnostic and takes any number of classes.
 
@@ -24,6 +26,7 @@ class TextClassAttention(nn.Module):
     """
 
     def __init__(self, dim: int, text_dim: int, heads: int = 4, mlp_ratio: int = 4):
+        """mlp_ratio 0: attention only, no feed-forward after it (the paper names only the attention)."""
         super().__init__()
         if dim % heads:
             raise ValueError(f"class attention dim {dim} is not divisible by heads {heads}")
@@ -33,8 +36,8 @@ class TextClassAttention(nn.Module):
         self.k = nn.Linear(text_dim, dim)
         self.v = nn.Linear(text_dim, dim)
         self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+        self.norm2 = nn.LayerNorm(dim) if mlp_ratio else None
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)) if mlp_ratio else None
 
     def text_state(self, text: Tensor) -> LinearAttentionState:
         """text (T, D) -> key/value sums over all T classes (kv (heads, d, d), ksum (heads, d))."""
@@ -46,22 +49,26 @@ class TextClassAttention(nn.Module):
         shape = x.shape
         q = self.q(self.norm1(x)).view(*shape[:-1], self.heads, -1)  # (B, T', h, w, heads, d)
         x = x + self.proj(linear_attention_query(q.unsqueeze(-3), state, num_classes).reshape(shape))
-        return x + self.mlp(self.norm2(x))
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
 
 class VLFBlock(nn.Module):
     """One VLF block: Swin over space with SAM image guidance, then class attention with text.
 
-    dim: embedding C (128); guidance_dim: channels of the SAM guidance; text_dim: D.
+    dim: embedding C (128); guidance_dim: channels of the SAM guidance; text_dim: D;
+    shifts: the Swin blocks' shifts ((0,) or (window // 2,) for one block, (0, window // 2) for a pair);
+    class_ffn: a feed-forward after the class attention.
     """
 
-    def __init__(self, dim: int, guidance_dim: int, text_dim: int, heads: int = 4, window: int = 12):
+    def __init__(self, dim: int, guidance_dim: int, text_dim: int, heads: int = 4, window: int = 12,
+                 shifts: tuple[int, ...] | None = None, class_ffn: bool = True):
         super().__init__()
-        self.spatial = SwinBlockPair(dim, guidance_dim, heads=heads, window=window)
-        self.classes = TextClassAttention(dim, text_dim, heads=heads)
+        self.spatial = SwinBlockPair(dim, guidance_dim, heads=heads, window=window, shifts=shifts)
+        self.classes = TextClassAttention(dim, text_dim, heads=heads, mlp_ratio=4 if class_ffn else 0)
 
     def forward(self, x: Tensor, guidance: Tensor | None, state: LinearAttentionState, num_classes: int) -> Tensor:
-        """x (B, C, T', h, w), guidance (B*T', G, h, w) or None -> (B, C, T', h, w)."""
+        """x (B, C, T', h, w); guidance (B, G, h, w) shared by an image's classes, (B*T', G, h, w) per
+        class, or None -> (B, C, T', h, w)."""
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
         y = self.spatial(y, guidance)
