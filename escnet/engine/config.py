@@ -23,6 +23,8 @@ CHOICES = {
     "preset": ("vitb16", "vitl14", "tiny"),
     "precision": ("fp32", "bf16"),
     "eval_protocol": ("sliding", "single"),
+    "reading": ("paper", "efficient", "legacy"),  # escnet.models.escnet.READINGS
+    "sam_lr_rule": ("all", "attention"),  # escnet.models.factory.SAM_LR_RULES
 }
 
 
@@ -37,6 +39,7 @@ class TrainConfig:
     # model
     arch: str = "escnet"  # escnet | catseg
     preset: str = "vitb16"  # vitb16 | vitl14 | tiny
+    reading: str = "paper"  # ESC-Net: named reading of the paper (paper | efficient | legacy); [model] fields win
     model: dict = field(default_factory=dict)  # model config overrides (TOML table [model])
     clip: dict = field(default_factory=dict)  # CLIP config overrides (TOML table [clip])
     init_clip: str = ""  # CLIP weights (OpenAI .pt, open_clip, HF CLIPModel; ESC-Net also a CAT-Seg .pth)
@@ -66,7 +69,8 @@ class TrainConfig:
     batch_size: int = 4  # global batch, split over the processes
     max_iters: int = 80000
     lr: float = 2e-4
-    low_lr: float = 2e-6  # CLIP q/v projections and SAM attention
+    low_lr: float = 2e-6  # trainable CLIP weights and the pretrained SAM pieces (sam_lr_rule)
+    sam_lr_rule: str = "all"  # SAM parameters at low_lr: all (the paper: every pretrained SAM piece) | attention
     weight_decay: float = 1e-4  # 0 on norms, biases and embeddings
     warmup_iters: int = 0  # linear warm-up before the cosine (CAT-Seg: none)
     grad_clip: float = 0.01  # global gradient-norm clip; 0 = off
@@ -208,7 +212,8 @@ def build_model_config(cfg: TrainConfig):
         clip = dataclasses.replace(CLIPConfig.preset(cfg.preset), **clip_values)
         from escnet.models.factory import make_config
 
-        return make_config(cfg.arch, cfg.preset, clip=clip, **model_values)
+        reading = {"reading": cfg.reading} if cfg.arch == "escnet" else {}
+        return make_config(cfg.arch, cfg.preset, clip=clip, **reading, **model_values)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -5,7 +5,7 @@
     escnet train --config configs/escnet_tiny_synthetic.toml        # CPU, minutes
 
 Recipe (DESIGN.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
-projections and SAM attention at `low_lr`, the rest at `lr`; no weight decay on norms, biases and
+weights and the pretrained SAM pieces at `low_lr` (`sam_lr_rule`), the rest at `lr`; no weight decay on norms, biases and
 embeddings; escnet.models.factory.param_groups), cosine decay to 0 over `max_iters` (optional
 linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and
 CAT-Seg's loss: sigmoid binary cross-entropy between the logits (B, T, H, W) and one-hot targets,
@@ -31,6 +31,8 @@ start of a fresh run (a resumed run loads its checkpoint instead), and every pro
 identically on the whole warm-up batch, so no communication is needed.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import argparse
 import contextlib
@@ -141,7 +143,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             raise ConfigError(f"init_model {cfg.init_model} is a {model.cfg.arch} model but arch = {cfg.arch!r}")
         return model
     mcfg = build_model_config(cfg)
-    overrides = {k: getattr(mcfg, k) for k in ("clip", *cfg.model)}
+    # the built config's every field (reading, [model] and [clip] applied), so nothing is derived twice
+    overrides = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.name != "arch"}
     if cfg.arch == "escnet" and cfg.init_clip:
         return factory.build_escnet_init(cfg.preset, cfg.init_clip, cfg.init_sam or None, **overrides)
     model = factory.create_model(cfg.arch, cfg.preset, **overrides)
@@ -167,7 +170,7 @@ def cosine_schedule(max_iters: int, warmup_iters: int = 0):
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     from escnet.models.factory import param_groups
 
-    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.max_iters, cfg.warmup_iters))
     return optimizer, scheduler
@@ -410,8 +413,8 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
     objective = Objective(model, data.prompt_classes, data.ignore_label)
     if rt.world_size > 1:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
-        # unused: e.g. the last visual block's q/k (the value path skips attention) when all of CLIP trains
-        objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
+        # Every trainable parameter gets a gradient in every step (tested), so no unused-parameter search.
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     # the lr shown is the main one (2e-4 in the paper's recipe); metrics.jsonl has every group's
     main_group = next((g for g in optimizer.param_groups if g["name"].startswith("main")), optimizer.param_groups[0])

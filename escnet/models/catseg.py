@@ -232,9 +232,10 @@ class CATSeg(CLIPBackedModel):
         score = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), text).flatten(2).amax(-1)
         return score.topk(k, dim=1).indices.sort(dim=1).values
 
-    def forward(self, images: Tensor, text_feats: Tensor, class_chunk: int | None = None) -> Tensor:
+    def forward(self, images: Tensor, text_feats: Tensor, class_chunk: int | None = None,
+                upsample: bool = True) -> Tensor:
         """images (B, 3, H, W) RGB 0..255; text_feats (T, D) (L2-normalised here as in CAT-Seg)
-        -> logits (B, T, H, W).
+        -> logits (B, T, H, W), or the decoder's native logits (B, T, 4g, 4g) with upsample=False.
 
         class_chunk: aggregate the classes in chunks of this size: exactly the result of None, with
         the per-class activations bounded by the chunk size.
@@ -254,6 +255,8 @@ class CATSeg(CLIPBackedModel):
             text_b = text.expand(b, t, -1)
             self.last_class_mode = "all"
         logits = self.transformer(feats, text_b, (self.upsample1(skips[0]), self.upsample2(skips[1])), class_chunk)
+        if not upsample:
+            size = logits.shape[-2:]
         if logits.shape[-2:] != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if classes is None:

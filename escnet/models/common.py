@@ -59,11 +59,16 @@ class CLIPBackedModel(nn.Module):
 
     def set_finetune(self, mode: str) -> None:
         """Choose which CLIP weights train: 'attention' (q and v projection weights of both towers,
-        as CAT-Seg), 'full', or 'none'."""
+        as CAT-Seg), 'full', or 'none'. The last image block runs as the value path, which never
+        uses its query and key projections, and no segmentation forward uses CLIP's logit scale: those
+        stay frozen in every mode (no gradient reaches them), so that every trainable parameter gets a
+        gradient (DDP needs no unused-parameter search)."""
         if mode not in ("attention", "full", "none"):
             raise ValueError(f"unknown clip_finetune {mode!r}; choose attention, full or none")
+        last = f"visual.transformer.resblocks.{len(self.clip.visual.transformer.resblocks) - 1}.attn."
+        unused = (last + "q_proj_weight", last + "k_proj_weight", "logit_scale")
         for name, p in self.clip.named_parameters():
             if mode == "attention":
-                p.requires_grad_(name.endswith(("attn.q_proj_weight", "attn.v_proj_weight")))
+                p.requires_grad_(name.endswith(("attn.q_proj_weight", "attn.v_proj_weight")) and name not in unused)
             else:
-                p.requires_grad_(mode == "full")
+                p.requires_grad_(mode == "full" and name not in unused)

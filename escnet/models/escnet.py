@@ -366,16 +366,21 @@ class ESCNet(CLIPBackedModel):
         unused = (".transformer.final_attn_token_to_image.", ".transformer.norm_final_attn.")
         return {k: v for k, v in sd.items() if not (k.startswith("sam.") and any(u in k for u in unused))}
 
+    def sam_block_state(self, block: int, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The pretrained SAM decoder pieces (keys prompt_encoder.*, transformer.layers.<j>.*,
+        iou_token.weight, mask_tokens.weight, as `escnet.weights.sam` reads them) that ESC block
+        `block` starts from, in its own names: its layers take the pretrained layers named by
+        `SAMLayers.seeds` (cfg.sam_seed_layers in the paper's reading)."""
+        own = {k: v for k, v in sd.items() if k.startswith(("prompt_encoder.", "iou_token.", "mask_tokens."))}
+        for j, seed in enumerate(self.sam[block].transformer.seeds):
+            prefix = f"transformer.layers.{seed}."
+            own.update({f"transformer.layers.{j}.{k[len(prefix):]}": v for k, v in sd.items() if k.startswith(prefix)})
+        return own
+
     def load_sam_weights(self, sd: dict[str, Tensor]) -> None:
-        """Copy pretrained SAM decoder pieces (keys prompt_encoder.*, transformer.layers.<j>.*,
-        iou_token.weight, mask_tokens.weight) into every ESC block; each block's layers take the
-        pretrained layers named by `SAMLayers.seeds` (cfg.sam_seed_layers for the paper's reading)."""
-        for block in self.sam:
-            own = {k: v for k, v in sd.items() if not k.startswith("transformer.")}
-            for j, seed in enumerate(block.transformer.seeds):
-                prefix = f"transformer.layers.{seed}."
-                own.update({f"transformer.layers.{j}.{k[len(prefix):]}": v for k, v in sd.items() if k.startswith(prefix)})
-            block.load_state_dict(own, strict=False)
+        """Copy pretrained SAM decoder pieces into every ESC block (see `sam_block_state`)."""
+        for i, block in enumerate(self.sam):
+            block.load_state_dict(self.sam_block_state(i, sd), strict=False)
 
     def _readout(self, e: Tensor) -> Tensor:
         """Project E (B, C, T, g, g) back onto the stem direction -> (B, T, g, g); equals C0 for E = stem(C0).
@@ -387,8 +392,10 @@ class ESCNet(CLIPBackedModel):
         centre = e - self.stem.bias.view(1, -1, 1, 1, 1)
         return torch.einsum("bcthw,c->bthw", centre, w) / w.pow(2).sum()
 
-    def forward(self, images: Tensor, text: Tensor, class_chunk: int | None = None) -> Tensor:
-        """images (B, 3, H, W) RGB 0..255, text (T, D) L2-normalised -> logits (B, T, H, W).
+    def forward(self, images: Tensor, text: Tensor, class_chunk: int | None = None, upsample: bool = True) -> Tensor:
+        """images (B, 3, H, W) RGB 0..255, text (T, D) L2-normalised -> logits (B, T, H, W), or the
+        decoder's native logits (B, T, 4g, 4g) with upsample=False (CAT-Seg's single-view protocol
+        takes the sigmoid there, before resizing).
 
         class_chunk: run the per-class parts on chunks of this many classes (exact, bounded memory).
         The ESC blocks run one after another over all chunks, because eq. (2)'s F'_v of a block needs
@@ -412,6 +419,8 @@ class ESCNet(CLIPBackedModel):
             es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
         outs = [run_block(self, self.decoder, e, guidance) for e in es]
         logits = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+        if not upsample:
+            return logits
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
 
     def _sam_guidance(self, i: int, feats: Tensor, es: list[Tensor], corr: list[Tensor], text: Tensor,

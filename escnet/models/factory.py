@@ -144,10 +144,12 @@ def build_escnet_init(preset: str, clip_path: str | os.PathLike, sam_path: str |
         from escnet.weights.sam import load_sam_decoder_weights
 
         sam_sd = load_sam_decoder_weights(sam_path)
-        block_sd = model.sam[0].state_dict()
-        wanted = {k for k in block_sd if k.split(".")[0] in ("prompt_encoder", "transformer", "iou_token", "mask_tokens")}
-        check_keys(wanted, sam_sd, str(sam_path))
-        check_shapes(block_sd, sam_sd, str(sam_path))
+        for i, block in enumerate(model.sam):
+            block_sd = block.state_dict()
+            wanted = {k for k in block_sd if k.split(".")[0] in ("prompt_encoder", "transformer", "iou_token", "mask_tokens")}
+            mapped = model.sam_block_state(i, sam_sd)
+            check_keys(wanted, mapped, f"{sam_path} (layers {block.transformer.seeds} for ESC block {i})")
+            check_shapes(block_sd, mapped, str(sam_path))
         model.load_sam_weights(sam_sd)
     return model
 
@@ -169,20 +171,38 @@ def _clip_state_from(path: str | os.PathLike, image_size: int) -> dict:
     return sd
 
 
-def _is_sam_attention(module: nn.Module) -> bool:
+SAM_LR_RULES = ("all", "attention")
+_PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens")
+
+
+def _pretrained_sam_params(model: nn.Module, rule: str) -> set[int]:
+    """ids of the SAM parameters trained at the low rate: rule 'all' = every pretrained SAM piece
+    (attention, MLP, norms, prompt encoder, output tokens; the paper: "the CLIP encoder and SAM blocks
+    are trained with 2e-6"), 'attention' = SAM's attention layers only. The layers ESC-Net adds around
+    SAM (image projection, eq. 2's merge conv, text token projection) are new and train at the main rate."""
     from escnet.models.sam import Attention
 
-    return isinstance(module, Attention)
+    if rule not in SAM_LR_RULES:
+        raise ValueError(f"unknown SAM learning-rate rule {rule!r}; choose from {', '.join(SAM_LR_RULES)}")
+    ids: set[int] = set()
+    for block in getattr(model, "sam", None) or []:
+        for name, child in block.named_children():
+            if name not in _PRETRAINED_SAM:
+                continue
+            if rule == "all":
+                ids.update(id(p) for p in child.parameters())
+            else:
+                ids.update(id(p) for m in child.modules() if isinstance(m, Attention) for p in m.parameters())
+    return ids
 
 
-def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weight_decay: float = 1e-4) -> list[dict]:
-    """AdamW groups per DESIGN.md: trainable CLIP weights (q/v projections) and SAM attention at
-    `low_lr`, the rest at `lr`; no weight decay on norms, biases and embeddings (1-D tensors and
-    nn.Embedding / norm-layer weights). Frozen parameters are left out. Each group has a 'name'."""
-    low_ids = {id(p) for p in model.clip.parameters()}
-    for m in model.modules():
-        if _is_sam_attention(m):
-            low_ids.update(id(p) for p in m.parameters())
+def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weight_decay: float = 1e-4,
+                 sam_rule: str = "all") -> list[dict]:
+    """AdamW groups: trainable CLIP weights and the pretrained SAM pieces (`sam_rule`, see
+    `_pretrained_sam_params`) at `low_lr`, the rest at `lr`; no weight decay on norms, biases and
+    embeddings (1-D tensors and nn.Embedding / norm-layer weights). Frozen parameters are left out.
+    Each group has a 'name'."""
+    low_ids = {id(p) for p in model.clip.parameters()} | _pretrained_sam_params(model, sam_rule)
     no_decay_ids = set()
     for m in model.modules():
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.BatchNorm2d)) or type(m).__name__ == "LayerNorm2d":

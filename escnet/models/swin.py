@@ -143,19 +143,19 @@ def window_attention_mask(h: int, w: int, window: int, shift: int) -> Tensor | N
     hp, wp = -(-h // window) * window, -(-w // window) * window
     if shift == 0 and (hp, wp) == (h, w):
         return None
-    label = torch.zeros(hp, wp)
+    label = torch.zeros(hp, wp, device="cpu")  # cached: never on an ambient (e.g. meta) device
     if shift > 0:
         # Swin's three bands per axis in the shifted frame; equal labels = same source region.
         bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
         for i, hs in enumerate(bands):
             for j, ws in enumerate(bands):
                 label[hs, ws] = 3 * i + j
-    pad = torch.ones(hp, wp, dtype=torch.bool)
+    pad = torch.ones(hp, wp, dtype=torch.bool, device="cpu")
     pad[:h, :w] = False
     label = label + 9 * torch.roll(pad, shifts=(-shift, -shift), dims=(0, 1))
     windows = label.view(hp // window, window, wp // window, window).transpose(1, 2).reshape(-1, window * window)
     diff = windows.unsqueeze(1) != windows.unsqueeze(2)
-    return torch.zeros(diff.shape).masked_fill(diff, _MASK_VALUE)
+    return torch.zeros(diff.shape, device="cpu").masked_fill(diff, _MASK_VALUE)
 
 
 def effective_window(h: int, w: int, window: int, shift: int) -> tuple[int, int]:
