@@ -226,16 +226,19 @@ def test_native_logits_are_recovered_from_the_upsampled_ones():
     torch.testing.assert_close(native_logits(native, views, text, None), expected, atol=0, rtol=0)
 
 
-def test_native_logits_of_a_real_catseg_model():
-    """The recovery on escnet's CATSeg: its aggregator's output is the native logits."""
-    from escnet.models.catseg import CATSeg, CATSegConfig
+@pytest.mark.parametrize("arch", ["catseg", "escnet"])
+def test_native_logits_of_real_models(arch):
+    """The recovery on escnet's models: the last module before their final resize (CAT-Seg's
+    aggregator, ESC-Net's decoder) outputs the native logits."""
+    from escnet.models.factory import create_model
 
     torch.manual_seed(0)
-    model = CATSeg(CATSegConfig.preset("tiny", class_truncation=None)).eval()
+    model = create_model(arch, "tiny", **({"class_truncation": None} if arch == "catseg" else {})).eval()
     captured = []
-    model.transformer.register_forward_hook(lambda module, args, out: captured.append(out))
+    last = model.transformer if arch == "catseg" else model.decoder
+    last.register_forward_hook(lambda module, args, out: captured.append(out))
     views = torch.rand(1, 3, 96, 96) * 255
-    text = torch.randn(3, model.cfg.clip.embed_dim)
+    text = torch.nn.functional.normalize(torch.randn(3, model.cfg.clip.embed_dim), dim=-1)
     with torch.no_grad():
         recovered = native_logits(model, views, text, None)
     assert recovered.shape == captured[0].shape == (1, 3, 24, 24)
