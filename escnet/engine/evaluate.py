@@ -5,6 +5,11 @@ computed from it: mIoU under both formulas in use (detectron2 main: the default;
 mmseg), fwIoU, mACC, pACC and a per-class table. ``results.json`` and ``confusion_matrix.npy`` are
 written so the numbers can be recomputed (`escnet.engine.metrics.compute_metrics`).
 
+Images go through CAT-Seg's official evaluation protocol (escnet/engine/protocol.py) unless
+``--resize antialias`` is given; results.json records the protocol, the resize mode and the class
+mode. For more than 256 classes ``--class-mode top256`` (CAT-Seg's truncation) is the mode that
+reproduces CAT-Seg's published ADE-847 / PC-459 numbers; the default ``exact`` scores every class.
+
 Under ``torchrun`` each process takes every world-size-th image (rank::world), the matrices are
 summed with all_reduce (gloo on CPU, nccl on CUDA) and rank 0 writes the outputs; the numbers are
 identical to a single-process run because the matrix is a sum of per-image counts.
@@ -25,6 +30,18 @@ from tqdm import tqdm
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
 from escnet.weights.common import WeightsError
+
+# results.json says which large-vocabulary mode ran and what it reproduces
+CLASS_MODE_NOTES = {
+    "exact": "every class scored (exact all-class inference); CAT-Seg's published ADE-847 / PC-459 "
+             "numbers used top256 instead",
+    "top256": "CAT-Seg's truncation: per view only the 256 classes with the highest CLIP score are "
+              "aggregated, the rest get logit -100; reproduces CAT-Seg's published ADE-847 / PC-459 numbers",
+}
+RESIZE_NOTES = {
+    "official": "CAT-Seg's official evaluation protocol (escnet/engine/protocol.py)",
+    "antialias": "CAT-Seg's protocol with antialiased model-side image downscales (not the official numbers)",
+}
 
 MATRIX_LAYOUT = (
     "(T+1, T+1) int64; [p, g] = pixels predicted as class p with ground truth g; "
@@ -172,13 +189,20 @@ def _run(args: argparse.Namespace) -> int:
     rank, _ = _rank_world()
     try:
         dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
-        from escnet.engine.inference import Segmenter
+        from escnet.engine.inference import TOP_K, Segmenter
 
         segmenter = Segmenter.from_pretrained(args.model, device=device, protocol=args.protocol,
-                                              class_mode=args.class_mode)
+                                              class_mode=args.class_mode, resize=args.resize)
         output = args.output or str(Path("eval") / Path(dataset.name).name)
-        meta = {"model": str(args.model), "protocol": args.protocol, "class_mode": args.class_mode,
+        truncated = args.class_mode == "top256" and len(dataset.prompt_classes) > TOP_K
+        meta = {"model": str(args.model), "protocol": args.protocol, "resize": args.resize,
+                "resize_note": RESIZE_NOTES[args.resize], "class_mode": args.class_mode,
+                "class_mode_note": CLASS_MODE_NOTES[args.class_mode], "classes_truncated": truncated,
                 "split": args.split}
+        if rank == 0 and args.class_mode == "exact" and len(dataset.prompt_classes) > TOP_K \
+                and hasattr(segmenter.model.cfg, "class_truncation"):
+            print(f"escnet evaluate: note: {len(dataset.prompt_classes)} classes scored exactly; CAT-Seg's published "
+                  f"numbers for this many classes use --class-mode top256", file=sys.stderr)
         results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
     except (DatasetError, EvaluationError, FileNotFoundError, WeightsError) as exc:
         print(f"escnet evaluate: error: {exc}", file=sys.stderr)
@@ -209,9 +233,13 @@ def add_command(subparsers) -> None:
                         "or a folder with images/, labels/, classes.txt")
     p.add_argument("--protocol", choices=["sliding", "single"], default="sliding",
                    help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")
+    p.add_argument("--resize", choices=["official", "antialias"], default="official",
+                   help="official: CAT-Seg's evaluation protocol exactly (default); antialias: antialiased "
+                        "model-side image downscales")
     p.add_argument("--class-mode", choices=["exact", "top256"], default="exact",
                    help="exact: score every class (bounded memory); top256: CAT-Seg's truncation for "
-                        "large vocabularies (ADE-847, PC-459), needs a CAT-Seg model")
+                        "large vocabularies, the mode that reproduces its published ADE-847 / PC-459 "
+                        "numbers; needs a CAT-Seg model")
     p.add_argument("--split", default="val", help="benchmark split (coco-stuff also has 'train')")
     p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
     p.add_argument("--classes", default=None, help="class file of a custom dataset (default: <folder>/classes.txt)")

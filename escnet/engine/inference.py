@@ -6,17 +6,16 @@
     result.overlay().show()
     result.save("out/", name="photo")
 
-Protocols [CAT-Seg] (each returns sigmoid probabilities at its working resolution; the Segmenter
-then resizes them to the image bilinearly, in class chunks, and takes the argmax):
+Protocols [CAT-Seg]: escnet/engine/protocol.py reproduces CAT-Seg's official evaluation step by
+step (detectron2's test-time resize, padding, model-side resizes, crop geometry, sigmoid / averaging
+order); the Segmenter resizes its probabilities to the image bilinearly, in class chunks, and takes
+the argmax, the last step of detectron2's sem_seg_postprocess.
 
-- "sliding" (`predict_sliding`): CAT-Seg's evaluation. With crop c (384) the geometry is stride
-  s = int(c * (1 - 0.333)) (256) and side S = c + s (640): the image is first resized so its short
-  side is S (long side at most 4 S; antialiased, like detectron2's test-time ResizeShortestEdge),
-  then bilinearly to S x S; the 2 x 2 crops of c at offsets {0, s} plus the short-side-resized
-  image resized to c x c (the global view) go through the model as one batch of 5; logits are
-  resized to c, passed through a sigmoid, the crops are averaged where they overlap, the global
-  view is resized to S x S, and the result is (crops + global) / 2.
-- "single" (`predict_single`): the image resized (antialiased) to c x c, one forward, sigmoid.
+- "sliding" (`predict_sliding`): CAT-Seg's evaluation: the short side to S = 640, the image resized
+  to S x S, four 384 crops at stride 256 plus one global 384 view, averaged.
+- "single" (`predict_single`): the image padded to a multiple of 32 and resized to CLIP's input.
+- resize "official" (default) or "antialias" (antialiased model-side image downscales); reported in
+  `SegmentationResult.info`.
 
 Class modes (reported in `SegmentationResult.info`):
 
@@ -24,10 +23,12 @@ Class modes (reported in `SegmentationResult.info`):
   chosen from `memory_budget_mb` (`class_chunk_for_budget`); chunked and unchunked results agree.
 - "top256": CAT-Seg's truncation for large vocabularies: per view, only the 256 classes with the
   highest raw CLIP cosine score are aggregated and the rest get logit -100. Needs a model whose
-  config has `class_truncation` (CAT-Seg).
+  config has `class_truncation` (CAT-Seg). This is the mode that reproduces CAT-Seg's published
+  ADE-847 / PC-459 numbers; "exact" is the better-defined answer.
 
-Large images: see escnet/data/images.py (`MAX_SIDE`): above it, the work happens at a reduced
-working size and the label map is upsampled back with nearest neighbour.
+Large images: see escnet/data/images.py (`MAX_SIDE`): above it, the probabilities are resized to a
+reduced working size (the model's input is still made from the full image) and the label map is
+upsampled back with nearest neighbour.
 """
 from __future__ import annotations
 
@@ -47,14 +48,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, resize_rgb, working_size
+from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
+from escnet.engine.protocol import PROTOCOL_FUNCTIONS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
 
-PROTOCOLS = ("sliding", "single")
 CLASS_MODES = ("exact", "top256")
 TOP_K = 256
-SLIDING_OVERLAP = 0.333  # CAT-Seg's value; int(384 * (1 - 0.333)) = 256
 DEFAULT_MEMORY_BUDGET_MB = 2048
 # Estimated peak activation bytes per class, per view, per crop pixel (float32): the decoder's
 # last stage holds ~48-64 channels at a quarter of the crop side plus GroupNorm/ReLU copies, and
@@ -69,69 +69,6 @@ MODEL_NAMES = {"default": "escnet-synthetic-tiny", "escnet-synthetic-tiny": "esc
 
 class ModelNotFoundError(FileNotFoundError):
     """A model path or name that does not resolve to a checkpoint."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Protocols
-
-
-def sliding_geometry(crop: int) -> tuple[int, int, tuple[int, ...]]:
-    """(side S, stride s, crop offsets) of the sliding window for crop c: S = c + s, offsets 0, s."""
-    stride = int(crop * (1 - SLIDING_OVERLAP))
-    return crop + stride, stride, (0, stride)
-
-
-def _resize(image: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
-    """Bilinear, align_corners=False resize of (N, C, H, W); a no-op at the same size."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False,
-                         antialias=antialias and (size[0] < image.shape[-2] or size[1] < image.shape[-1]))
-
-
-def _shortest_edge_size(height: int, width: int, short: int, max_long: int) -> tuple[int, int]:
-    # detectron2's ResizeShortestEdge rule (rounding included).
-    scale = short / min(height, width)
-    if max(height, width) * scale > max_long:
-        scale = max_long / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def _probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int]) -> torch.Tensor:
-    """views (N, 3, c, c) -> sigmoid probabilities (N, T, c, c), float32."""
-    logits = model(views, text, class_chunk=class_chunk)
-    logits = _resize(logits.float(), tuple(views.shape[-2:]))
-    return logits.sigmoid_()
-
-
-def predict_single(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None) -> torch.Tensor:
-    """Single view. image (3, H, W) float RGB 0..255, text (T, D) -> probabilities (T, c, c)."""
-    crop = model.cfg.crop_size
-    view = _resize(image[None], (crop, crop), antialias=True)
-    return _probabilities(model, view, text, class_chunk)[0]
-
-
-def predict_sliding(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None) -> torch.Tensor:
-    """CAT-Seg's sliding window (module docstring). image (3, H, W) float RGB 0..255, text (T, D)
-    -> probabilities (T, S, S) with S = crop + stride (640 for crop 384)."""
-    crop = model.cfg.crop_size
-    side, stride, offsets = sliding_geometry(crop)
-    short = _resize(image[None], _shortest_edge_size(*image.shape[-2:], side, 4 * side), antialias=True)
-    square = _resize(short, (side, side))[0]
-    crops = [square[:, y:y + crop, x:x + crop] for y in offsets for x in offsets]
-    views = torch.stack(crops + [_resize(short, (crop, crop))[0]])
-    probs = _probabilities(model, views, text, class_chunk)
-
-    total = probs.new_zeros((probs.shape[1], side, side))
-    count = probs.new_zeros((1, side, side))
-    for k, (y, x) in enumerate((y, x) for y in offsets for x in offsets):
-        total[:, y:y + crop, x:x + crop] += probs[k]
-        count[:, y:y + crop, x:x + crop] += 1
-    global_view = _resize(probs[-1:], (side, side))[0]
-    return (total / count + global_view) / 2
-
-
-_PROTOCOL_FUNCTIONS = {"sliding": predict_sliding, "single": predict_single}
 
 
 def class_chunk_for_budget(num_classes: int, crop: int, views: int, memory_budget_mb: Optional[float]) -> Optional[int]:
@@ -151,7 +88,7 @@ def upsample_argmax(probs: torch.Tensor, size: tuple[int, int], chunk: int, keep
     best = labels = None
     kept = []
     for start in range(0, probs.shape[0], chunk):
-        part = _resize(probs[None, start:start + chunk], size)[0]
+        part = resize_probs(probs[None, start:start + chunk], size)[0]
         score, index = part.max(dim=0)
         if best is None:
             best, labels = score, index
@@ -274,8 +211,8 @@ def resolve_model_path(path_or_name: Union[str, os.PathLike, None]) -> Path:
 class Segmenter:
     """Wraps a model (ESC-Net or CAT-Seg) for segmenting images with any vocabulary.
 
-    protocol: "sliding" (default, CAT-Seg's evaluation) or "single"; class_mode: "exact" or
-    "top256"; memory_budget_mb bounds per-class activation memory in exact mode (None: one pass);
+    protocol: "sliding" (default, CAT-Seg's evaluation) or "single"; resize: "official" (default,
+    CAT-Seg's exact resizes) or "antialias" (escnet.engine.protocol); class_mode: "exact" or "top256"; memory_budget_mb bounds per-class activation memory in exact mode (None: one pass);
     max_side: the large-image limit; half: float16 autocast on CUDA (bfloat16 on CPU).
     Text features are cached per vocabulary, so a folder of images encodes its classes once.
     """
@@ -289,13 +226,16 @@ class Segmenter:
         class_mode: str = "exact",
         memory_budget_mb: Optional[float] = DEFAULT_MEMORY_BUDGET_MB,
         max_side: int = MAX_SIDE,
+        resize: str = "official",
     ):
         _check_choice("protocol", protocol, PROTOCOLS)
+        _check_choice("resize", resize, RESIZE_MODES)
         _check_choice("class_mode", class_mode, CLASS_MODES)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.half = half
         self.protocol = protocol
+        self.resize = resize
         self.class_mode = class_mode
         self.memory_budget_mb = memory_budget_mb
         self.max_side = max_side
@@ -369,10 +309,12 @@ class Segmenter:
         protocol: Optional[str] = None,
         class_mode: Optional[str] = None,
         return_probs: bool = False,
+        resize: Optional[str] = None,
     ) -> SegmentationResult:
         """Segment one image (path, PIL image or array) with a vocabulary (any form accepted by
-        escnet.data.vocab.parse_vocabulary). protocol / class_mode override the defaults."""
+        escnet.data.vocab.parse_vocabulary). protocol / class_mode / resize override the defaults."""
         protocol = _check_choice("protocol", protocol or self.protocol, PROTOCOLS)
+        resize = _check_choice("resize", resize or self.resize, RESIZE_MODES)
         class_mode = _check_choice("class_mode", class_mode or self.class_mode, CLASS_MODES)
         entries = parse_vocabulary(classes)
         rgb = load_image(image)
@@ -385,9 +327,9 @@ class Segmenter:
         scored = min(len(entries), TOP_K) if class_mode == "top256" else len(entries)
         class_chunk = class_chunk_for_budget(scored, crop, views, self.memory_budget_mb)
 
-        pixels = torch.from_numpy(resize_rgb(rgb, work)).to(self.device).permute(2, 0, 1).float()
+        pixels = mapper_resize(rgb, crop).to(self.device)
         with torch.no_grad(), self._autocast(), self._truncation(class_mode):
-            probs = _PROTOCOL_FUNCTIONS[protocol](self.model, pixels, text, class_chunk)
+            probs = PROTOCOL_FUNCTIONS[protocol](self.model, pixels, text, class_chunk, resize=resize)
         budget = self.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
         resize_chunk = max(1, int(budget * 2**20 // (work[0] * work[1] * 4 * 3)))
         labels, full_probs = upsample_argmax(probs, work, resize_chunk, keep=return_probs)
@@ -399,6 +341,7 @@ class Segmenter:
             "model": getattr(self.model.cfg, "arch", type(self.model).__name__),
             "checkpoint": self.checkpoint,
             "protocol": protocol,
+            "resize": resize,
             "class_mode": class_mode,
             "truncated": class_mode == "top256" and len(entries) > TOP_K,
             "class_chunk": class_chunk,

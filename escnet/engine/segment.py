@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from escnet.data.images import MAX_SIDE
 from escnet.data.vocab import VocabularyError, parse_vocabulary
-from escnet.engine.inference import CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, Segmenter, resolve_device
+from escnet.engine.inference import CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, RESIZE_MODES, Segmenter, resolve_device
 from escnet.weights.common import WeightsError
 
 
@@ -41,6 +41,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
                         help="sliding: CAT-Seg's 4 crops + global view (default); single: one resized view")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="official",
+                        help="official: CAT-Seg's evaluation resizes exactly (default); antialias: antialiased downscales")
     parser.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
                         help="exact: score every class (default); top256: CAT-Seg's truncation (CAT-Seg models)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         segmenter = Segmenter.from_pretrained(
-            args.model, device=device, half=args.half, protocol=args.protocol,
+            args.model, device=device, half=args.half, protocol=args.protocol, resize=args.resize,
             class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:

@@ -15,6 +15,13 @@ Key mapping (everything else is an error naming the key):
 CAT-Seg keeps CLIP's positional embedding at the pretraining grid (14 x 14 for ViT-B/16 @ 224) and
 resizes it bicubically at run time; we resize it once here to the grid of `cfg.clip.image_size`, which
 gives the same numbers.
+
+Every size that a state dict shows is read from it (`infer_config`), so checkpoints with other CLIP
+towers load too: CLIP's widths, depths, patch, embedding size, context length and vocabulary
+(escnet.weights.clip.convert_openai_state_dict; heads = width // 64, OpenAI's rule), and the
+aggregator's dimensions. CAT-Seg's code fixes the CLIP token grid at 24 x 24 (cat_seg_model.py
+rearranges the tokens with H=24; clip_resolution 384 for ViT-B/16, 336 for ViT-L/14), so CLIP runs
+at 24 x patch.
 """
 from __future__ import annotations
 
@@ -25,8 +32,9 @@ import torch
 from torch import Tensor
 
 from escnet.models.catseg import CATSeg, CATSegConfig
-from escnet.models.clip import CLIPConfig, resize_pos_embed
+from escnet.models.clip import resize_pos_embed
 from escnet.models.swin import effective_window, window_attention_mask
+from escnet.weights.clip import convert_openai_state_dict
 from escnet.weights.common import WeightsError, check_keys, check_shapes, read_state_dict
 
 PREFIX = "sem_seg_head.predictor."
@@ -39,8 +47,7 @@ _RENAMES = [
 ]
 _DETECTRON2_BUFFERS = {"pixel_mean", "pixel_std", "clip_pixel_mean", "clip_pixel_std"}
 _ATTN_MASK = re.compile(r"^transformer\.layers\.(\d+)\.swin_block\.block_[12]\.attn_mask$")
-# CLIP towers in CAT-Seg's public checkpoints: (vision width, patch size, vision layers) -> our preset
-_CLIP_PRESETS = {(768, 16, 12): "vitb16", (1024, 14, 24): "vitl14"}
+CATSEG_GRID = 24  # CLIP's token grid in CAT-Seg's code (module docstring)
 _POS = "clip.visual.positional_embedding"
 
 
@@ -80,26 +87,24 @@ def _count(sd: dict[str, Tensor], pattern: str) -> int:
 
 def _need(sd: dict[str, Tensor], key: str, source: str) -> Tensor:
     if key not in sd:
-        raise WeightsError(f"{source}: missing key {key} (is this a CAT-Seg ViT-B/16 or ViT-L/14 checkpoint?)")
+        raise WeightsError(f"{source}: missing key {key} (is this a CAT-Seg checkpoint?)")
     return sd[key]
 
 
 def infer_config(sd: dict[str, Tensor], source: str = "CAT-Seg checkpoint") -> CATSegConfig:
-    """CATSegConfig from the tensor shapes of a state dict in our names.
+    """CATSegConfig from the tensor shapes of a state dict in our names (module docstring).
 
-    The CLIP tower must be ViT-B/16 or ViT-L/14 (the public checkpoints); the aggregator sizes are read
-    from the shapes. Heads and window are not visible in shapes: CAT-Seg's 4 and 12 are assumed.
-    Files without class-padding tokens were trained by CAT-Seg code without padding/truncation, so
-    they get pad_len 0 and class_truncation None.
+    Not visible in shapes, CAT-Seg's values are assumed: aggregator heads 4 and window 12, and the
+    skip layers (3, 7) for 12 CLIP layers, (7, 15) for 24 (other depths: the same thirds). Files
+    without class-padding tokens were trained by CAT-Seg code without padding/truncation, so they
+    get pad_len 0 and class_truncation None.
     """
-    conv = _need(sd, "clip.visual.conv1.weight", source)
-    key = (conv.shape[0], conv.shape[-1], _count(sd, r"^clip\.visual\.transformer\.resblocks\.(\d+)\."))
-    if key not in _CLIP_PRESETS:
-        raise WeightsError(f"{source}: CLIP tower (width, patch, layers) = {key} is neither ViT-B/16 "
-                           f"{(768, 16, 12)} nor ViT-L/14 {(1024, 14, 24)}; pass its CATSegConfig explicitly")
+    patch = _need(sd, "clip.visual.conv1.weight", source).shape[-1]
+    clip = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
+    clip_cfg, _ = convert_openai_state_dict(clip, image_size=CATSEG_GRID * patch, source=source)
     t = "transformer."
     fields = dict(
-        clip=CLIPConfig.preset(_CLIP_PRESETS[key]),
+        clip=clip_cfg,
         hidden_dim=_need(sd, t + "conv1.weight", source).shape[0],
         stem_kernel=sd[t + "conv1.weight"].shape[-1],
         num_layers=_count(sd, r"^transformer\.layers\.(\d+)\."),

@@ -202,3 +202,12 @@ def test_evaluate_cli_on_the_synthetic_benchmark_reports_seen_and_unseen(tmp_pat
     assert res["groups"]["seen_mIoU"] == pytest.approx(sum(seen) / len(seen))
     assert res["groups"]["unseen_mIoU"] == pytest.approx(sum(unseen) / len(unseen))
     assert "seen_mIoU:" in capsys.readouterr().out
+    # which protocol, resize and large-vocabulary mode ran is on record
+    assert (res["protocol"], res["resize"], res["class_mode"], res["classes_truncated"]) == ("single", "official", "exact", False)
+    assert "top256" in res["class_mode_note"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["evaluate", "--model", "default", "--dataset", "synthetic", "--root", str(tmp_path / "datasets"),
+                     "--resize", "antialias", "--limit", "1", "--device", "cpu",
+                     "--output", str(tmp_path / "eval_aa")]) == 0
+    assert json.loads((tmp_path / "eval_aa" / "results.json").read_text())["resize"] == "antialias"

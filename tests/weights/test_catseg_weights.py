@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from escnet.models.catseg import CATSeg, CATSegConfig
-from escnet.models.clip import resize_pos_embed
+from escnet.cli import main
+from escnet.models.clip import CLIPConfig, default_skip_layers, resize_pos_embed
+from escnet.models.factory import load_pretrained
 from escnet.weights.catseg import (
     PREFIX,
     from_catseg_names,
@@ -76,7 +78,9 @@ def test_wrong_keys_and_shapes_are_named(tiny, tmp_path):
     _save_raw(raw, path)
     with pytest.raises(WeightsError, match=r"transformer\.head\.weight: file \(1, 5, 3, 3\)"):
         load_catseg_checkpoint(path, tiny.cfg)
-    with pytest.raises(WeightsError, match="pass its CATSegConfig"):  # tiny CLIP: no config to infer
+    del raw[f"{PREFIX}clip_model.visual.conv1.weight"]
+    _save_raw(raw, path)
+    with pytest.raises(WeightsError, match=r"missing key clip\.visual\.conv1\.weight"):
         load_catseg_checkpoint(path)
     with pytest.raises(WeightsError, match="not found"):
         load_catseg_checkpoint(tmp_path / "missing.pth")
@@ -124,3 +128,33 @@ def test_our_names_are_cat_seg_names():
     }
     assert {k: tuple(sd[k].shape) for k in expected if k in sd} == expected
     assert not [k for k in sd if not (k.startswith(PREFIX) or k.startswith("upsample"))]
+
+
+def test_checkpoint_with_another_text_tower_converts_and_loads(tmp_path):
+    """Every size comes from the file: a 256-wide, 3-layer text tower with a 32-token context and a
+    small vocabulary, a small vision tower, small aggregator sizes; stored as CAT-Seg writes it."""
+    clip = CLIPConfig(embed_dim=48, image_size=24 * 16, patch_size=16, vision_width=64, vision_layers=2,
+                      vision_heads=1, text_width=256, text_layers=3, text_heads=4, context_length=32,
+                      vocab_size=1000, skip_layers=default_skip_layers(2))
+    cfg = CATSegConfig(clip=clip, hidden_dim=32, text_guidance_proj_dim=16, appearance_guidance_proj_dim=24,
+                       decoder_dims=(16, 16), skip_dims=(16, 8), skip_proj_dims=(8, 4))
+    torch.manual_seed(0)
+    model = CATSeg(cfg).eval()
+    path = tmp_path / "model_final.pth"
+    save_catseg_checkpoint(model, path, clip_grid=14)  # the stored grid of a public ViT-B/16 file
+    raw = torch.load(path, weights_only=True)
+    assert list(raw) == ["model"] and f"{PREFIX}clip_model.transformer.resblocks.2.attn.q_proj_weight" in raw["model"]
+
+    inferred, sd = load_catseg_checkpoint(path)
+    assert inferred == cfg
+
+    assert main(["convert", "--catseg", str(path), "--out", str(tmp_path / "converted")]) == 0
+    loaded = load_pretrained(tmp_path / "converted").eval()
+    assert loaded.cfg == cfg
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
+    images, text = torch.rand(1, 3, 384, 384) * 255, torch.randn(3, clip.embed_dim)
+    with torch.no_grad():
+        logits = loaded(images, text)
+        tokens = loaded.clip.encode_text(torch.randint(0, 1000, (2, 32)))
+    assert logits.shape == (1, 3, 384, 384) and torch.isfinite(logits).all()
+    assert tokens.shape == (2, 48)
