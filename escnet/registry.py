@@ -39,6 +39,7 @@ INIT_KINDS = {"clip": ("clip", "catseg"), "sam": ("sam",)}
 DEFAULT_MODEL = "escnet-synthetic-tiny"
 ALIASES = {"default": DEFAULT_MODEL}
 _HUB_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)$")
+_FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".safetensors", ".json", ".toml")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -119,9 +120,19 @@ def get_entry(name: str) -> Optional[ModelEntry]:
 
 
 def hub_id(text: str) -> Optional[str]:
-    """"org/name" or "hf://org/name" -> "org/name"; None for anything else."""
+    """"org/name" or "hf://org/name" -> "org/name"; None for anything else, and for a name ending
+    like a weight file (a mistyped local path such as "weights/clip.pt" is not sent to the Hub)."""
     match = _HUB_ID.match(text)
-    return match.group(1) if match else None
+    if not match or (not text.startswith("hf://") and text.lower().endswith(_FILE_SUFFIXES)):
+        return None
+    return match.group(1)
+
+
+def _from_hub(name: str, fetch, entry: ModelEntry) -> Path:
+    try:
+        return fetch(entry)
+    except ModelNotFoundError as exc:
+        raise type(exc)(f"{name!r} is no local path, and as a Hub id: {exc}") from None
 
 
 def _choices(kinds) -> str:
@@ -160,8 +171,9 @@ def resolve_model_path(path_or_name: Union[str, os.PathLike, None]) -> Path:
     if repo is not None:
         from escnet import hub
 
-        return hub.fetch_model(ModelEntry(repo, "escnet", "escnet-format model on the Hub", "see its model card",
-                                          repo_id=repo, files=("config.json", "model.safetensors")))
+        return _from_hub(name, hub.fetch_model, ModelEntry(repo, "escnet", "escnet-format model on the Hub",
+                                                           "see its model card", repo_id=repo,
+                                                           files=("config.json", "model.safetensors")))
     raise ModelNotFoundError(f"model path {name!r} does not exist (named models: {_choices(SEGMENTER_KINDS)}; "
                              "`escnet models` lists them)")
 
@@ -186,7 +198,8 @@ def resolve_weights_path(path_or_name: Union[str, os.PathLike], kind: str) -> Pa
     if repo is not None:
         from escnet import hub
 
-        return hub.fetch_folder(ModelEntry(repo, kind, f"{kind.upper()} weights on the Hub", "see its model card",
-                                           repo_id=repo, files=("model.safetensors", "pytorch_model.bin")))
+        return _from_hub(name, hub.fetch_folder, ModelEntry(repo, kind, f"{kind.upper()} weights on the Hub",
+                                                            "see its model card", repo_id=repo,
+                                                            files=("model.safetensors", "pytorch_model.bin")))
     raise ModelNotFoundError(f"{kind.upper()} weights {name!r}: no such file or folder, registry name "
                              f"({_choices(INIT_KINDS[kind])}) or Hub id")
