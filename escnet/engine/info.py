@@ -5,7 +5,7 @@ import torch
 
 from escnet.models.factory import ARCHS, PRESETS, count_parameters, create_model, load_pretrained
 
-# Paper Table 4 (ViT-L/14); CAT-Seg ViT-B counted from its public code (DESIGN.md).
+# Paper Table 4 (ViT-L/14); CAT-Seg ViT-B counted from its public code (docs/design.md).
 REFERENCE_M = {("escnet", "vitl14"): 451.3, ("catseg", "vitl14"): 433.7, ("catseg", "vitb16"): 154.3}
 
 

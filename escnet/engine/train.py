@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 8 -m escnet train --config configs/escnet_vitb16_coco.toml
     escnet train --config configs/escnet_tiny_synthetic.toml        # CPU, minutes
 
-Recipe (DESIGN.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
+Recipe (docs/design.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
 projections and SAM attention at `low_lr`, the rest at `lr`; no weight decay on norms, biases and
 embeddings; escnet.models.factory.param_groups), cosine decay to 0 over `max_iters` (optional
 linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and

@@ -178,7 +178,7 @@ def _is_sam_attention(module: nn.Module) -> bool:
 
 
 def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weight_decay: float = 1e-4) -> list[dict]:
-    """AdamW groups per DESIGN.md: trainable CLIP weights (q/v projections) and SAM attention at
+    """AdamW groups per docs/design.md: trainable CLIP weights (q/v projections) and SAM attention at
     `low_lr`, the rest at `lr`; no weight decay on norms, biases and embeddings (1-D tensors and
     nn.Embedding / norm-layer weights). Frozen parameters are left out. Each group has a 'name'."""
     low_ids = {id(p) for p in model.clip.parameters()}
