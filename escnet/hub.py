@@ -234,7 +234,11 @@ def _convert_catseg(entry: ModelEntry, path: Path, digest: str, target: Path) ->
         (work / SOURCE_NAME).write_text(json.dumps(source, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
-        os.replace(work, target)
+        try:
+            os.replace(work, target)
+        except OSError:
+            if not _complete(target):  # else another process converted the same file meanwhile
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -257,6 +257,22 @@ def test_models_command_lists_the_registry(caches, capsys):
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("escnet ")
 
 
+def test_hub_id_of_an_escnet_format_model(caches, tmp_path):
+    """What push_to_hub uploads loads back by its id: `Segmenter.from_pretrained("me/tiny-escnet")`."""
+    from escnet.models.factory import save_pretrained
+
+    torch.manual_seed(5)
+    model = create_model("escnet", "tiny")
+    folder = save_pretrained(model, tmp_path / "m")
+    files = {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors", "README.md")}
+    put_in_hf_cache(caches, "me/tiny-escnet", files)
+    segmenter = Segmenter.from_pretrained("me/tiny-escnet", device="cpu")
+    assert _same_weights(segmenter.model, model)
+    assert Path(segmenter.checkpoint).parent.name == "snapshots"
+    with pytest.raises(hub.ModelNotCachedError, match="'me/other' is no local path, and as a Hub id: model 'me/other'"):
+        Segmenter.from_pretrained("me/other")
+
+
 class _FakeApi:
     calls: list = []
 
