@@ -8,6 +8,7 @@ _EXPORTS = {
     "create_model": "escnet.models.factory",
     "load_pretrained": "escnet.models.factory",
     "save_pretrained": "escnet.models.factory",
+    "push_to_hub": "escnet.hub",
 }
 
 

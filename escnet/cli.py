@@ -17,12 +17,16 @@ _COMMANDS = [
     "escnet.engine.info",
     "escnet.engine.benchmark",
     "escnet.engine.convert",
+    "escnet.engine.catalog",
     "escnet.demo",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from escnet import __version__
+
     parser = argparse.ArgumentParser(prog="escnet", description="ESC-Net / CAT-Seg open-vocabulary semantic segmentation")
+    parser.add_argument("--version", action="version", version=f"escnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         importlib.import_module(name).add_command(sub)

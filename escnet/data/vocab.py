@@ -2,7 +2,7 @@
 
 A vocabulary is a list of *entries*. An entry is one class, written as one or more synonyms joined
 by ", " ("building, edifice"). The first synonym is the class's display name and the one the text
-encoder sees (DESIGN.md, "CLIP text encoder"); the rest document what the class covers.
+encoder sees (docs/design.md, "CLIP text encoder"); the rest document what the class covers.
 
 Accepted specifications (`parse_vocabulary`):
 

@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every training setting. Defaults: ESC-Net ViT-B/16 on COCO-Stuff (DESIGN.md "Training recipe")."""
+    """Every training setting. Defaults: ESC-Net ViT-B/16 on COCO-Stuff (docs/design.md "Training recipe")."""
 
     # model
     arch: str = "escnet"  # escnet | catseg

@@ -5,21 +5,26 @@
     escnet convert --preset vitb16 --clip ViT-B-16.pt --sam sam_vit_b_01ec64.pth --out escnet-init/
         the ESC-Net training initialisation: CLIP (OpenAI / open_clip / HF, or a CAT-Seg .pth whose
         fine-tuned CLIP is the better warm start) + SAM's decoder pieces copied into every ESC block
+    escnet convert --preset vitb16 --clip clip-vitb16 --sam sam-vitb --out escnet-init/
+        the same from the Hugging Face Hub: registry names (`escnet models`) or Hub ids such as
+        openai/clip-vit-base-patch16 and facebook/sam-vit-base are accepted wherever a file is
 """
 from __future__ import annotations
 
 from escnet.models.factory import PRESETS, build_escnet_init, count_parameters, load_pretrained, save_pretrained
+from escnet.registry import resolve_model_path, resolve_weights_path
 
 
 def run(args) -> int:
     if args.catseg:
         if args.clip or args.sam:
             raise SystemExit("escnet convert: --catseg converts a CAT-Seg checkpoint on its own; drop --clip/--sam")
-        model = load_pretrained(args.catseg)
+        model = load_pretrained(resolve_model_path(args.catseg))
     else:
         if not args.clip:
             raise SystemExit("escnet convert: give --catseg FILE, or --clip FILE (and --sam FILE) for an ESC-Net init")
-        model = build_escnet_init(args.preset, args.clip, args.sam)
+        sam = resolve_weights_path(args.sam, "sam") if args.sam else None
+        model = build_escnet_init(args.preset, resolve_weights_path(args.clip, "clip"), sam)
     out = save_pretrained(model, args.out)
     print(f"wrote {model.cfg.arch} ({count_parameters(model)['total'] / 1e6:.1f} M parameters) to {out}")
     return 0
@@ -27,9 +32,11 @@ def run(args) -> int:
 
 def add_command(sub) -> None:
     p = sub.add_parser("convert", help="public CAT-Seg checkpoints or CLIP + SAM files -> escnet's format")
-    p.add_argument("--catseg", help="a CAT-Seg checkpoint (model_base.pth / model_large.pth)")
-    p.add_argument("--clip", help="CLIP weights (OpenAI .pt, open_clip, HF folder/.safetensors) or a CAT-Seg .pth")
-    p.add_argument("--sam", help="SAM weights (sam_vit_{b,l,h}.pth or an HF SamModel folder/.safetensors)")
+    p.add_argument("--catseg", help="a CAT-Seg checkpoint (model_base.pth / model_large.pth) or catseg-vitb16 / catseg-vitl14")
+    p.add_argument("--clip", help="CLIP weights (OpenAI .pt, open_clip, HF folder/.safetensors, a CAT-Seg .pth), "
+                        "a registry name (clip-vitb16, clip-vitl14-336, catseg-vitl14) or a Hub id")
+    p.add_argument("--sam", help="SAM weights (sam_vit_{b,l,h}.pth, an HF SamModel folder/.safetensors), "
+                        "a registry name (sam-vitb, sam-vitl, sam-vith) or a Hub id")
     p.add_argument("--preset", default="vitb16", choices=PRESETS, help="ESC-Net size for --clip/--sam")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)

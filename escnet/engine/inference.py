@@ -39,7 +39,6 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -52,6 +51,7 @@ from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, 
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
 from escnet.engine.protocol import PROTOCOL_FUNCTIONS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
+from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 
 CLASS_MODES = ("exact", "top256")
 TOP_K = 256
@@ -61,14 +61,6 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 # the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
-
-# name -> folder under escnet/assets/models/. The default is the tiny ESC-Net trained on the synthetic
-# benchmark (configs/escnet_tiny_synthetic.toml): a demonstration model for synthetic scenes.
-MODEL_NAMES = {"default": "escnet-synthetic-tiny", "escnet-synthetic-tiny": "escnet-synthetic-tiny"}
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model path or name that does not resolve to a checkpoint."""
 
 
 def class_chunk_for_budget(num_classes: int, crop: int, views: int, memory_budget_mb: Optional[float]) -> Optional[int]:
@@ -190,24 +182,6 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return device
 
 
-def resolve_model_path(path_or_name: Union[str, os.PathLike, None]) -> Path:
-    """A checkpoint path (folder with model.safetensors + config.json, or a file), or a bundled
-    model name (None = "default") -> an existing path."""
-    name = "default" if path_or_name is None else str(path_or_name)
-    if name in MODEL_NAMES and not Path(name).exists():
-        bundled = resources.files("escnet") / "assets" / "models" / MODEL_NAMES[name]
-        if not bundled.is_dir():
-            raise ModelNotFoundError(
-                f"the bundled model {name!r} is not part of this installation (looked in {bundled}); "
-                "pass a checkpoint path instead"
-            )
-        return Path(str(bundled))
-    path = Path(name)
-    if not path.exists():
-        raise ModelNotFoundError(f"model path {name!r} does not exist")
-    return path
-
-
 class Segmenter:
     """Wraps a model (ESC-Net or CAT-Seg) for segmenting images with any vocabulary.
 
@@ -249,7 +223,8 @@ class Segmenter:
     def from_pretrained(
         cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options
     ) -> "Segmenter":
-        """Load a saved checkpoint (escnet.models.factory.load_pretrained) or a bundled model."""
+        """Load a saved checkpoint (escnet.models.factory.load_pretrained) or a named model
+        (escnet.registry: the bundled model, catseg-vitb16 / catseg-vitl14 from the Hugging Face Hub, ...)."""
         from escnet.models.factory import load_pretrained
 
         path = resolve_model_path(path_or_name)

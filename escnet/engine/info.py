@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from escnet.models.factory import ARCHS, PRESETS, count_parameters, create_model, load_pretrained
+from escnet.registry import resolve_model_path
 
-# Paper Table 4 (ViT-L/14); CAT-Seg ViT-B counted from its public code (DESIGN.md).
+# Paper Table 4 (ViT-L/14); CAT-Seg ViT-B counted from its public code (docs/design.md).
 REFERENCE_M = {("escnet", "vitl14"): 451.3, ("catseg", "vitl14"): 433.7, ("catseg", "vitb16"): 154.3}
 
 
@@ -18,7 +19,7 @@ def run(args) -> int:
                 model = create_model(arch, args.model)
             rows.append((arch, args.model, model))
     else:
-        model = load_pretrained(args.model)
+        model = load_pretrained(resolve_model_path(args.model))
         rows.append((model.cfg.arch, args.model, model))
     for arch, name, model in rows:
         counts = count_parameters(model)
@@ -35,6 +36,6 @@ def run(args) -> int:
 
 def add_command(sub) -> None:
     p = sub.add_parser("info", help="parameter counts per component")
-    p.add_argument("--model", default="vitb16", help=f"a preset ({', '.join(PRESETS)}) or a model folder / checkpoint")
+    p.add_argument("--model", default="vitb16", help=f"a preset ({', '.join(PRESETS)}), a model folder / checkpoint or a named model")
     p.add_argument("--arch", choices=ARCHS, help="with a preset: only this architecture (default: both)")
     p.set_defaults(func=run)

@@ -37,7 +37,8 @@ def add_command(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     parser.add_argument("--classes", required=True, help="the vocabulary (see above)")
-    parser.add_argument("--model", default=None, help="checkpoint folder or file (default: the bundled model)")
+    parser.add_argument("--model", default=None, help="checkpoint folder or file, a named model (`escnet models`, e.g. catseg-vitl14: "
+                             "fetched from the Hugging Face Hub once) or a Hub id (default: the bundled model)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
                         help="sliding: CAT-Seg's 4 crops + global view (default); single: one resized view")

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 8 -m escnet train --config configs/escnet_vitb16_coco.toml
     escnet train --config configs/escnet_tiny_synthetic.toml        # CPU, minutes
 
-Recipe (DESIGN.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
+Recipe (docs/design.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
 weights and the pretrained SAM pieces at `low_lr` (`sam_lr_rule`), the rest at `lr`; no weight decay on norms, biases and
 embeddings; escnet.models.factory.param_groups), cosine decay to 0 over `max_iters` (optional
 linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and
@@ -58,6 +58,7 @@ from escnet.data.transforms import ColorJitter, TrainAugmentation
 from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
 from escnet.engine.config import ConfigError, TrainConfig, build_model_config, config_from_dict, load_config
+from escnet.weights.common import WeightsError
 
 # Settings a resumed run may change; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_every", "save_every", "keep_last",
@@ -109,8 +110,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) ->
     root = cfg.data_root or None
     for key in ("init_clip", "init_sam", "init_model"):
         path = getattr(cfg, key)
-        if path and not Path(path).exists():
-            raise ConfigError(f"{key} = {path!r}: file not found")
+        if path:
+            _resolve_init(cfg, key)
     if cfg.init_sam and cfg.arch != "escnet":
         raise ConfigError(f"init_sam is for ESC-Net; arch = {cfg.arch!r} has no SAM blocks")
     if cfg.init_model and (cfg.init_clip or cfg.init_sam):
@@ -133,25 +134,43 @@ def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) ->
     return train, evaluation
 
 
+def _resolve_init(cfg: TrainConfig, key: str) -> str:
+    """A path, registry name (clip-vitb16, sam-vitb, catseg-vitl14, ...) or Hub id -> a local path,
+    fetched once into the Hugging Face cache; the config keeps the name as written."""
+    from escnet.registry import resolve_model_path, resolve_weights_path
+
+    value = getattr(cfg, key)
+    try:
+        if key == "init_model":
+            return str(resolve_model_path(value))
+        return str(resolve_weights_path(value, key[len("init_"):]))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{key} = {value!r}: file not found ({exc})") from None
+    except (WeightsError, OSError) as exc:
+        raise ConfigError(f"{key} = {value!r}: {exc}") from None
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model to train: a saved model (init_model), or the preset with CLIP / SAM initialisation."""
     from escnet.models import factory
 
     if cfg.init_model:
-        model = factory.load_pretrained(cfg.init_model)
+        model = factory.load_pretrained(_resolve_init(cfg, "init_model"))
         if model.cfg.arch != cfg.arch:
             raise ConfigError(f"init_model {cfg.init_model} is a {model.cfg.arch} model but arch = {cfg.arch!r}")
         return model
     mcfg = build_model_config(cfg)
     # the built config's every field (reading, [model] and [clip] applied), so nothing is derived twice
     overrides = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.name != "arch"}
-    if cfg.arch == "escnet" and cfg.init_clip:
-        return factory.build_escnet_init(cfg.preset, cfg.init_clip, cfg.init_sam or None, **overrides)
+    init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else ""
+    init_sam = _resolve_init(cfg, "init_sam") if cfg.init_sam else None
+    if cfg.arch == "escnet" and init_clip:
+        return factory.build_escnet_init(cfg.preset, init_clip, init_sam, **overrides)
     model = factory.create_model(cfg.arch, cfg.preset, **overrides)
     if cfg.init_clip:
         from escnet.weights.clip import load_clip_weights
 
-        _, sd = load_clip_weights(cfg.init_clip, image_size=model.cfg.clip.image_size)
+        _, sd = load_clip_weights(init_clip, image_size=model.cfg.clip.image_size)
         factory.load_state_dict_strict(model.clip, sd, cfg.init_clip)
     return model
 
@@ -489,7 +508,8 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
     if rt.main and step == cfg.max_iters:
         from escnet.models.factory import save_pretrained
 
-        summary["model_dir"] = str(save_pretrained(model, out / "model"))
+        card = {"training": cfg.to_dict(), "metrics": summary.get("eval")}
+        summary["model_dir"] = str(save_pretrained(model, out / "model", card=card))
     return summary
 
 

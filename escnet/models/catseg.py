@@ -220,7 +220,7 @@ class CATSeg(CLIPBackedModel):
         self.last_class_mode: str | None = None
         # CAT-Seg's "attention" rule trains CLIP parameters whose names contain "transformer" and either
         # "attn" + q_proj/v_proj or "position"; OpenAI CLIP has no parameter matching the latter, so
-        # exactly the q and v projection weights of both towers train (DESIGN.md), in_proj_bias does not.
+        # exactly the q and v projection weights of both towers train (docs/design.md), in_proj_bias does not.
         self.set_finetune(cfg.clip_finetune)
 
     def select_classes(self, feats: Tensor, text: Tensor, k: int) -> Tensor:

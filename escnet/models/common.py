@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from escnet.models.tokenizer import tokenize
 
-# CLIP's pixel statistics on the 0..255 scale (DESIGN.md).
+# CLIP's pixel statistics on the 0..255 scale (docs/design.md).
 CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 
@@ -26,7 +26,7 @@ def run_block(module: nn.Module, fn, *args):
 
 
 def first_synonym(name: str) -> str:
-    """'building, edifice' -> 'building' (DESIGN.md: text features use the first synonym)."""
+    """'building, edifice' -> 'building' (docs/design.md: text features use the first synonym)."""
     return name.split(",")[0].strip()
 
 

@@ -68,9 +68,13 @@ def config_from_dict(cls, data: dict, where: str = "config"):
     return cls(**kwargs)
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write `config.json` + `model.safetensors` (atomically) to `directory`."""
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, card: dict | None = None) -> Path:
+    """Write `config.json` + `model.safetensors` + the model card `README.md` (each atomically) to
+    `directory`. card: keyword arguments of escnet.modelcard.render_model_card (training, metrics,
+    source, licence, name) beyond the config."""
     from safetensors.torch import save_file
+
+    from escnet.modelcard import CARD_NAME, render_model_card
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt", "arch": model.cfg.arch}))
     text = json.dumps(config_to_dict(model.cfg), indent=2)
     atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    readme = render_model_card(config_to_dict(model.cfg), **(card or {}))
+    atomic_write(out / CARD_NAME, lambda p: Path(p).write_text(readme))
     return out
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from escnet import registry
 from escnet.engine import inference
 from escnet.engine.inference import (
     ModelNotFoundError,
@@ -184,7 +186,8 @@ def test_half_precision_autocast_runs():
 def test_model_paths(tmp_path: Path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match=r"model path '.*nope' does not exist"):
         resolve_model_path(tmp_path / "nope")
-    monkeypatch.setitem(inference.MODEL_NAMES, "default", "not-shipped")
+    shipped = registry.MODELS[registry.DEFAULT_MODEL]
+    monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, dataclasses.replace(shipped, folder="not-shipped"))
     with pytest.raises(ModelNotFoundError, match="the bundled model 'default' is not part of this installation"):
         Segmenter.from_pretrained(None)
     assert resolve_model_path(tmp_path) == tmp_path

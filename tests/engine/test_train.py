@@ -267,3 +267,5 @@ def test_short_run_learns_the_synthetic_benchmark(data_root, tmp_path):
     per_class = compute_metrics(cm.numpy(), val.class_names)["per_class"]
     chance = np.mean([per_class[k]["IoU"] for k in range(1, 10) if per_class[k]["IoU"] is not None])
     assert seen > max(5 * chance, 20.0), (seen, chance)
+    card = (Path(summary["model_dir"]) / "README.md").read_text()  # the model card: data, metrics, config
+    assert "- training data: synthetic" in card and "| seen_mIoU |" in card and '"arch": "escnet"' in card

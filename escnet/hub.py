@@ -1,0 +1,282 @@
+"""The Hugging Face Hub path: fetch named models (escnet.registry), verify, convert once; share models.
+
+Downloads go through `huggingface_hub` (extra `escnet[hub]`), so they use its cache
+($HF_HOME / $HF_HUB_CACHE), its revision handling and its offline switch HF_HUB_OFFLINE=1; a file
+already in that cache is read from it without any network access. Every fetched file is checked:
+
+1. against the sha256 written in its registry entry, when there is one;
+2. against the sha256 the Hub reports for it (large files are stored under their sha256, which is
+   also their name in the cache's blobs/ folder);
+3. against the sha256 recorded the first time escnet fetched that file from that repository and
+   revision (trust on first use; the record is KNOWN_HASHES in the escnet cache). A file that
+   changes under a branch name is refused until the user accepts it (`--trust-new`).
+
+A mismatch is refused with a one-line ChecksumError. CAT-Seg files are converted to escnet's
+format (config.json + model.safetensors + a model card) once, into `cache_dir()/models/<name>`,
+which later calls use directly, offline included.
+
+`push_to_hub(model_dir, repo_id)` uploads a model in escnet's format (with its model card), after
+which anyone can load it with `Segmenter.from_pretrained("org/name")`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+from escnet.fileio import atomic_write
+from escnet.registry import ModelEntry, ModelNotFoundError
+from escnet.weights.common import WeightsError
+
+KNOWN_HASHES = "known_hashes.json"
+SOURCE_NAME = "source.json"
+MODEL_FILES = ("config.json", "model.safetensors")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ModelNotCachedError(ModelNotFoundError):
+    """A named model that is neither cached nor downloadable now (offline or no connection)."""
+
+
+class FileNotInRepoError(ModelNotFoundError):
+    """The repository exists but has no such file."""
+
+
+class ChecksumError(WeightsError):
+    """A downloaded file whose bytes are not the ones expected; it is not used."""
+
+
+def cache_dir() -> Path:
+    """escnet's own cache (converted models, known hashes): $ESCNET_CACHE, else
+    $XDG_CACHE_HOME/escnet, else ~/.cache/escnet. Raw downloads stay in the Hugging Face cache."""
+    if os.environ.get("ESCNET_CACHE"):
+        return Path(os.environ["ESCNET_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "escnet"
+
+
+def fetch_command(entry: ModelEntry) -> str:
+    return f"escnet models --fetch {entry.name}"
+
+
+def _hf():
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ModelNotFoundError("named Hub models need huggingface_hub: pip install 'escnet[hub]'") from None
+    return huggingface_hub
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def download(entry: ModelEntry, filename: str) -> Path:
+    """One file of `entry` from the Hugging Face cache, downloading it if needed (not verified)."""
+    hf = _hf()
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(hf.hf_hub_download(entry.repo_id, filename, repo_type=entry.repo_type, revision=entry.revision))
+    except LocalEntryNotFoundError:
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub cannot be reached"
+        raise ModelNotCachedError(
+            f"model {entry.name!r} ({filename}, {entry.where}) is not in the local cache and {why}; "
+            f"fetch it once with internet access: {fetch_command(entry)}") from None
+    except EntryNotFoundError:
+        raise FileNotInRepoError(f"model {entry.name!r}: {entry.where} has no file {filename}") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ModelNotFoundError(f"model {entry.name!r}: {entry.where} not found on the Hub "
+                                 f"({type(exc).__name__})") from None
+    except HfHubHTTPError as exc:
+        raise ModelNotFoundError(f"model {entry.name!r}: {filename} from {entry.where}: {_one_line(exc)}") from None
+
+
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _known_path() -> Path:
+    return cache_dir() / KNOWN_HASHES
+
+
+def known_hashes() -> dict[str, str]:
+    """{"<repo_type>/<repo_id>@<revision>/<file>": sha256} recorded at first download."""
+    path = _known_path()
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path}: unreadable record of known model hashes ({exc}); delete it to start afresh") from None
+
+
+def verify(entry: ModelEntry, filename: str, path: Union[str, os.PathLike], trust_new: bool = False) -> str:
+    """Check a fetched file (module docstring, 1-3) and record its hash; returns its sha256."""
+    digest = sha256_file(path)
+    where = f"model {entry.name!r}: {filename} ({entry.where})"
+    expected = entry.sha256.get(filename)
+    if expected and digest != expected.lower():
+        raise ChecksumError(f"{where} has sha256 {digest}, the registry expects {expected}; refused "
+                            "(a corrupted or altered file: delete it from the Hugging Face cache and fetch again)")
+    blob = Path(os.path.realpath(path)).name
+    if _SHA256.fullmatch(blob) and blob != digest:
+        raise ChecksumError(f"{where} has sha256 {digest}, the Hub lists it as {blob}; refused "
+                            "(an incomplete or altered download: delete it from the Hugging Face cache and fetch again)")
+    key = f"{entry.repo_type}/{entry.repo_id}@{entry.revision}/{filename}"
+    known = known_hashes()
+    if key in known and known[key] != digest and not trust_new:
+        raise ChecksumError(f"{where} has sha256 {digest}, but {known[key]} was recorded at its first download; "
+                            f"refused (if its authors replaced the file, accept it: {fetch_command(entry)} --trust-new)")
+    if known.get(key) != digest:
+        known[key] = digest
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        text = json.dumps(known, indent=2, sort_keys=True) + "\n"
+        atomic_write(_known_path(), lambda p: Path(p).write_text(text))
+    return digest
+
+
+def fetch_file(entry: ModelEntry, trust_new: bool = False) -> Path:
+    """The verified local path of the entry's first file (a CAT-Seg .pth)."""
+    path = download(entry, entry.files[0])
+    verify(entry, entry.files[0], path, trust_new)
+    return path
+
+
+def fetch_folder(entry: ModelEntry, trust_new: bool = False) -> Path:
+    """A Hugging Face model folder (CLIPModel / SamModel) in the HF cache: config.json and the
+    first of `entry.files` the repository has, verified."""
+    folder, missing = None, []
+    for name in entry.files:
+        try:
+            path = download(entry, name)
+        except ModelNotCachedError:
+            missing.append(name)
+            continue
+        except FileNotInRepoError:
+            continue
+        verify(entry, name, path, trust_new)
+        folder = path.parent
+        break
+    if folder is None:
+        if missing:
+            download(entry, missing[0])  # raises the one-line "not in the local cache" error
+        raise ModelNotFoundError(f"model {entry.name!r}: {entry.where} has none of {', '.join(entry.files)}")
+    config = download(entry, "config.json")
+    verify(entry, "config.json", config, trust_new)
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (*MODEL_FILES, SOURCE_NAME))
+
+
+def fetch_model(entry: ModelEntry, trust_new: bool = False) -> Path:
+    """A folder in escnet's format for a "catseg" or "escnet" entry. CAT-Seg files are converted
+    once into cache_dir()/models/<name>; escnet-format repositories are used from the HF cache."""
+    if entry.kind == "escnet":
+        folder = None
+        for name in MODEL_FILES:
+            path = download(entry, name)
+            verify(entry, name, path, trust_new)
+            folder = path.parent
+        return folder
+    if entry.kind != "catseg":
+        raise ModelNotFoundError(f"model {entry.name!r} is {entry.kind} weights, not a segmentation model")
+    target = cache_dir() / "models" / entry.name.replace("/", "--")
+    if _complete(target):
+        recorded = json.loads((target / SOURCE_NAME).read_text())
+        wanted = {f: h for f, h in entry.sha256.items() if f in entry.files}
+        if all(recorded.get("sha256", {}).get(f) == h for f, h in wanted.items()):
+            return target
+    path = fetch_file(entry, trust_new)
+    digest = sha256_file(path)
+    _convert_catseg(entry, path, digest, target)
+    return target
+
+
+def _convert_catseg(entry: ModelEntry, path: Path, digest: str, target: Path) -> None:
+    """Convert into a temporary sibling of `target`, then move it into place as a whole."""
+    from escnet.models.catseg import CATSeg, CATSegConfig
+    from escnet.models.factory import load_state_dict_strict, save_pretrained
+    from escnet.weights.catseg import load_catseg_checkpoint
+
+    cfg, sd = load_catseg_checkpoint(path, CATSegConfig.preset(entry.preset) if entry.preset else None)
+    model = CATSeg(cfg)
+    load_state_dict_strict(model, sd, str(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        card = {"name": entry.name, "source": f"{entry.description}; {entry.where}/{entry.files[0]} "
+                                              f"(sha256 {digest}), from {entry.source}",
+                "licence": entry.licence}
+        save_pretrained(model, work, card=card)
+        source = {"name": entry.name, "repo_id": entry.repo_id, "repo_type": entry.repo_type,
+                  "revision": entry.revision, "file": entry.files[0], "sha256": {entry.files[0]: digest}}
+        (work / SOURCE_NAME).write_text(json.dumps(source, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        try:
+            os.replace(work, target)
+        except OSError:
+            if not _complete(target):  # else another process converted the same file meanwhile
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def is_cached(entry: ModelEntry) -> bool:
+    """Whether the entry can be used without network access (converted, or in the HF cache)."""
+    if entry.kind == "bundled":
+        return True
+    if entry.kind == "catseg" and _complete(cache_dir() / "models" / entry.name.replace("/", "--")):
+        return True
+    hf = _hf()
+    return any(isinstance(hf.try_to_load_from_cache(entry.repo_id, name, revision=entry.revision,
+                                                   repo_type=entry.repo_type), str) for name in entry.files)
+
+
+def push_to_hub(model_dir: Union[str, os.PathLike], repo_id: str, *, private: bool = False,
+                token: Optional[str] = None, commit_message: Optional[str] = None):
+    """Upload a model folder in escnet's format (config.json, model.safetensors and its model card
+    README.md, written now if missing) to the Hub model repository `repo_id` (created if needed).
+    Returns huggingface_hub's commit info."""
+    hf = _hf()
+    folder = Path(model_dir)
+    for name in MODEL_FILES:
+        if not (folder / name).is_file():
+            raise ModelNotFoundError(f"{folder} is not a model in escnet's format: it has no {name}")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{folder / 'config.json'}: not valid JSON ({exc})") from None
+    from escnet.modelcard import CARD_NAME, render_model_card
+
+    if not (folder / CARD_NAME).is_file():
+        card = render_model_card(config, name=repo_id)
+        atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(card))
+    api = hf.HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, repo_type="model", folder_path=str(folder),
+        allow_patterns=[*MODEL_FILES, CARD_NAME],
+        commit_message=commit_message or f"Upload escnet {config.get('arch', 'model')}",
+    )
