@@ -17,6 +17,7 @@ _COMMANDS = [
     "escnet.engine.info",
     "escnet.engine.benchmark",
     "escnet.engine.convert",
+    "escnet.engine.export",
     "escnet.demo",
 ]
 
