@@ -40,7 +40,7 @@ from PIL import Image
 
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
-from escnet.engine.visualize import palette
+from escnet.engine.visualize import palette_for
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _safe_stem(name: str) -> str:
 def legend_html(names: list[str], fractions: np.ndarray) -> str:
     """The classes present, largest share first, each with its overlay colour; then the classes
     that got no pixel. Names are user text, so they are escaped."""
-    colours = palette(len(names))
+    colours = palette_for(names)
     order = [int(i) for i in np.argsort(-fractions, kind="stable") if fractions[i] > 0]
     rows = []
     for i in order[:LEGEND_ROWS]:

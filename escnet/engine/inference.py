@@ -243,7 +243,7 @@ class SegmentationResult:
 
     def label_image(self) -> Image.Image:
         """The label map as a PNG-ready image whose pixel values are the class ids."""
-        return visualize.label_image(self.labels, len(self.classes))
+        return visualize.label_image(self.labels, len(self.classes), self.names)
 
     def to_dict(self) -> dict[str, Any]:
         fractions = self.fractions()
