@@ -19,6 +19,9 @@ def run(args) -> int:
     else:
         if not args.clip:
             raise SystemExit("escnet convert: give --catseg FILE, or --clip FILE (and --sam FILE) for an ESC-Net init")
+        if not args.sam and not args.random_sam:
+            raise SystemExit("escnet convert: an ESC-Net init needs SAM's decoder pieces: give --sam FILE, or "
+                             "--random-sam to leave them randomly initialised (untrained)")
         model = build_escnet_init(args.preset, args.clip, args.sam)
     out = save_pretrained(model, args.out)
     print(f"wrote {model.cfg.arch} ({count_parameters(model)['total'] / 1e6:.1f} M parameters) to {out}")
@@ -30,6 +33,8 @@ def add_command(sub) -> None:
     p.add_argument("--catseg", help="a CAT-Seg checkpoint (model_base.pth / model_large.pth)")
     p.add_argument("--clip", help="CLIP weights (OpenAI .pt, open_clip, HF folder/.safetensors) or a CAT-Seg .pth")
     p.add_argument("--sam", help="SAM weights (sam_vit_{b,l,h}.pth or an HF SamModel folder/.safetensors)")
+    p.add_argument("--random-sam", action="store_true",
+                   help="with --clip and no --sam: keep the SAM pieces randomly initialised, on purpose")
     p.add_argument("--preset", default="vitb16", choices=PRESETS, help="ESC-Net size for --clip/--sam")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
