@@ -18,6 +18,7 @@ _COMMANDS = [
     "escnet.engine.benchmark",
     "escnet.engine.convert",
     "escnet.engine.catalog",
+    "escnet.engine.export",
     "escnet.demo",
 ]
 

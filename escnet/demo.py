@@ -40,7 +40,7 @@ from PIL import Image
 
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
-from escnet.engine.visualize import palette
+from escnet.engine.visualize import palette_for
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _safe_stem(name: str) -> str:
 def legend_html(names: list[str], fractions: np.ndarray) -> str:
     """The classes present, largest share first, each with its overlay colour; then the classes
     that got no pixel. Names are user text, so they are escaped."""
-    colours = palette(len(names))
+    colours = palette_for(names)
     order = [int(i) for i in np.argsort(-fractions, kind="stable") if fractions[i] > 0]
     rows = []
     for i in order[:LEGEND_ROWS]:
@@ -237,8 +237,11 @@ def _describe(segmenter, limits: DemoLimits) -> str:
     model = getattr(segmenter, "model", None)
     arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
     source = Path(segmenter.checkpoint).name if getattr(segmenter, "checkpoint", None) else "in-memory model"
+    description = getattr(segmenter, "description", None)
+    purpose = (f'\n\n<p id="model-description"><b>What this model is for:</b> {html.escape(description)}</p>\n\n'
+               if description else "\n\n")
     return (
-        f"Model: **{arch}** ({html.escape(source)}) on {getattr(segmenter, 'device', 'cpu')}. "
+        f"Model: **{arch}** ({html.escape(source)}) on {getattr(segmenter, 'device', 'cpu')}.{purpose}"
         f"Images up to {limits.max_file_mb:g} MB and {limits.max_pixels / 1e6:g} megapixels; "
         f"up to {limits.max_classes} classes."
     )
@@ -279,8 +282,10 @@ def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escne
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image-input")
+                examples = example_rows() if examples is None else examples
                 vocabulary = gr.Textbox(
-                    label="Classes", value=DEFAULT_CLASSES, lines=3, max_lines=8, elem_id="vocabulary",
+                    # the first example's vocabulary: the bundled model knows only its synthetic classes
+                    label="Classes", value=examples[0][1] if examples else DEFAULT_CLASSES, lines=3, max_lines=8, elem_id="vocabulary",
                     max_length=limits.max_vocabulary_chars,
                     info='Comma-separated ("cat, dog, sky"); with ";" between classes, commas give synonyms '
                          '("building, edifice; sky"). A benchmark name (ade150) also works.',
@@ -289,7 +294,6 @@ def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escne
                 protocol = gr.Radio(choices=list(PROTOCOL_CHOICES), value=default_protocol, label="Protocol",
                                     elem_id="protocol")
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                examples = example_rows() if examples is None else examples
                 if examples:
                     gr.Examples(examples=examples, inputs=[image, vocabulary], cache_examples=False)
             with gr.Column():
@@ -334,6 +338,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--half", action="store_true", help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
     parser.add_argument("--protocol", choices=[value for _, value in PROTOCOL_CHOICES], default="sliding",
                         help="protocol selected when the page opens (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch (default: the CPUs this process may use)")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency,
                         help="requests segmented at once (default %(default)s)")
     parser.add_argument("--queue-size", type=int, default=defaults.queue_size,
@@ -348,7 +354,8 @@ def add_command(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from escnet.engine.inference import Segmenter
+    from escnet.engine.inference import Segmenter, model_notice
+    from escnet.engine.threads import set_threads
     from escnet.weights.common import WeightsError
 
     try:
@@ -360,6 +367,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) <= 0:
             print(f"escnet demo: error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
+    try:
+        set_threads(args.threads)
+    except ValueError as exc:
+        print(f"escnet demo: error: {exc}", file=sys.stderr)
+        return 2
     limits = DemoLimits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_classes=args.max_classes,
                         concurrency=args.concurrency, queue_size=args.queue_size)
     try:
@@ -367,5 +379,14 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
         print(f"escnet demo: error: cannot load model: {exc}", file=sys.stderr)
         return 2
-    launch_demo(build_demo(segmenter, limits), limits, host=args.host, port=args.port, share=args.share)
+    notice = model_notice(segmenter)
+    if notice:
+        print(notice, file=sys.stderr)
+    demo = build_demo(segmenter, limits)
+    # quiet: Gradio's own banner advises "share=True in launch()", which is no use from the CLI.
+    _, local_url, share_url = launch_demo(demo, limits, host=args.host, port=args.port, share=args.share,
+                                          quiet=True, prevent_thread_lock=True)
+    print(f"escnet demo: serving on {local_url}" + (f" and {share_url}" if share_url else "") +
+          ("" if args.share else " (add --share for a public link)") + "; Ctrl+C stops it", file=sys.stderr)
+    demo.block_thread()
     return 0

@@ -37,16 +37,34 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], durable: bool = False) -> Path:
+def _umask() -> int:
+    try:  # Linux: read it without changing it (changing it races with other threads)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], durable: bool = False,
+                 mode: int | None = None) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``.
 
     durable: also flush the file and the folder to disk (checkpoints), so that a power loss after
-    the return cannot lose the file. On any error the temporary file is removed and the previous
-    ``path`` (if any) is untouched. Returns ``path``."""
+    the return cannot lose the file. mode: permissions for the file, less the process umask
+    (some writers, e.g. safetensors, create their files 0600). On any error the temporary file is
+    removed and the previous ``path`` (if any) is untouched. Returns ``path``."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
         write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode & ~_umask())
         if durable:
             fd = os.open(tmp, os.O_RDONLY)
             try:

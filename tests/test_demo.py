@@ -264,3 +264,18 @@ def test_model_failure_gets_short_message_and_server_goes_on(server, error, mess
         predict(server, image, "sky, sea")
     assert str(caught.value) == message
     check_answer(predict(server, image, "sky, sea"), image, ["sky", "sea"])
+
+
+def test_page_states_the_model_purpose_and_prefills_the_example_vocabulary():
+    from escnet.demo import build_demo, example_rows
+    from escnet.engine.inference import Segmenter
+
+    pytest.importorskip("gradio")
+    segmenter = Segmenter.from_pretrained(None, device="cpu")
+    demo = build_demo(segmenter)
+    blocks = list(demo.blocks.values())
+    vocabulary = next(b for b in blocks if getattr(b, "elem_id", None) == "vocabulary")
+    assert vocabulary.value == example_rows()[0][1]
+    assert "dark red" in vocabulary.value and "sky" not in vocabulary.value
+    text = " ".join(str(getattr(b, "value", "")) for b in blocks if type(b).__name__ == "Markdown")
+    assert "What this model is for:" in text and "knows nothing about real photos" in text

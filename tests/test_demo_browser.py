@@ -174,3 +174,21 @@ def test_upload_type_submit_see_overlay_and_legend(demo_url, browser, tmp_path):
             if url.scheme in ("http", "https", "ws", "wss"):
                 hosts.add(url.hostname)
     assert hosts == {"127.0.0.1"}
+
+
+def test_page_says_what_the_model_is_for_and_prefills_the_example_vocabulary(demo_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from escnet.engine.inference import model_description
+
+    browser.get(demo_url["url"])
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#vocabulary textarea"))
+    rows = example_rows()
+    assert browser.find_element(By.CSS_SELECTOR, "#vocabulary textarea").get_attribute("value") == rows[0][1]
+    description = model_description(resolve_model_path(None))
+    if demo_url["vocabulary"] == rows[0][1] and description:  # the bundled model serves the page
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "What this model is for:" in body
+        assert " ".join(description.split()[:8]) in " ".join(body.split())
+        assert "knows nothing about real photos" in body

@@ -38,3 +38,16 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     (tmp_path / ".hidden").write_bytes(b"user file")
     assert remove_stale_tmp(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "a.png"]
+
+
+def test_saved_model_is_readable_as_the_umask_allows(tmp_path):
+    from escnet.models.factory import create_model, save_pretrained
+
+    old = os.umask(0o027)
+    try:
+        folder = save_pretrained(create_model("catseg", "tiny"), tmp_path / "a")
+        assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    folder = save_pretrained(create_model("catseg", "tiny"), tmp_path / "b")
+    assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o666 & ~old

@@ -25,10 +25,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from escnet.data.datasets import datasets_root
 from escnet.fileio import atomic_write, remove_stale_tmp  # noqa: F401 - re-exported for the prepare_* modules
+from escnet.progress import progress
 
 MARKER = ".escnet-prepared.json"
 MARKER_VERSION = 1
@@ -80,13 +80,14 @@ def start_output(folder: Path, force: bool) -> bool:
 
 
 def run_jobs(fn: Callable, jobs: list, workers: int, desc: str) -> list:
-    """``[fn(job) for job in jobs]`` with a progress bar, in ``workers`` processes if > 1."""
-    bar = dict(total=len(jobs), desc=desc, unit="file", disable=None, dynamic_ncols=True)
+    """``[fn(job) for job in jobs]`` with progress (a bar on a terminal, periodic lines in a log),
+    in ``workers`` processes if > 1."""
     if workers <= 1 or len(jobs) < 2:
-        return [fn(job) for job in tqdm(jobs, **bar)]
+        return [fn(job) for job in progress(jobs, desc=desc, unit="files")]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         try:
-            return list(tqdm(pool.map(fn, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers)))), **bar))
+            chunks = max(1, min(64, len(jobs) // (4 * workers)))
+            return list(progress(pool.map(fn, jobs, chunksize=chunks), desc=desc, unit="files", total=len(jobs)))
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -23,6 +23,9 @@ def run(args) -> int:
     else:
         if not args.clip:
             raise SystemExit("escnet convert: give --catseg FILE, or --clip FILE (and --sam FILE) for an ESC-Net init")
+        if not args.sam and not args.random_sam:
+            raise SystemExit("escnet convert: an ESC-Net init needs SAM's decoder pieces: give --sam FILE, or "
+                             "--random-sam to leave them randomly initialised (untrained)")
         sam = resolve_weights_path(args.sam, "sam") if args.sam else None
         model = build_escnet_init(args.preset, resolve_weights_path(args.clip, "clip"), sam)
     out = save_pretrained(model, args.out)
@@ -37,6 +40,8 @@ def add_command(sub) -> None:
                         "a registry name (clip-vitb16, clip-vitl14-336, catseg-vitl14) or a Hub id")
     p.add_argument("--sam", help="SAM weights (sam_vit_{b,l,h}.pth, an HF SamModel folder/.safetensors), "
                         "a registry name (sam-vitb, sam-vitl, sam-vith) or a Hub id")
+    p.add_argument("--random-sam", action="store_true",
+                   help="with --clip and no --sam: keep the SAM pieces randomly initialised, on purpose")
     p.add_argument("--preset", default="vitb16", choices=PRESETS, help="ESC-Net size for --clip/--sam")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
+from escnet.engine.threads import THREADS_HELP, set_threads
+from escnet.progress import progress as progress_of
 from escnet.weights.common import WeightsError
 
 # results.json says which large-vocabulary mode ran and what it reproduces
@@ -87,9 +88,9 @@ def evaluate(
     indices = range(rank, n, world)
     classes = dataset.prompt_classes
     cm = ConfusionMatrix(dataset.num_classes, dataset.ignore_label)
-    # disable=None: tqdm shows the bar only on a terminal; other ranks stay quiet.
-    bar = tqdm(indices, desc=f"evaluate {Path(dataset.name).name}", unit="img",
-               disable=(not progress) or rank != 0 or None, dynamic_ncols=True)
+    # A bar on a terminal, plain lines in a log; other ranks stay quiet.
+    bar = progress_of(indices, desc=f"evaluate {Path(dataset.name).name}", unit="img",
+                      disable=(not progress) or rank != 0)
     start = time.perf_counter()
     for i in bar:
         image_path, label_path = dataset.items[i]
@@ -189,11 +190,14 @@ def _run(args: argparse.Namespace) -> int:
     rank, _ = _rank_world()
     try:
         dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
-        from escnet.engine.inference import TOP_K, Segmenter
+        from escnet.engine.inference import TOP_K, Segmenter, model_notice
 
+        set_threads(args.threads)
         segmenter = Segmenter.from_pretrained(args.model, device=device, protocol=args.protocol,
                                               class_mode=args.class_mode, resize=args.resize)
-        output = args.output or str(Path("eval") / Path(dataset.name).name)
+        if rank == 0 and model_notice(segmenter):
+            print(model_notice(segmenter), file=sys.stderr)
+        output = args.output or str(Path("eval") / (Path(args.dataset).name or "dataset"))
         truncated = args.class_mode == "top256" and len(dataset.prompt_classes) > TOP_K
         meta = {"model": str(args.model), "protocol": args.protocol, "resize": args.resize,
                 "resize_note": RESIZE_NOTES[args.resize], "class_mode": args.class_mode,
@@ -245,7 +249,9 @@ def add_command(subparsers) -> None:
     p.add_argument("--classes", default=None, help="class file of a custom dataset (default: <folder>/classes.txt)")
     p.add_argument("--ignore-label", type=int, default=255, help="ignore value of a custom dataset's labels")
     p.add_argument("--output", default=None,
-                   help="folder for results.json and confusion_matrix.npy (default: eval/<dataset>)")
+                   help="folder for results.json and confusion_matrix.npy (default: eval/<--dataset's last path "
+                        "part>, e.g. eval/ade150, eval/synthetic)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.set_defaults(func=_run)

@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +43,12 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
-from escnet.engine.protocol import PROTOCOL_FUNCTIONS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
+from escnet.engine.protocol import PROTOCOL_STEPS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 
 CLASS_MODES = ("exact", "top256")
@@ -61,6 +59,19 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 # the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
+
+def model_description(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The text of a checkpoint folder's NOTICE.txt (what the model is for), else None."""
+    notice = Path(path) / "NOTICE.txt"
+    return " ".join(notice.read_text(encoding="utf-8").split()) if notice.is_file() else None
+
+
+def model_notice(segmenter: "Segmenter") -> Optional[str]:
+    """The one plain line the CLI prints about a model that describes itself, else None."""
+    if not segmenter.description:
+        return None
+    return f"note: model {Path(segmenter.checkpoint or 'in-memory').name}: {segmenter.description}"
+
 
 
 def class_chunk_for_budget(num_classes: int, crop: int, views: int, memory_budget_mb: Optional[float]) -> Optional[int]:
@@ -76,7 +87,8 @@ def class_chunk_for_budget(num_classes: int, crop: int, views: int, memory_budge
 def upsample_argmax(probs: torch.Tensor, size: tuple[int, int], chunk: int, keep: bool = False):
     """Bilinear resize of probabilities (T, h, w) to size = (H, W) and argmax over classes, done in
     chunks of `chunk` classes (resizing acts per class, so chunking is exact; ties go to the lower
-    id, as torch.argmax). Returns labels (H, W) long and, if keep, the resized (T, H, W) probs."""
+    id, as torch.argmax). Returns labels (H, W) long, the winning probability of each pixel
+    (H, W) and, if keep, the resized (T, H, W) probs (else None)."""
     best = labels = None
     kept = []
     for start in range(0, probs.shape[0], chunk):
@@ -90,7 +102,16 @@ def upsample_argmax(probs: torch.Tensor, size: tuple[int, int], chunk: int, keep
             labels = torch.where(better, index + start, labels)
         if keep:
             kept.append(part.cpu())
-    return labels, (torch.cat(kept) if keep else None)
+    return labels, best, (torch.cat(kept) if keep else None)
+
+
+def class_scores(labels: torch.Tensor, best: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class score (T,): the mean winning probability over the pixels labelled with the
+    class (0 for a class that got no pixel). labels, best (H, W) from `upsample_argmax`."""
+    flat = labels.reshape(-1)
+    total = torch.zeros(num_classes, dtype=torch.float64, device=flat.device).index_add_(0, flat, best.reshape(-1).double())
+    count = torch.bincount(flat, minlength=num_classes).double()
+    return (total / count.clamp(min=1)).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,12 +122,15 @@ def upsample_argmax(probs: torch.Tensor, size: tuple[int, int], chunk: int, keep
 class SegmentationResult:
     """labels (H, W) int32 ids into `classes`, at the input image's resolution; classes: the
     vocabulary entries ("building, edifice"); image (H, W, 3) uint8 the input as segmented;
-    probs (T, h, w) float32 sigmoid probabilities if requested, at the image's resolution or, for
-    images above the size limit, at info["working_size"]; info: how the result was made."""
+    scores (T,) float32: per class, the mean probability over the pixels labelled with it (0 when
+    it got none); probs (T, h, w) float32 sigmoid probabilities if requested, at the image's
+    resolution or, for images above the size limit, at info["working_size"]; info: how the result
+    was made (with "model_description" where the checkpoint has one)."""
 
     labels: np.ndarray
     classes: list[str]
     image: np.ndarray
+    scores: Optional[np.ndarray] = None
     probs: Optional[np.ndarray] = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -126,14 +150,15 @@ class SegmentationResult:
 
     def label_image(self) -> Image.Image:
         """The label map as a PNG-ready image whose pixel values are the class ids."""
-        return visualize.label_image(self.labels, len(self.classes))
+        return visualize.label_image(self.labels, len(self.classes), self.names)
 
     def to_dict(self) -> dict[str, Any]:
         fractions = self.fractions()
         return {
             "size": [int(self.labels.shape[0]), int(self.labels.shape[1])],
             "classes": [
-                {"id": i, "name": display_name(entry), "entry": entry, "fraction": float(fractions[i])}
+                {"id": i, "name": display_name(entry), "entry": entry, "fraction": float(fractions[i]),
+                 **({} if self.scores is None else {"score": float(self.scores[i])})}
                 for i, entry in enumerate(self.classes)
             ],
             "info": self.info,
@@ -214,6 +239,7 @@ class Segmenter:
         self.memory_budget_mb = memory_budget_mb
         self.max_side = max_side
         self.checkpoint: Optional[str] = None  # where the model came from, recorded in results
+        self.description: Optional[str] = None  # what the checkpoint says it is for (its NOTICE.txt)
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         self._text_lock = threading.Lock()  # the demo serves requests from several threads
         if class_mode == "top256":
@@ -224,15 +250,15 @@ class Segmenter:
         cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options
     ) -> "Segmenter":
         """Load a saved checkpoint (escnet.models.factory.load_pretrained) or a named model
-        (escnet.registry: the bundled model, catseg-vitb16 / catseg-vitl14 from the Hugging Face Hub, ...)."""
+        (escnet.registry: the bundled model, catseg-vitb16 / catseg-vitl14 from the Hugging Face Hub, ...).
+        A checkpoint folder's NOTICE.txt (the bundled model has one) becomes `description`, which
+        every result's info records and the CLI and demo show."""
         from escnet.models.factory import load_pretrained
 
         path = resolve_model_path(path_or_name)
-        notice = path / "NOTICE.txt" if path.is_dir() else None
-        if notice is not None and notice.is_file():  # e.g. the bundled model says what it is for
-            warnings.warn(f"{path.name}: {notice.read_text().strip()}", stacklevel=2)
         segmenter = cls(load_pretrained(path), device=device, **options)
         segmenter.checkpoint = str(path)
+        segmenter.description = model_description(path)
         return segmenter
 
     def _autocast(self):
@@ -279,59 +305,81 @@ class Segmenter:
 
     def segment(
         self,
-        image: ImageInput,
+        image: Union[ImageInput, list[ImageInput]],
         classes: VocabularySpec,
         protocol: Optional[str] = None,
         class_mode: Optional[str] = None,
         return_probs: bool = False,
         resize: Optional[str] = None,
-    ) -> SegmentationResult:
-        """Segment one image (path, PIL image or array) with a vocabulary (any form accepted by
-        escnet.data.vocab.parse_vocabulary). protocol / class_mode / resize override the defaults."""
+        batch_size: int = 1,
+    ) -> Union[SegmentationResult, list[SegmentationResult]]:
+        """Segment one image (path, PIL image or array), or a list of them, with a vocabulary (any
+        form accepted by escnet.data.vocab.parse_vocabulary). protocol / class_mode / resize override
+        the defaults. A list gives a list of results; its images (of any sizes) go through the model
+        batch_size at a time, and each result is the one that image alone gets."""
         protocol = _check_choice("protocol", protocol or self.protocol, PROTOCOLS)
         resize = _check_choice("resize", resize or self.resize, RESIZE_MODES)
         class_mode = _check_choice("class_mode", class_mode or self.class_mode, CLASS_MODES)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         entries = parse_vocabulary(classes)
-        rgb = load_image(image)
-        height, width = rgb.shape[:2]
-        work = working_size(height, width, self.max_side)
-
         text = self.text_features(entries)
+        if not isinstance(image, (list, tuple)):
+            return self._segment_batch([load_image(image)], entries, text, protocol, class_mode, resize, return_probs)[0]
+        results = []
+        for start in range(0, len(image), batch_size):
+            rgbs = [load_image(item) for item in image[start:start + batch_size]]
+            results.extend(self._segment_batch(rgbs, entries, text, protocol, class_mode, resize, return_probs))
+        return results
+
+    __call__ = segment
+
+    def _segment_batch(self, rgbs: list[np.ndarray], entries: list[str], text: torch.Tensor, protocol: str,
+                       class_mode: str, resize: str, return_probs: bool) -> list[SegmentationResult]:
+        """Images (H_i, W_i, 3) uint8 -> one result each; all their views in one model call."""
+        make_views, probabilities, merge = PROTOCOL_STEPS[protocol]
         crop = self.model.cfg.crop_size
-        views = 5 if protocol == "sliding" else 1
+        works = [working_size(*rgb.shape[:2], self.max_side) for rgb in rgbs]
         scored = min(len(entries), TOP_K) if class_mode == "top256" else len(entries)
-        class_chunk = class_chunk_for_budget(scored, crop, views, self.memory_budget_mb)
-
-        pixels = mapper_resize(rgb, crop).to(self.device)
-        with torch.no_grad(), self._autocast(), self._truncation(class_mode):
-            probs = PROTOCOL_FUNCTIONS[protocol](self.model, pixels, text, class_chunk, resize=resize)
         budget = self.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
-        resize_chunk = max(1, int(budget * 2**20 // (work[0] * work[1] * 4 * 3)))
-        labels, full_probs = upsample_argmax(probs, work, resize_chunk, keep=return_probs)
+        with torch.no_grad():
+            views, contexts = zip(*(make_views(self.model, mapper_resize(rgb, crop).to(self.device), resize)
+                                    for rgb in rgbs))
+            class_chunk = class_chunk_for_budget(scored, crop, sum(len(v) for v in views), self.memory_budget_mb)
+            with self._autocast(), self._truncation(class_mode):
+                probs = probabilities(self.model, torch.cat(views), text, class_chunk)
+            results = []
+            for rgb, work, part, context in zip(rgbs, works, probs.split([len(v) for v in views]), contexts):
+                resize_chunk = max(1, int(budget * 2**20 // (work[0] * work[1] * 4 * 3)))
+                labels, best, full_probs = upsample_argmax(merge(part, context), work, resize_chunk, keep=return_probs)
+                scores = class_scores(labels, best, len(entries)).cpu().numpy()
+                labels = labels.to(torch.int32).cpu().numpy()
+                if work != rgb.shape[:2]:
+                    labels = resize_labels(labels, rgb.shape[:2])
+                results.append(SegmentationResult(
+                    labels=labels, classes=entries, image=rgb, scores=scores,
+                    probs=full_probs.numpy() if full_probs is not None else None,
+                    info=self._info(protocol, class_mode, resize, len(entries), class_chunk, work),
+                ))
+        return results
 
-        labels = labels.to(torch.int32).cpu().numpy()
-        if work != (height, width):
-            labels = resize_labels(labels, (height, width))
+    def _info(self, protocol: str, class_mode: str, resize: str, num_classes: int, class_chunk, work) -> dict[str, Any]:
         info = {
             "model": getattr(self.model.cfg, "arch", type(self.model).__name__),
             "checkpoint": self.checkpoint,
             "protocol": protocol,
             "resize": resize,
             "class_mode": class_mode,
-            "truncated": class_mode == "top256" and len(entries) > TOP_K,
+            "truncated": class_mode == "top256" and num_classes > TOP_K,
             "class_chunk": class_chunk,
-            "crop_size": crop,
+            "crop_size": self.model.cfg.crop_size,
             "working_size": list(work),
             "device": str(self.device),
             "half": self.half,
         }
-        return SegmentationResult(
-            labels=labels,
-            classes=entries,
-            image=rgb,
-            probs=full_probs.numpy() if full_probs is not None else None,
-            info=info,
-        )
+        if self.description:
+            info["model_description"] = self.description
+        return info
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:

@@ -131,10 +131,14 @@ def native_logits(model, views: torch.Tensor, text: torch.Tensor, class_chunk: O
     return torch.einsum("ih,nthw,jw->ntij", inverse, logits, inverse)
 
 
-def predict_single(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
-                   resize: str = "official") -> torch.Tensor:
-    """Single view (rule 3). image (3, h', w') float 0..255 from `mapper_resize`, text (T, D)
-    -> probabilities (T, min(h', n), min(w', n)), to be resized to the original (H, W)."""
+# Each protocol in three steps, so that the views of several images go through the model as one
+# batch (Segmenter.segment with a list): views of one image -> probabilities of a batch of views ->
+# merge of one image's view probabilities.
+
+
+def single_views(model, image: torch.Tensor, resize: str = "official") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Single view (rule 3): image (3, h', w') float 0..255 from `mapper_resize` -> the padded,
+    resized view (1, 3, s, s) (s = CLIP's input side) and (h', w') for `merge_single`."""
     check_resize(resize)
     _, height, width = image.shape
     padded_h = math.ceil(height / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
@@ -143,24 +147,42 @@ def predict_single(model, image: torch.Tensor, text: torch.Tensor, class_chunk: 
     padded = mean.expand(3, padded_h, padded_w).clone()
     padded[:, :height, :width] = image
     side = model.cfg.clip.image_size
-    view = _resize_image(padded[None], (side, side), resize)
-    probs = native_logits(model, view, text, class_chunk).sigmoid()[0]
-    return probs[:, :height, :width]
+    return _resize_image(padded[None], (side, side), resize), (height, width)
 
 
-def predict_sliding(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
-                    resize: str = "official") -> torch.Tensor:
-    """CAT-Seg's sliding window (rule 2). image (3, h', w') float 0..255 from `mapper_resize`, text
-    (T, D) -> probabilities (T, S, S), to be resized to the original (H, W)."""
+def single_probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int]) -> torch.Tensor:
+    """views (N, 3, s, s) -> sigmoid of the native logits (N, T, n, n), float32 (the official order:
+    sigmoid first, resizing later)."""
+    return native_logits(model, views, text, class_chunk).float().sigmoid()
+
+
+def merge_single(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """probs (1, T, n, n) of one image -> (T, min(h', n), min(w', n)), to be resized to (H, W)."""
+    height, width = size
+    return probs[0, :, :height, :width]
+
+
+def sliding_views(model, image: torch.Tensor, resize: str = "official") -> tuple[torch.Tensor, int]:
+    """CAT-Seg's sliding window (rule 2): image (3, h', w') float 0..255 from `mapper_resize` ->
+    views (5, 3, c, c): the 2 x 2 crops of the S x S resize, then the global view; and c."""
     check_resize(resize)
     crop = model.cfg.crop_size
     side, _, offsets = sliding_geometry(crop)
     square = _resize_image(image[None], (side, side), resize)[0]
     crops = [square[:, y:y + crop, x:x + crop] for y in offsets for x in offsets]
-    views = torch.stack(crops + [_resize_image(image[None], (crop, crop), resize)[0]])
-    logits = model(views, text, class_chunk=class_chunk).float()
-    probs = resize_probs(logits, (crop, crop)).sigmoid()
+    return torch.stack(crops + [_resize_image(image[None], (crop, crop), resize)[0]]), crop
 
+
+def sliding_probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int]) -> torch.Tensor:
+    """views (N, 3, c, c) -> sigmoid probabilities (N, T, c, c), float32."""
+    logits = model(views, text, class_chunk=class_chunk).float()
+    return resize_probs(logits, tuple(views.shape[-2:])).sigmoid()
+
+
+def merge_sliding(probs: torch.Tensor, crop: int) -> torch.Tensor:
+    """probs (5, T, c, c) of one image -> (T, S, S): crops averaged where they overlap, then averaged
+    with the global view resized to S x S; to be resized to (H, W)."""
+    side, _, offsets = sliding_geometry(crop)
     total = probs.new_zeros((probs.shape[1], side, side))
     count = probs.new_zeros((1, side, side))
     for k, (y, x) in enumerate((y, x) for y in offsets for x in offsets):
@@ -168,6 +190,31 @@ def predict_sliding(model, image: torch.Tensor, text: torch.Tensor, class_chunk:
         count[:, y:y + crop, x:x + crop] += 1
     global_view = resize_probs(probs[-1:], (side, side))[0]
     return (total / count + global_view) / 2
+
+
+# protocol -> (views of one image, probabilities of a batch of views, merge of one image's views)
+PROTOCOL_STEPS = {"sliding": (sliding_views, sliding_probabilities, merge_sliding),
+                  "single": (single_views, single_probabilities, merge_single)}
+
+
+def predict(protocol: str, model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
+            resize: str = "official") -> torch.Tensor:
+    """One image (3, h', w') from `mapper_resize` through `protocol` -> probabilities (T, h'', w'')."""
+    make_views, probabilities, merge = PROTOCOL_STEPS[protocol]
+    views, context = make_views(model, image, resize)
+    return merge(probabilities(model, views, text, class_chunk), context)
+
+
+def predict_single(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
+                   resize: str = "official") -> torch.Tensor:
+    """Single view (rule 3) -> probabilities (T, min(h', n), min(w', n)), to be resized to (H, W)."""
+    return predict("single", model, image, text, class_chunk, resize)
+
+
+def predict_sliding(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
+                    resize: str = "official") -> torch.Tensor:
+    """Sliding window (rule 2) -> probabilities (T, S, S), to be resized to (H, W)."""
+    return predict("sliding", model, image, text, class_chunk, resize)
 
 
 PROTOCOL_FUNCTIONS = {"sliding": predict_sliding, "single": predict_single}

@@ -4,7 +4,9 @@
 
 For every image it writes <name>_overlay.png (colours and a legend), <name>_labels.png (pixel
 values = class ids; a palette PNG up to 256 classes) and <name>.json (classes, pixel fractions,
-how the result was made). Folders are read non-recursively, taking the files whose extension
+scores, how the result was made); --format masks,coco adds per-class mask PNGs with a
+pipeline-style listing and COCO RLE JSON (see --help of --format). Images are read one batch at
+a time and their views go through the model together (--batch-size). Folders are read non-recursively, taking the files whose extension
 Pillow knows. A file that cannot be read is reported and skipped; the run goes on, prints a
 summary and exits with status 1 if anything failed (2 for an unusable vocabulary or model).
 
@@ -20,11 +22,14 @@ import sys
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
-
-from escnet.data.images import MAX_SIDE
+from escnet.data.images import MAX_SIDE, load_image
 from escnet.data.vocab import VocabularyError, parse_vocabulary
-from escnet.engine.inference import CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, RESIZE_MODES, Segmenter, resolve_device
+from escnet.engine.inference import (
+    CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice, resolve_device,
+)
+from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
+from escnet.engine.threads import THREADS_HELP, set_threads
+from escnet.progress import note, progress
 from escnet.weights.common import WeightsError
 
 
@@ -54,6 +59,10 @@ def add_command(subparsers) -> None:
     parser.add_argument("--max-side", type=int, default=MAX_SIDE,
                         help="images with a longer side are processed at this size and their labels "
                              "upsampled back (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="images whose views go through the model together (default %(default)s)")
+    parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.set_defaults(func=run)
 
 
@@ -97,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         vocabulary = parse_vocabulary(args.classes)
         device = resolve_device(args.device)
+        formats = parse_formats(args.format)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        set_threads(args.threads)
     except (VocabularyError, ValueError) as exc:
         print(f"escnet segment: error: {exc}", file=sys.stderr)
         return 2
@@ -115,15 +128,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"escnet segment: error: cannot use model: {exc}", file=sys.stderr)
         return 2
 
+    notice = model_notice(segmenter)
+    if notice:
+        print(notice, file=sys.stderr)
+
+    def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
+        message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+        note(f"error: {message}")
+        failures.append(message)
+
+    jobs = list(zip(files, _unique_names(files)))
+    batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
     done = 0
-    for path, name in zip(tqdm(files, desc="segment", unit="image", file=sys.stderr), _unique_names(files)):
+    for batch in progress(batches, desc="segment", unit="batch"):
+        loaded = []
+        for path, name in batch:
+            try:
+                loaded.append((path, name, load_image(path)))
+            except Exception as exc:
+                report(path, exc)
         try:
-            segmenter.segment(path, vocabulary).save(args.out, name=name)
-            done += 1
-        except Exception as exc:  # one bad image must not end the run; it is reported below
-            message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
-            tqdm.write(f"error: {message}", file=sys.stderr)
-            failures.append(message)
+            results = segmenter.segment([image for _, _, image in loaded], vocabulary, batch_size=len(loaded) or 1)
+        except Exception as exc:
+            for path, _, _ in loaded:
+                report(path, exc)
+            continue
+        for (path, name, _), result in zip(loaded, results):
+            try:
+                save_outputs(result, args.out, name, formats, file_name=path.name)
+                done += 1
+            except Exception as exc:
+                report(path, exc)
     print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)

@@ -1,5 +1,9 @@
 """Pictures of a segmentation: a class palette, label PNGs and a blended overlay with a legend.
 
+Colours come from the class names where a name is a colour ("red", "light yellow", "dark blue",
+any CSS colour name, optionally with a light/dark tone) and "background" is black, so that a
+class is never drawn in a colour its name contradicts; other classes get distinct colours by id.
+
 The legend uses Pillow's built-in default font, so no font file is needed. Overlays of small
 images are enlarged (nearest neighbour, whole factors) until their long side reaches
 `MIN_DISPLAY_SIDE`, otherwise a 40-pixel image would carry an illegible legend.
@@ -7,7 +11,7 @@ images are enlarged (nearest neighbour, whole factors) until their long side rea
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 MIN_DISPLAY_SIDE = 384
 MAX_LEGEND_ROWS = 24
@@ -33,18 +37,54 @@ def palette(num_classes: int) -> np.ndarray:
     return np.rint(rgb * 255).astype(np.uint8).reshape(num_classes, 3)
 
 
-def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Label map (H, W) -> colour image (H, W, 3) uint8."""
-    return palette(num_classes)[labels]
+_TONES = {"light": lambda rgb: rgb + (255 - rgb) * 0.45, "pale": lambda rgb: rgb + (255 - rgb) * 0.45,
+          "dark": lambda rgb: rgb * 0.45, "deep": lambda rgb: rgb * 0.45}
+_BACKGROUND_NAMES = {"background", "bg", "others", "other"}
 
 
-def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+def name_colour(name: str) -> np.ndarray | None:
+    """RGB (3,) uint8 a class name calls for, or None: a CSS colour name ("light yellow" as
+    "lightyellow"), else a tone word before one ("dark yellow" = yellow at 45%), and black
+    for "background"."""
+    words = name.lower().replace("-", " ").split()
+    if not words:
+        return None
+    if " ".join(words) in _BACKGROUND_NAMES:
+        return np.zeros(3, np.uint8)
+    for candidate, tone in (("".join(words), None), ("".join(words[1:]), _TONES.get(words[0]))):
+        if not candidate or (candidate != "".join(words) and tone is None):
+            continue
+        try:
+            rgb = np.array(ImageColor.getrgb(candidate)[:3], np.float64)
+        except ValueError:
+            continue
+        return np.rint(tone(rgb) if tone else rgb).astype(np.uint8)
+    return None
+
+
+def palette_for(names: list[str]) -> np.ndarray:
+    """Colours (T, 3) uint8 for display names: the colour a name calls for (`name_colour`),
+    else the id palette's."""
+    colours = palette(len(names))
+    for i, name in enumerate(names):
+        colour = name_colour(name)
+        if colour is not None:
+            colours[i] = colour
+    return colours
+
+
+def colorize(labels: np.ndarray, num_classes: int, names: list[str] | None = None) -> np.ndarray:
+    """Label map (H, W) -> colour image (H, W, 3) uint8 (names: colours from the names)."""
+    return (palette_for(names) if names is not None else palette(num_classes))[labels]
+
+
+def label_image(labels: np.ndarray, num_classes: int, names: list[str] | None = None) -> Image.Image:
     """A PNG-ready image whose pixel values are the class ids: a palette ("P") image for up to
     256 classes (viewers show the class colours), 16-bit grey ("I;16") for larger vocabularies."""
     if num_classes <= 256:
         image = Image.fromarray(labels.astype(np.uint8))
         colours = np.zeros((256, 3), np.uint8)
-        colours[:num_classes] = palette(num_classes)
+        colours[:num_classes] = palette_for(names) if names is not None else palette(num_classes)
         image.putpalette(colours.reshape(-1).tolist())  # turns the "L" image into "P", values kept
         return image
     if num_classes <= 65536:
@@ -72,7 +112,7 @@ def overlay(
     image (H, W, 3) uint8, labels (H, W) ints in [0, T), names: T display names.
     """
     num_classes = len(names)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, num_classes).astype(np.float32)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, num_classes, names).astype(np.float32)
     picture = Image.fromarray(np.rint(blended).astype(np.uint8))
     scale = max(1, -(-MIN_DISPLAY_SIDE // max(labels.shape)))
     if scale > 1:
@@ -87,7 +127,7 @@ def _with_legend(picture: Image.Image, labels: np.ndarray, names: list[str]) -> 
     fractions = counts / counts.sum()
     present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     shown, hidden = present[:MAX_LEGEND_ROWS], present[MAX_LEGEND_ROWS:]
-    colours = palette(len(names))
+    colours = palette_for(names)
 
     font = _font(14)
     row, pad, swatch = 20, 8, 14

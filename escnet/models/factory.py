@@ -79,7 +79,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, card: dict |
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt", "arch": model.cfg.arch}))
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt", "arch": model.cfg.arch}),
+                 mode=0o666)  # a model folder is for sharing: readable like any file the user makes
     text = json.dumps(config_to_dict(model.cfg), indent=2)
     atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
     readme = render_model_card(config_to_dict(model.cfg), **(card or {}))

@@ -83,3 +83,11 @@ def test_example_scene(tmp_path):
     names = write_example(tmp_path / "scene.png", tmp_path / "scene.txt")
     assert (tmp_path / "scene.png").stat().st_size > 0
     assert (tmp_path / "scene.txt").read_text().splitlines() == names == list(vocabulary().all)
+
+
+def test_prepare_synthetic_reports_progress_in_a_log(tmp_path, capsys):
+    from escnet.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path, workers=1, num_train=2, num_val=3, size=32)
+    err = capsys.readouterr().err  # not a terminal: plain lines, no bar
+    assert "synthetic train: 2 files done in" in err and "synthetic val: 3 files done in" in err

@@ -11,7 +11,7 @@ from PIL import Image
 from escnet import Segmenter
 from escnet.cli import main
 from escnet.data.synthetic import scene, vocabulary
-from escnet.engine.inference import resolve_model_path
+from escnet.engine.inference import model_notice, resolve_model_path
 
 EXAMPLE_INDEX = 4  # escnet/assets/examples/synthetic_scene.png = scene("example", 4)
 
@@ -31,9 +31,12 @@ def example():
 def test_default_is_the_trained_synthetic_model_and_says_so():
     path = resolve_model_path(None)
     assert path.name == "escnet-synthetic-tiny"
-    with pytest.warns(UserWarning, match="demonstration model.*knows nothing about real photos"):
-        seg = Segmenter.from_pretrained()
+    seg = Segmenter.from_pretrained()
     assert seg.model.cfg.arch == "escnet"
+    assert "knows nothing about real photos" in seg.description
+    assert model_notice(seg).startswith("note: model escnet-synthetic-tiny: demonstration model")
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert seg.segment(image, "sky", protocol="single").info["model_description"] == seg.description
 
 
 @pytest.mark.parametrize("protocol", ["single", "sliding"])

@@ -189,10 +189,16 @@ def test_evaluate_cli_on_the_synthetic_benchmark_reports_seen_and_unseen(tmp_pat
     from escnet.data.synthetic import prepare_synthetic, vocabulary
 
     prepare_synthetic(tmp_path / "datasets", workers=1, num_train=2, num_val=6, size=96)
+    capsys.readouterr()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the bundled model's notice
+        warnings.simplefilter("error")  # the bundled model's notice is a plain line, not a warning
         assert main(["evaluate", "--model", "default", "--dataset", "synthetic", "--root", str(tmp_path / "datasets"),
-                     "--protocol", "single", "--device", "cpu", "--output", str(tmp_path / "eval")]) == 0
+                     "--protocol", "single", "--device", "cpu", "--output", str(tmp_path / "eval"),
+                     "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("note: model escnet-synthetic-tiny: demonstration model") == 1
+    assert "evaluate val: 6 img done in" in err  # progress reaches a log, not only a terminal
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     n_seen = len(vocabulary().seen)
     per_class = res["per_class"]
@@ -201,7 +207,7 @@ def test_evaluate_cli_on_the_synthetic_benchmark_reports_seen_and_unseen(tmp_pat
     assert seen and unseen
     assert res["groups"]["seen_mIoU"] == pytest.approx(sum(seen) / len(seen))
     assert res["groups"]["unseen_mIoU"] == pytest.approx(sum(unseen) / len(unseen))
-    assert "seen_mIoU:" in capsys.readouterr().out
+    assert "seen_mIoU:" in captured.out
     # which protocol, resize and large-vocabulary mode ran is on record
     assert (res["protocol"], res["resize"], res["class_mode"], res["classes_truncated"]) == ("single", "official", "exact", False)
     assert "top256" in res["class_mode_note"]

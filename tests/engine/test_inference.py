@@ -53,8 +53,9 @@ def test_upsample_argmax_chunks_are_exact_and_ties_go_to_the_lower_id():
     probs[5] = probs[2]  # exact tie between classes 2 and 5
     reference = F.interpolate(probs[None], size=(20, 25), mode="bilinear", align_corners=False)[0]
     for chunk in (1, 2, 3, 7):
-        labels, kept = upsample_argmax(probs, (20, 25), chunk, keep=True)
+        labels, best, kept = upsample_argmax(probs, (20, 25), chunk, keep=True)
         torch.testing.assert_close(kept, reference)
+        torch.testing.assert_close(best, reference.amax(0))
         assert torch.equal(labels, reference.argmax(0))
         assert not (labels == 5).any()
 
@@ -248,3 +249,37 @@ def test_catseg_checkpoint_exact_and_truncated(tmp_path: Path, monkeypatch):
     scored = (top.probs > 1e-6).any(axis=(1, 2))
     assert scored.sum() == 2 and set(np.unique(top.labels)) <= set(np.flatnonzero(scored))
     assert segmenter.model.cfg.class_truncation == 8  # the checkpoint's own setting is restored
+
+
+@pytest.mark.parametrize("arch, protocol", [("escnet", "sliding"), ("escnet", "single"), ("catseg", "sliding")])
+def test_batched_segmentation_equals_one_by_one(arch, protocol):
+    factory = pytest.importorskip("escnet.models.factory")
+    torch.manual_seed(0)
+    segmenter = Segmenter(factory.create_model(arch, "tiny"), device="cpu", protocol=protocol)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((50, 70, 3), (96, 96, 3), (33, 20, 3))]
+    classes = "cat, grass, sky, road"
+    alone = [segmenter.segment(image, classes) for image in images]
+    for batch_size in (2, 3):
+        batched = segmenter.segment(images, classes, batch_size=batch_size)
+        assert len(batched) == 3
+        for one, many in zip(alone, batched):
+            assert many.labels.shape == one.labels.shape
+            np.testing.assert_array_equal(many.labels, one.labels)
+            np.testing.assert_allclose(many.scores, one.scores, atol=1e-5)
+    assert [r.labels.shape for r in segmenter(images, classes)] == [(50, 70), (96, 96), (33, 20)]
+
+
+def test_class_scores_come_without_full_probabilities():
+    result = Segmenter(ColourModel(), device="cpu").segment(_halves(), "red; blue; green")
+    assert result.probs is None and result.scores.shape == (3,)
+    assert result.scores[0] > 0.5 and result.scores[1] > 0.5 and result.scores[2] == 0  # green got no pixel
+    full = Segmenter(ColourModel(), device="cpu").segment(_halves(), "red; blue; green", return_probs=True)
+    red = full.labels == 0
+    assert abs(full.scores[0] - full.probs[0][red].mean()) < 1e-5
+    assert [c["score"] for c in full.to_dict()["classes"]] == pytest.approx(full.scores.tolist())
+
+
+def test_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        Segmenter(ColourModel(), device="cpu").segment([_halves()], "red", batch_size=0)

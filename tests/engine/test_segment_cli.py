@@ -160,3 +160,45 @@ def test_nothing_to_segment(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "empty"), "--classes", "cat", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "empty: folder contains no image files" in err and "no images to segment" in err
+
+
+def test_batched_folder_with_every_format_matches_one_by_one(model_dir, photos, tmp_path, capsys):
+    one, many = tmp_path / "one", tmp_path / "many"
+    common = ["segment", str(photos), "--classes", CLASSES, "--model", str(model_dir), "--device", "cpu",
+              "--protocol", "single", "--threads", "1"]
+    assert main(common + ["--out", str(one)]) == 0
+    assert main(common + ["--out", str(many), "--batch-size", "2", "--format", "png,masks,coco"]) == 0
+    assert "segmented 3 of 3 image(s)" in capsys.readouterr().err
+    for name in PHOTOS:
+        labels = np.asarray(Image.open(many / f"{name}_labels.png"))
+        # A random model's class probabilities often tie to 1e-7; its head's float sums differ
+        # by ~2e-7 between batch sizes, which flips a handful of such pixels (of 262,144).
+        assert (labels != np.asarray(Image.open(one / f"{name}_labels.png"))).mean() < 1e-4
+        listing = json.loads((many / f"{name}_masks.json").read_text())
+        assert {item["id"] for item in listing} == set(np.unique(labels).tolist())
+        for item in listing:
+            assert 0 <= item["score"] <= 1
+            assert np.array_equal(np.asarray(Image.open(many / item["mask"])) == 255, labels == item["id"])
+        coco = json.loads((many / f"{name}_coco.json").read_text())
+        assert sum(a["area"] for a in coco["annotations"]) == labels.size
+
+
+def test_bad_format_and_batch_size_are_refused(model_dir, photos, tmp_path, capsys):
+    base = ["segment", str(photos), "--classes", CLASSES, "--model", str(model_dir), "--out", str(tmp_path / "o")]
+    assert main(base + ["--format", "tiff"]) == 2
+    assert "unknown output format tiff" in capsys.readouterr().err
+    assert main(base + ["--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_bundled_model_prints_one_plain_notice(tmp_path, capfd):
+    from importlib import resources
+
+    example = resources.files("escnet") / "assets" / "examples" / "synthetic_scene.png"
+    assert main(["segment", str(example), "--classes", "dark red, background", "--out", str(tmp_path),
+                 "--device", "cpu", "--protocol", "single"]) == 0
+    err = capfd.readouterr().err
+    assert err.count("note: model escnet-synthetic-tiny: demonstration model") == 1
+    assert "Warning" not in err and "warnings.warn" not in err
+    info = json.loads((tmp_path / "synthetic_scene.json").read_text())["info"]
+    assert "knows nothing about real photos" in info["model_description"]

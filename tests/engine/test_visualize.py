@@ -64,3 +64,20 @@ def test_long_legends_are_summarised():
     labels = np.arange(40 * 10).reshape(40, 10) % 40
     picture = overlay(np.zeros((40, 10, 3), np.uint8), labels, [f"class {i}" for i in range(40)])
     assert picture.height > MIN_DISPLAY_SIDE  # 24 rows + the "+ N more" line extend the canvas
+
+
+def test_colour_names_are_drawn_in_their_colour():
+    from escnet.data.synthetic import colour_of, vocabulary
+    from escnet.engine.visualize import name_colour, palette_for
+
+    names = ["background", "light yellow", "dark red", "sky", "Red", "dark blue", "light purple"]
+    colours = palette_for(names).astype(int)
+    assert colours[0].tolist() == [0, 0, 0]  # background is not tinted red
+    r, g, b = colours[1]
+    assert r > 200 and g > 200 and b < r - 20  # light yellow is yellow, not brown
+    assert colours[2].tolist() == [139, 0, 0]  # CSS darkred
+    assert colours[4].tolist() == [255, 0, 0]
+    assert name_colour("sky") is None and colours[3].tolist() == palette(4)[3].tolist()
+    for name in vocabulary().all[1:]:  # every synthetic class: the hue its name says
+        drawn, true = name_colour(name).astype(float), colour_of(name).astype(float)
+        assert np.argmax(drawn) == np.argmax(true) or np.abs(drawn - true).max() < 80, name
