@@ -158,12 +158,18 @@ def _autocast(device: str, dtype: str):
     return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
 
 
-def label_agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict:
-    """logits and reference (B, T, H, W) -> the fraction of pixels with the same argmax class, and the
-    largest difference of their softmax probabilities over classes."""
+def label_agreement(logits: torch.Tensor, reference: torch.Tensor, margin: float = 0.1) -> dict:
+    """logits and reference (B, T, H, W) -> the fraction of pixels with the same argmax class; the same
+    over the "confident" pixels, where the reference's top probability leads the second by at least
+    `margin` (near-ties may flip under any rounding; random-weight models have many), and their
+    fraction; the largest difference of the softmax probabilities over classes."""
     prob, ref = (torch.softmax(x.float(), dim=1) for x in (logits, reference))
-    return {"label_agreement": (prob.argmax(1) == ref.argmax(1)).float().mean().item(),
-            "max_prob_diff": (prob - ref).abs().max().item()}
+    same = prob.argmax(1) == ref.argmax(1)
+    top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
+    confident = (top2[:, 0] - top2[:, -1] >= margin) if ref.shape[1] > 1 else torch.ones_like(same)
+    return {"label_agreement": same.float().mean().item(),
+            "confident_label_agreement": same[confident].float().mean().item() if confident.any() else None,
+            "confident_fraction": confident.float().mean().item(), "max_prob_diff": (prob - ref).abs().max().item()}
 
 
 def _model_inputs(model, t: int, views: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -595,7 +601,7 @@ def _fmt_profile(rows: list[dict]) -> str:
 
 def _fmt_models(rows: list[dict]) -> str:
     lines = ["| size | T | protocol | model | params (M) | GFLOPs | latency (s) | images/s | GFLOP/s | % of matmul "
-             "| peak mem (MiB) | same label as fp32 eager |",
+             "| peak mem (MiB) | same label as eager fp32 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -605,7 +611,12 @@ def _fmt_models(rows: list[dict]) -> str:
         timed = "latency_s" in r
         cells = [f"{r['latency_s']:.3f}", f"{r['images_per_s']:.3g}", f"{r['gflops_per_s']:.1f}",
                  f"{100 * r['ceiling_fraction']:.1f}", f"{r['peak_mem_MiB']:.0f}"] if timed else ["-"] * 5
-        cells.append(f"{100 * r['label_agreement']:.2f} %" if "label_agreement" in r else "-")
+        if "label_agreement" in r:
+            conf = r["confident_label_agreement"]
+            cells.append(f"{100 * r['label_agreement']:.2f} % (confident pixels: "
+                         + ("none" if conf is None else f"{100 * conf:.2f} %") + ")")
+        else:
+            cells.append("-")
         lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | {r['params_M']:.1f} | "
                      f"{r['gflops']:.4g} | " + " | ".join(cells) + " |")
     ratios = ["", "| size | T | protocol | ESC/CAT params | ESC/CAT GFLOPs | ESC/CAT latency | ESC/CAT peak mem |",
