@@ -1,34 +1,86 @@
 """`escnet benchmark`: ESC-Net vs CAT-Seg side by side in one run.
 
 Sections (pick with --what):
+  roofline  the machine's own matrix-multiply throughput (large square torch.mm, best of a few; fp32
+          and bf16), measured in the same run: the ceiling the model forwards are compared with.
   models  parameters and forward GFLOPs (torch.utils.flop_counter on the meta device: exact and
-          machine-independent) for each (size, T, protocol); latency and peak memory for the T in
-          --latency-classes, each measured in a fresh subprocess so the peak RSS (CPU) / peak
-          allocated (CUDA) belongs to that configuration alone.
+          machine-independent) for each (size, T, protocol); latency, images/s and peak memory for the
+          T in --latency-classes, each measured in a fresh subprocess so the peak RSS (CPU) / peak
+          allocated and reserved (CUDA) belongs to that configuration alone; achieved GFLOP/s and its
+          fraction of the matmul throughput of the same dtype, measured first in the same run.
+          --dtype bf16 (autocast) and --compile (torch.compile) also report how many pixels keep
+          the eager fp32 label on the same input.
+  profile the time of one forward (and of the text encoder over the T names) split by part: CLIP
+          image and text encoders, correlation, PPG, SAM blocks, Swin, class attention, decoder,
+          resizes; torch.profiler with a range per module, each op's own time counted to the
+          innermost range.
   ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
   vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
   train   training steps/s and peak memory of the real training step (text tower + model + CAT-Seg's
           loss + backward + AdamW with the recipe's parameter groups) for ESC-Net and CAT-Seg at
           --train-size with --train-classes names (default ViT-B/16, COCO-Stuff's 171), per-device
           batch --train-batch (the recipe's 4 images over 4 GPUs = 1 per GPU).
-Results print as a Markdown table and can be saved as JSON (--json).
+Results print as a Markdown table and can be saved as JSON (--json). --threads sets the intra-op
+threads once (torch.set_num_threads, and OMP_NUM_THREADS / MKL_NUM_THREADS for the subprocesses);
+the default is the number of physical cores, so hyper-threads never oversubscribe the cores.
+On CUDA every clock read follows torch.cuda.synchronize(), and images/s is the number of timed
+images over their summed wall time after the warm-up passes (one image = all its views).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
+import os
+import re
 import resource
+import sys
 import time
+from pathlib import Path
+from unittest import mock
 
 import torch
 
 VIEWS = {"single": 1, "sliding": 5}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _peak_mib(device: str) -> float:
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core count once)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:  # no sysfs topology (not Linux): every logical CPU counts
+            return len(cpus)
+    return len(cores)
+
+
+def set_threads(threads: int | None) -> int:
+    """Intra-op threads for this process and the benchmark subprocesses it spawns, set once.
+    None: $OMP_NUM_THREADS when the caller set it, else the number of physical cores."""
+    if threads is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or physical_cores())
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)  # read by a spawned child's torch when it loads
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _sync(device: str) -> None:
+    """Wait for queued device work, so that the clock read next sees it finished (no-op on CPU)."""
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        torch.cuda.synchronize()
+
+
+def _peak_mib(device: str) -> dict:
+    if device.startswith("cuda"):
+        return {"peak_mem_MiB": torch.cuda.max_memory_allocated() / 2**20,
+                "peak_reserved_MiB": torch.cuda.max_memory_reserved() / 2**20}
+    return {"peak_mem_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _build(arch: str, preset: str, **overrides):
@@ -54,30 +106,119 @@ def count_gflops(arch: str, preset: str, t: int, views: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, warmup: int, q) -> None:
+def matmul_throughput(device: str, dtype: str = "fp32", size: int | None = None, repeats: int = 5) -> dict:
+    """The machine's own ceiling: GFLOP/s (2 n^3 per product) of the best of `repeats` n x n torch.mm
+    after one untimed product. n defaults to 2048 on a CPU (a product takes about 0.1-1 s there)
+    and 8192 on a GPU."""
+    n = size or (8192 if device.startswith("cuda") else 2048)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=gen).to(DTYPES[dtype]) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=DTYPES[dtype])
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return {"device": device, "dtype": dtype, "size": n, "seconds": best, "gflops_per_s": 2 * n**3 / best / 1e9}
+
+
+def bench_roofline(device: str, dtypes=("fp32", "bf16"), size: int | None = None) -> list[dict]:
+    """matmul_throughput for each dtype; a dtype the device cannot multiply gives an error row."""
+    rows = []
+    for dtype in dtypes:
+        try:
+            rows.append(matmul_throughput(device, dtype, size))
+        except RuntimeError as e:
+            rows.append({"device": device, "dtype": dtype, "error": f"{type(e).__name__}: {e}"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def make_forward(model, device: str, dtype: str = "fp32", compile_backend: str | None = None):
+    """model's forward as it will be timed: under bf16 autocast for dtype "bf16", through
+    torch.compile(backend=compile_backend) when one is given; otherwise the eager fp32 model."""
+    fn = torch.compile(model, backend=compile_backend) if compile_backend else model
+    if dtype == "fp32":
+        return fn
+
+    def forward(*args):
+        with _autocast(device, dtype):
+            return fn(*args)
+
+    return forward
+
+
+def _autocast(device: str, dtype: str):
+    """bf16 autocast on the device's type for dtype "bf16"; nothing for "fp32"."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
+
+
+def label_agreement(logits: torch.Tensor, reference: torch.Tensor, margin: float = 0.1) -> dict:
+    """logits and reference (B, T, H, W) -> the fraction of pixels with the same argmax class; the same
+    over the "confident" pixels, where the reference's top probability leads the second by at least
+    `margin` (near-ties may flip under any rounding; random-weight models have many), and their
+    fraction; the largest difference of the softmax probabilities over classes."""
+    prob, ref = (torch.softmax(x.float(), dim=1) for x in (logits, reference))
+    same = prob.argmax(1) == ref.argmax(1)
+    top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
+    confident = (top2[:, 0] - top2[:, -1] >= margin) if ref.shape[1] > 1 else torch.ones_like(same)
+    return {"label_agreement": same.float().mean().item(),
+            "confident_label_agreement": same[confident].float().mean().item() if confident.any() else None,
+            "confident_fraction": confident.float().mean().item(), "max_prob_diff": (prob - ref).abs().max().item()}
+
+
+def _model_inputs(model, t: int, views: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random views (views, 3, crop, crop) in 0..255 and L2-normalised text features (T, D), seed 0."""
+    gen = torch.Generator().manual_seed(0)
+    crop = model.cfg.crop_size
+    images = torch.rand(views, 3, crop, crop, generator=gen) * 255
+    text = torch.nn.functional.normalize(torch.randn(t, model.cfg.clip.embed_dim, generator=gen), dim=-1)
+    return images.to(device), text.to(device)
+
+
+def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, repeats: int, warmup: int,
+                 dtype: str, compile_backend: str | None, q) -> None:
     """Runs in a child process, so the peak memory it reports belongs to this configuration alone.
-    `warmup` untimed forward passes come first (0: the first pass is timed)."""
+    `warmup` untimed forward passes come first (0: the first pass is timed; with --compile the first
+    pass also compiles). Each timed pass is synchronised on both ends; images/s = passes / their
+    summed time. A bf16 or compiled forward is then compared with one eager fp32 forward."""
     try:
         torch.manual_seed(0)
         model = _build(arch, preset).to(device)
-        crop = model.cfg.crop_size
-        views = torch.rand(VIEWS[protocol], 3, crop, crop, device=device) * 255
-        text = torch.nn.functional.normalize(torch.randn(t, model.cfg.clip.embed_dim, device=device), dim=-1)
+        views, text = _model_inputs(model, t, VIEWS[protocol], device)
+        forward = make_forward(model, device, dtype, compile_backend)
+        row = {"dtype": dtype, "compile": compile_backend, "threads": torch.get_num_threads()}
+        if device.startswith("cuda"):
+            row["gpu"] = torch.cuda.get_device_name()
+            row["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         with torch.inference_mode():
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            for _ in range(warmup):
-                model(views, text)
+            for i in range(warmup):
+                _sync(device)
+                t0 = time.perf_counter()
+                forward(views, text)
+                _sync(device)
+                if i == 0:
+                    row["first_pass_s"] = time.perf_counter() - t0
             times = []
             for _ in range(repeats):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
+                _sync(device)
                 t0 = time.perf_counter()
-                model(views, text)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
+                out = forward(views, text)
+                _sync(device)
                 times.append(time.perf_counter() - t0)
-        q.put({"latency_s": min(times), "peak_mem_MiB": _peak_mib(device)})
+            row.update(_peak_mib(device))
+            if dtype != "fp32" or compile_backend:
+                row.update(label_agreement(out, model(views, text)))
+        row.update({"latency_s": min(times), "latency_mean_s": sum(times) / len(times),
+                    "images_per_s": len(times) / sum(times), "timed_passes": len(times)})
+        q.put(row)
     except Exception as e:  # noqa: BLE001 - reported in the table instead of killing the whole run
         q.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -105,12 +246,18 @@ def _in_subprocess(target, *args) -> dict:
     return res
 
 
-def bench_models(presets, classes, protocols, device, repeats, latency_classes=None, warmup: int = 1) -> list[dict]:
+def bench_models(presets, classes, protocols, device, repeats, latency_classes=None, warmup: int = 1,
+                 dtype: str = "fp32", compile_backend: str | None = None, ceiling: dict | None = None) -> list[dict]:
     """One row per (size, T, protocol, arch), ESC-Net and CAT-Seg adjacent. Latency and peak memory
-    are measured for T in `latency_classes` (default: all of `classes`; empty: none)."""
+    are measured for T in `latency_classes` (default: all of `classes`; empty: none), and each timed
+    forward is set against `ceiling` (a matmul_throughput row of the same dtype; measured here first
+    when None and something is timed)."""
     from escnet.models.factory import count_parameters
 
     latency_classes = classes if latency_classes is None else latency_classes
+    if ceiling is None and any(t in latency_classes for t in classes):
+        ceiling = matmul_throughput(device, dtype)
+        print(json.dumps({"matmul_ceiling": ceiling}), flush=True)
     rows = []
     for preset in presets:
         params = {}
@@ -123,7 +270,12 @@ def bench_models(presets, classes, protocols, device, repeats, latency_classes=N
                     row = {"arch": arch, "preset": preset, "T": t, "protocol": protocol, "device": device,
                            "params_M": params[arch], "gflops": count_gflops(arch, preset, t, VIEWS[protocol])}
                     if t in latency_classes:
-                        row.update(_in_subprocess(_latency_job, arch, preset, t, protocol, device, repeats, warmup))
+                        row.update(_in_subprocess(_latency_job, arch, preset, t, protocol, device, repeats, warmup,
+                                                  dtype, compile_backend))
+                        if "latency_s" in row:
+                            row["gflops_per_s"] = row["gflops"] / row["latency_s"]
+                            row["matmul_gflops_per_s"] = ceiling["gflops_per_s"]
+                            row["ceiling_fraction"] = row["gflops_per_s"] / ceiling["gflops_per_s"]
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     return rows
@@ -183,7 +335,7 @@ def _vocab_job(t: int, budget_mb: int, device: str, q) -> None:
         t0 = time.perf_counter()
         res = seg.segment(image, names)
         q.put({"T": t, "budget_MiB": budget_mb, "seconds": time.perf_counter() - t0, "text_s": text_s,
-               "peak_mem_MiB": _peak_mib(device), "class_mode": res.info.get("class_mode"),
+               **_peak_mib(device), "class_mode": res.info.get("class_mode"),
                "class_chunk": res.info.get("class_chunk")})
     except Exception as e:  # noqa: BLE001
         q.put({"T": t, "error": f"{type(e).__name__}: {e}"})
@@ -258,7 +410,7 @@ def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: i
         trainable = sum(p.numel() for p in params) / 1e6
         q.put({"arch": arch, "preset": preset, "T": t, "batch": batch, "device": device, "steps": steps,
                "warmup": warmup, "step_s": sum(times) / len(times), "steps_per_s": len(times) / sum(times),
-               "peak_mem_MiB": _peak_mib(device), "trainable_M": trainable, "loss": loss.item()})
+               **_peak_mib(device), "trainable_M": trainable, "loss": loss.item()})
     except Exception as e:  # noqa: BLE001
         q.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -287,17 +439,186 @@ def bench_train(preset: str, t: int, batch: int, steps: int, warmup: int, device
     return rows
 
 
+# Parts of a forward for the profile: (full match on a module's qualified name, part), first match
+# wins; a module that matches none belongs to its parent's part, and the model itself to ROOT_PART.
+# Names of both models: ESC-Net (sam.*, vlf.*, decoder, skips, stem) and CAT-Seg (transformer.*).
+PARTS = (
+    (r"clip\.visual(\..*)?", "CLIP image encoder"),
+    (r"clip(\..*)?", "CLIP text encoder"),
+    (r"sam\.\d+\.prompt_encoder(\..*)?", "SAM prompt encoder"),
+    (r"sam\.\d+\.transformer(\..*)?", "SAM two-way transformer"),
+    (r"sam\.\d+", "SAM projections, prompt assembly"),
+    (r"vlf\.\d+\.spatial(\..*)?|transformer\.layers\.\d+\.swin_block(\..*)?", "Swin (spatial)"),
+    (r"vlf\.\d+\.classes(\..*)?|transformer\.layers\.\d+\.attention(\..*)?", "class attention"),
+    (r"vlf\.\d+|transformer\.layers\.\d+", "VLF / aggregator layout"),
+    (r"transformer\.(text_)?guidance_projection(\..*)?", "guidance projections"),
+    (r"(decoder|skips|upsample\d)(\..*)?|transformer\.(decoder\w*|head)(\..*)?", "decoder"),
+    (r"stem|transformer(\.conv1)?", "correlation, stem, top-level ops"),
+)
+ROOT_PART = "correlation, stem, top-level ops"
+RESIZES = "resizes (every interpolation)"
+OUTSIDE = "other (outside any range)"
+PART_ORDER = ("CLIP image encoder", "CLIP text encoder", ROOT_PART, "PPG", "SAM prompt encoder",
+              "SAM projections, prompt assembly", "SAM two-way transformer", "Swin (spatial)", "class attention",
+              "VLF / aggregator layout", "guidance projections", "decoder", RESIZES, OUTSIDE)
+
+
+def _part_of(name: str, parent_part: str) -> str:
+    return next((part for pattern, part in PARTS if re.fullmatch(pattern, name)), parent_part)
+
+
+def _ranged(fn, part: str):
+    """fn wrapped in a profiler range named after its part."""
+    def wrapper(*args, **kwargs):
+        with torch.profiler.record_function(f"part:{part}"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _attach_ranges(model: torch.nn.Module, stack: contextlib.ExitStack) -> None:
+    """A profiler range named after its part around every module call (a module's own ops, and
+    the methods of it that its parent calls directly, count to its part), around model.encode_image,
+    and around the PPG function wherever escnet bound it; undone by `stack`."""
+    from escnet.models.ppg import generate_pseudo_prompts
+
+    parts, handles = {}, []
+    for name, module in model.named_modules():
+        part = _part_of(name, parts[name.rpartition(".")[0]]) if name else ROOT_PART
+        parts[name] = part
+        opened: list = []
+
+        def enter(_module, _args, _part=part, _opened=opened):
+            rf = torch.profiler.record_function(f"part:{_part}")
+            rf.__enter__()
+            _opened.append(rf)
+
+        def leave(_module, _args, _out, _opened=opened):
+            _opened.pop().__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    stack.callback(lambda: [h.remove() for h in handles])
+    stack.enter_context(mock.patch.object(model, "encode_image", _ranged(model.encode_image, "CLIP image encoder")))
+    for mod in list(sys.modules.values()):  # the function is called through the names modules imported
+        if getattr(mod, "__name__", "").startswith("escnet.") and getattr(mod, "generate_pseudo_prompts", None) is generate_pseudo_prompts:
+            stack.enter_context(mock.patch.object(mod, "generate_pseudo_prompts", _ranged(generate_pseudo_prompts, "PPG")))
+
+
+def split_by_part(events, device_time: bool = False) -> dict[str, float]:
+    """Milliseconds per part: each host op's own time (or, with device_time, its kernels' time) goes
+    to its innermost part range; interpolation ops and everything under them go to RESIZES."""
+    totals: dict[str, float] = {}
+    for ev in events:
+        if ev.device_type != torch.autograd.DeviceType.CPU:
+            continue  # kernels are counted through the host op that launched them
+        own = ev.self_device_time_total if device_time else ev.self_cpu_time_total
+        if not own:
+            continue
+        part, node = OUTSIDE, ev
+        while node is not None:
+            if "upsample" in node.name:
+                part = RESIZES
+                break
+            if node.name.startswith("part:"):
+                part = node.name[len("part:"):]
+                break
+            node = node.cpu_parent
+        totals[part] = totals.get(part, 0.0) + own / 1e3
+    return totals
+
+
+def _profile_job(arch: str, preset: str, t: int, protocol: str, device: str, dtype: str, warmup: int, q) -> None:
+    """One profiled pass of the text encoder over T names and of the model forward, after `warmup`
+    unprofiled forwards, in a child process."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.manual_seed(0)
+        model = _build(arch, preset).to(device)
+        views, text = _model_inputs(model, t, VIEWS[protocol], device)
+        names = [f"class {i}" for i in range(t)]
+        forward = make_forward(model, device, dtype)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model.encode_text(names)  # the first call also loads the tokenizer's vocabulary
+                forward(views, text)
+            with contextlib.ExitStack() as stack:
+                _attach_ranges(model, stack)
+                with profile(activities=activities) as prof:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    with _autocast(device, dtype), torch.profiler.record_function("part:CLIP text encoder"):
+                        model.encode_text(names)
+                    _sync(device)
+                    t1 = time.perf_counter()
+                    forward(views, text)
+                    _sync(device)
+                    t2 = time.perf_counter()
+        device_time = device.startswith("cuda")
+        q.put({"arch": arch, "preset": preset, "T": t, "protocol": protocol, "device": device, "dtype": dtype,
+               "threads": torch.get_num_threads(), "time": "device (kernels)" if device_time else "host",
+               "text_wall_ms": (t1 - t0) * 1e3, "forward_wall_ms": (t2 - t1) * 1e3,
+               "parts_ms": split_by_part(prof.events(), device_time)})
+    except Exception as e:  # noqa: BLE001
+        q.put({"arch": arch, "preset": preset, "T": t, "protocol": protocol, "error": f"{type(e).__name__}: {e}"})
+
+
+def bench_profile(presets, classes, protocols, device: str, dtype: str = "fp32", warmup: int = 1) -> list[dict]:
+    """_profile_job for ESC-Net and CAT-Seg at every (size, T, protocol), each in a fresh process."""
+    rows = []
+    for preset in presets:
+        for t in classes:
+            for protocol in protocols:
+                for arch in ("escnet", "catseg"):
+                    rows.append(_in_subprocess(_profile_job, arch, preset, t, protocol, device, dtype, warmup))
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _fmt_profile(rows: list[dict]) -> str:
+    """One table per (size, T, protocol): ms and share of the profiled time per part, both models."""
+    out = []
+    for e, c in zip(rows[0::2], rows[1::2]):
+        head = f"{e['preset']}, T = {e['T']}, {e['protocol']}"
+        if "error" in e or "error" in c:
+            out.append(f"profile {head}: error: {e.get('error') or c.get('error')}")
+            continue
+        totals = {r["arch"]: sum(r["parts_ms"].values()) for r in (e, c)}
+        out += ["", f"Profile, {head}, {e['dtype']}, {e['device']} ({e['time']} time; text encoder over the T names "
+                    f"+ one forward):", "",
+                "| part | ESC-Net ms | ESC-Net % | CAT-Seg ms | CAT-Seg % |", "|---|---|---|---|---|"]
+        for part in PART_ORDER:
+            cells = []
+            for r in (e, c):
+                ms = r["parts_ms"].get(part)
+                cells += ["-", "-"] if ms is None else [f"{ms:.1f}", f"{100 * ms / totals[r['arch']]:.1f}"]
+            if cells != ["-"] * 4:
+                out.append(f"| {part} | " + " | ".join(cells) + " |")
+        out.append(f"| total | {totals['escnet']:.1f} | 100 | {totals['catseg']:.1f} | 100 |")
+    return "\n".join(out)
+
+
 def _fmt_models(rows: list[dict]) -> str:
-    lines = ["| size | T | protocol | model | params (M) | GFLOPs | latency (s) | peak mem (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | T | protocol | model | params (M) | GFLOPs | latency (s) | images/s | GFLOP/s | % of matmul "
+             "| peak mem (MiB) | same label as eager fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | error: {r['error']} | | | |")
+            lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | error: {r['error']} |"
+                         + " |" * 7)
             continue
-        lat = f"{r['latency_s']:.2f}" if "latency_s" in r else "-"
-        mem = f"{r['peak_mem_MiB']:.0f}" if "peak_mem_MiB" in r else "-"
+        timed = "latency_s" in r
+        cells = [f"{r['latency_s']:.3f}", f"{r['images_per_s']:.3g}", f"{r['gflops_per_s']:.1f}",
+                 f"{100 * r['ceiling_fraction']:.1f}", f"{r['peak_mem_MiB']:.0f}"] if timed else ["-"] * 5
+        if "label_agreement" in r:
+            conf = r["confident_label_agreement"]
+            cells.append(f"{100 * r['label_agreement']:.2f} % (confident pixels: "
+                         + ("none" if conf is None else f"{100 * conf:.2f} %") + ")")
+        else:
+            cells.append("-")
         lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | {r['params_M']:.1f} | "
-                     f"{r['gflops']:.1f} | {lat} | {mem} |")
+                     f"{r['gflops']:.4g} | " + " | ".join(cells) + " |")
     ratios = ["", "| size | T | protocol | ESC/CAT params | ESC/CAT GFLOPs | ESC/CAT latency | ESC/CAT peak mem |",
               "|---|---|---|---|---|---|---|"]
     for e, c in zip(rows[0::2], rows[1::2]):
@@ -312,12 +633,25 @@ def _fmt_models(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    out: dict = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d")}
+    from escnet.engine.inference import resolve_device
+
+    try:
+        device = str(resolve_device(args.device))
+        threads = set_threads(args.threads)
+    except ValueError as e:
+        print(f"escnet benchmark: {e}", file=sys.stderr)
+        return 2
+    out: dict = {"device": device, "torch": torch.__version__, "threads": threads, "dtype": args.dtype,
+                 "compile": args.compile, "date": time.strftime("%Y-%m-%d")}
+    if device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name(device)
     what = set(args.what)
+    if "roofline" in what:
+        out["roofline"] = bench_roofline(device, tuple(DTYPES), args.matmul_size)
+        for r in out["roofline"]:
+            if "error" not in r:
+                print(f"matmul {r['dtype']} {r['size']}x{r['size']} on {device}: {r['gflops_per_s']:.1f} GFLOP/s "
+                      f"({threads} threads)", flush=True)
     if "ppg" in what:
         out["ppg"] = bench_ppg()
         p = out["ppg"]
@@ -325,9 +659,13 @@ def run(args) -> int:
               f"{p['foreground_pixels_max']}): batched {p['batched_ms']:.1f} ms, sklearn loop "
               f"{p['sklearn_loop_ms']:.1f} ms, speed-up {p['speedup']:.1f}x", flush=True)
     if "models" in what:
+        ceiling = next((r for r in out.get("roofline", []) if r["dtype"] == args.dtype and "error" not in r), None)
         out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats,
-                                     args.latency_classes, args.warmup)
+                                     args.latency_classes, args.warmup, args.dtype, args.compile, ceiling)
         print(_fmt_models(out["models"]))
+    if "profile" in what:
+        out["profile"] = bench_profile(args.sizes, args.classes, args.protocols, device, args.dtype, args.warmup)
+        print(_fmt_profile(out["profile"]))
     if "vocab" in what:
         out["vocab"] = bench_vocab(device, args.memory_budget)
     if "train" in what:
@@ -340,16 +678,30 @@ def run(args) -> int:
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency, memory; PPG; vocabularies")
+    p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency against the matmul "
+                                         "ceiling, per-part profile, memory; PPG; vocabularies")
     p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"],
-                   choices=["ppg", "models", "vocab", "train"], help="sections to run (train is opt-in: it is slow on a CPU)")
+                   choices=["roofline", "ppg", "models", "profile", "vocab", "train"],
+                   help="sections to run (train is opt-in: it is slow on a CPU)")
     p.add_argument("--sizes", nargs="+", default=["vitb16", "vitl14"], choices=["vitb16", "vitl14", "tiny"])
     p.add_argument("--classes", nargs="+", type=int, default=[20, 59, 150, 171])
     p.add_argument("--protocols", nargs="+", default=["single", "sliding"], choices=list(VIEWS))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--repeats", type=int, default=1, help="timed forward passes per configuration (the best is reported)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default %(default)s)")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                   help="model forwards in fp32 or under bf16 autocast (models, profile; default %(default)s)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="time torch.compile(model, backend=BACKEND) (default backend inductor) instead of eager; "
+                        "give --warmup >= 1 so that compiling is not timed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: $OMP_NUM_THREADS if set, else the physical cores)")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="side of the square matrices of the roofline's torch.mm (default 2048 on CPU, 8192 on CUDA)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed forward passes per configuration: latency = the best, images/s = passes / their "
+                        "summed time (default %(default)s)")
     p.add_argument("--warmup", type=int, default=1,
-                   help="untimed passes (forward for models, training steps for train) before timing (default %(default)s)")
+                   help="untimed passes (forward for models and profile, training steps for train) before timing "
+                        "(default %(default)s)")
     p.add_argument("--train-size", default="vitb16", choices=["vitb16", "vitl14", "tiny"])
     p.add_argument("--train-classes", type=int, default=171, help="class names per training step (default %(default)s)")
     p.add_argument("--train-batch", type=int, default=1, help="images per step and device (default %(default)s)")
