@@ -389,8 +389,7 @@ class ESCNet(CLIPBackedModel):
         map on the cosine scale that tracks the refined embedding.
         """
         w = self.stem.weight[:, 0, self.cfg.stem_kernel // 2, self.cfg.stem_kernel // 2]  # (C,)
-        centre = e - self.stem.bias.view(1, -1, 1, 1, 1)
-        return torch.einsum("bcthw,c->bthw", centre, w) / w.pow(2).sum()
+        return (torch.einsum("bcthw,c->bthw", e, w) - self.stem.bias @ w) / w.pow(2).sum()  # no copy of E
 
     def forward(self, images: Tensor, text: Tensor, class_chunk: int | None = None, upsample: bool = True) -> Tensor:
         """images (B, 3, H, W) RGB 0..255, text (T, D) L2-normalised -> logits (B, T, H, W), or the

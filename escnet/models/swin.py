@@ -112,9 +112,13 @@ class WindowAttention(nn.Module):
         q = heads(_split_linear(self.q, x, guidance))
         k = heads(_split_linear(self.k, x, guidance))
         v = heads(self.v(x))
+        shape = q.shape  # (Bg, T, nW, heads, L, d)
+        # 4-D inputs and a 4-D mask reach the fused attention kernels (CPU and CUDA) and torch.compile;
+        # more leading dims fall back to the unfused path.
+        flat = lambda t: t.reshape(-1, shape[2] * shape[3], *shape[-2:])  # noqa: E731 - (Bg*T, nW*heads, L, d)
         if mask is not None:
-            mask = mask.unsqueeze(-3)  # (nW, 1, L, L): same for every head
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            mask = mask.unsqueeze(1).expand(-1, shape[3], -1, -1).reshape(1, -1, *mask.shape[-2:])
+        out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=mask).view(shape)
         return self.proj(out.transpose(-2, -3).flatten(-2))
 
 
