@@ -83,10 +83,12 @@ def _peak_mib(device: str) -> dict:
     return {"peak_mem_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _build(arch: str, preset: str, **overrides):
+def _build(arch: str, preset: str, reading: str = "paper", **overrides):
+    """A model to measure: ESC-Net in a named reading (escnet.models.escnet.READINGS), CAT-Seg with
+    exact all-class scoring (as ESC-Net scores)."""
     from escnet.models.factory import create_model
 
-    over = {"class_truncation": None} if arch == "catseg" else {}  # exact all-class scoring for both
+    over = {"class_truncation": None} if arch == "catseg" else {"reading": reading}
     return create_model(arch, preset, **over, **overrides).eval().requires_grad_(False)
 
 
@@ -246,6 +248,47 @@ def _in_subprocess(target, *args) -> dict:
     return res
 
 
+def bench_flops(presets, classes, protocols, readings=("paper", "efficient", "legacy")) -> list[dict]:
+    """Forward cost side by side, on the meta device: ESC-Net in each reading, CAT-Seg as escnet runs
+    it, and CAT-Seg as its official code runs it (paper unit only); torch FLOPs and the paper's unit
+    (escnet.engine.flops: fvcore-convention multiply-adds, the unit of both papers' tables)."""
+    from escnet.engine.flops import catseg_reference_gmacs, count_costs
+
+    rows = []
+    for preset in presets:
+        for t in classes:
+            for protocol in protocols:
+                views = VIEWS[protocol]
+                cat = count_costs("catseg", preset, t, views)
+                ref = catseg_reference_gmacs(preset, t, views)
+                base = {"preset": preset, "T": t, "protocol": protocol}
+                rows.append({**base, "model": "CAT-Seg (official code)", "paper_gmacs": ref})
+                rows.append({**base, "model": "CAT-Seg (escnet)", "torch_gflops": cat["torch_gflops"],
+                             "paper_gmacs": cat["paper_gmacs"], "torch_vs_catseg": 1.0})
+                for reading in readings:
+                    esc = count_costs("escnet", preset, t, views, reading=reading)
+                    rows.append({**base, "model": f"ESC-Net ({reading})", "torch_gflops": esc["torch_gflops"],
+                                 "paper_gmacs": esc["paper_gmacs"],
+                                 "torch_vs_catseg": esc["torch_gflops"] / cat["torch_gflops"]})
+                for row in rows[-2 - len(readings):]:
+                    row["paper_vs_catseg_official"] = row["paper_gmacs"] / ref
+                for row in rows[-3 - len(readings):]:
+                    print(json.dumps(row), flush=True)
+    return rows
+
+
+def _fmt_flops(rows: list[dict]) -> str:
+    lines = ["| size | T | protocol | model | torch GFLOPs | x CAT-Seg (escnet) | paper unit G | x CAT-Seg (official) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        torch_g = f"{r['torch_gflops']:,.1f}" if "torch_gflops" in r else "-"
+        ratio = f"{r['torch_vs_catseg']:.3f}" if "torch_vs_catseg" in r else "-"
+        paper_ratio = f"{r['paper_vs_catseg_official']:.3f}" if "paper_vs_catseg_official" in r else "1.000"
+        lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['model']} | {torch_g} | {ratio} | "
+                     f"{r['paper_gmacs']:,.1f} | {paper_ratio} |")
+    return "\n".join(lines)
+
+
 def bench_models(presets, classes, protocols, device, repeats, latency_classes=None, warmup: int = 1,
                  dtype: str = "fp32", compile_backend: str | None = None, ceiling: dict | None = None) -> list[dict]:
     """One row per (size, T, protocol, arch), ESC-Net and CAT-Seg adjacent. Latency and peak memory
@@ -348,7 +391,8 @@ def bench_vocab(device: str, budget_mb: int) -> list[dict]:
     return rows
 
 
-def saved_for_backward_gib(arch: str, preset: str, t: int, batch: int = 1, checkpointing: bool = False) -> float:
+def saved_for_backward_gib(arch: str, preset: str, t: int, batch: int = 1, checkpointing: bool = False,
+                           reading: str = "paper") -> float:
     """GiB of the tensors autograd keeps for the backward pass of one training forward (the
     recipe's trainable set), counted on the meta device: machine-independent, like the FLOPs.
     Each saved tensor object counts once; two views of one storage count twice, so this is an
@@ -356,7 +400,7 @@ def saved_for_backward_gib(arch: str, preset: str, t: int, batch: int = 1, check
     from torch.autograd.graph import saved_tensors_hooks
 
     with torch.device("meta"):
-        model = _build(arch, preset, grad_checkpointing=checkpointing).train().requires_grad_(True)
+        model = _build(arch, preset, reading, grad_checkpointing=checkpointing).train().requires_grad_(True)
         model.set_finetune(model.cfg.clip_finetune)
         crop = model.cfg.crop_size
         images = torch.empty(batch, 3, crop, crop)
@@ -658,6 +702,9 @@ def run(args) -> int:
         print(f"PPG T={p['T']} (foreground {p['foreground_pixels_mean']:.0f} px on average, max "
               f"{p['foreground_pixels_max']}): batched {p['batched_ms']:.1f} ms, sklearn loop "
               f"{p['sklearn_loop_ms']:.1f} ms, speed-up {p['speedup']:.1f}x", flush=True)
+    if "flops" in what:
+        out["flops"] = bench_flops(args.sizes, args.classes, args.protocols, args.readings)
+        print(_fmt_flops(out["flops"]))
     if "models" in what:
         ceiling = next((r for r in out.get("roofline", []) if r["dtype"] == args.dtype and "error" not in r), None)
         out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats,
@@ -681,11 +728,13 @@ def add_command(sub) -> None:
     p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency against the matmul "
                                          "ceiling, per-part profile, memory; PPG; vocabularies")
     p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"],
-                   choices=["roofline", "ppg", "models", "profile", "vocab", "train"],
+                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "train"],
                    help="sections to run (train is opt-in: it is slow on a CPU)")
     p.add_argument("--sizes", nargs="+", default=["vitb16", "vitl14"], choices=["vitb16", "vitl14", "tiny"])
     p.add_argument("--classes", nargs="+", type=int, default=[20, 59, 150, 171])
     p.add_argument("--protocols", nargs="+", default=["single", "sliding"], choices=list(VIEWS))
+    p.add_argument("--readings", nargs="+", default=["paper", "efficient", "legacy"],
+                   choices=["paper", "efficient", "legacy"], help="ESC-Net readings in the flops section")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default %(default)s)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="model forwards in fp32 or under bf16 autocast (models, profile; default %(default)s)")

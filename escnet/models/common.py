@@ -13,12 +13,13 @@ CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 
 
-def run_block(module: nn.Module, fn, *args):
+def run_block(module: nn.Module, fn, *args, checkpoint_always: bool = False):
     """fn(*args), under activation checkpointing when `module.cfg.grad_checkpointing` is on and
     a backward will follow (training with grad enabled): the block's activations are recomputed
     in the backward pass instead of kept, trading compute for memory. Results and gradients are
     the same (PPG's k-means is deterministic, so the recomputation sees the same prompts)."""
-    if getattr(module.cfg, "grad_checkpointing", False) and module.training and torch.is_grad_enabled():
+    wanted = checkpoint_always or getattr(module.cfg, "grad_checkpointing", False)
+    if wanted and module.training and torch.is_grad_enabled():
         from torch.utils.checkpoint import checkpoint
 
         return checkpoint(fn, *args, use_reentrant=False)
