@@ -142,8 +142,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         return model
     mcfg = build_model_config(cfg)
     overrides = {k: getattr(mcfg, k) for k in ("clip", *cfg.model)}
-    if cfg.arch == "escnet" and cfg.init_clip:
-        return factory.build_escnet_init(cfg.preset, cfg.init_clip, cfg.init_sam or None, **overrides)
+    if cfg.arch == "escnet" and (cfg.init_clip or cfg.init_sam):
+        return factory.build_escnet_init(cfg.preset, cfg.init_clip or None, cfg.init_sam or None, **overrides)
     model = factory.create_model(cfg.arch, cfg.preset, **overrides)
     if cfg.init_clip:
         from escnet.weights.clip import load_clip_weights
