@@ -94,6 +94,15 @@ def _split(mask: np.ndarray, cx: float, cy: float, r: float, rng: np.random.Gene
     return part  # a cut through the centre of these convex-ish shapes halves them
 
 
+def _paste(local: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """A (size, size) bool canvas with `local` (L, L) bool at column x0, row y0, clipped at the edges."""
+    out = np.zeros((size, size), bool)
+    n = local.shape[0]
+    ya, yb, xa, xb = max(y0, 0), min(y0 + n, size), max(x0, 0), min(x0 + n, size)
+    out[ya:yb, xa:xb] = local[ya - y0:yb - y0, xa - x0:xb - x0]
+    return out
+
+
 def render_scene(rng: np.random.Generator, pair_pool: list[str], names: tuple[str, ...], size: int = IMAGE_SIZE,
                  num_pairs: tuple[int, int] = (1, 3), num_clutter: tuple[int, int] = (1, 2)) -> Scene:
     """A scene with two-coloured objects drawn from `pair_pool` and one-coloured clutter (module docstring)."""
@@ -108,9 +117,14 @@ def render_scene(rng: np.random.Generator, pair_pool: list[str], names: tuple[st
         shape = SHAPES[rng.integers(len(SHAPES))]
         r = rng.uniform(0.14, 0.22) * size
         angle = rng.uniform(0, 2 * math.pi)
+        # the outline is drawn once on a small canvas and moved by whole pixels: placement tries are cheap
+        ext = int(math.ceil(1.7 * r))  # covers every outline (the cross reaches 1.63 r)
+        frac = rng.uniform(0, 1, 2)
+        local = shape_mask(shape, ext + frac[0], ext + frac[1], r, angle, 2 * ext + 1)
         for _ in range(_PLACEMENT_TRIES):
-            cx, cy = rng.uniform(1.2 * r, size - 1.2 * r, 2)
-            mask = shape_mask(shape, cx, cy, r, angle, size)
+            ix, iy = rng.integers(math.ceil(1.2 * r), int(size - 1.2 * r), 2, endpoint=True)
+            cx, cy = ix + frac[0], iy + frac[1]
+            mask = _paste(local, ix - ext, iy - ext, size)
             # no overlap, and a pixel of gap, so every object is whole and separate
             near = np.zeros_like(mask)
             near[1:] |= mask[:-1]
