@@ -61,13 +61,17 @@ class PretrainSAMConfig:
     encoder_dim: int = 64
     encoder_depth: int = 3
     encoder_heads: int = 2
+    # SAM's 16; the `tiny` preset's 4 leaves one channel before the first LayerNorm2d, which then
+    # outputs a constant: the mask prompt would carry no information. ESC-Net must use the same
+    # value (escnet_tiny_grouping.toml: model.sam_mask_in_chans = 16) to load the pretrained SAM.
+    mask_in_chans: int = 16
     num_train_scenes: int = 800
     num_eval_scenes: int = 100
     batch_images: int = 8
     objects_per_image: int = 4
     corrective_rounds: int = 2
     iters: int = 1500
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_iters: int = 50
     grad_clip: float = 1.0
@@ -112,7 +116,8 @@ def model_config(cfg: PretrainSAMConfig) -> SAMConfig:
 
     sam = SAMConfig.matching(ESCNetConfig.preset(cfg.preset))
     return sam.replace(image_size=cfg.image_size, patch_size=cfg.patch_size, encoder_dim=cfg.encoder_dim,
-                       encoder_depth=cfg.encoder_depth, encoder_heads=cfg.encoder_heads)
+                       encoder_depth=cfg.encoder_depth, encoder_heads=cfg.encoder_heads,
+                       mask_in_chans=cfg.mask_in_chans)
 
 
 # ---------------------------------------------------------------------------------------------

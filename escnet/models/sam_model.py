@@ -38,7 +38,7 @@ class SAMConfig:
     heads: int = 2
     mlp_dim: int = 64
     downsample: int = 2
-    mask_in_chans: int = 4
+    mask_in_chans: int = 16
     iou_head_hidden_dim: int = 32
 
     @property

@@ -19,7 +19,7 @@ REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "escnet_tiny_gro
 def _tiny_escnet_cfg():
     """The tiny preset on the synthetic configs' 96-pixel crop and 12 x 12 grid."""
     clip = dataclasses.replace(CLIPConfig.preset("tiny"), image_size=96, patch_size=8)
-    return ESCNetConfig.preset("tiny", clip=clip, crop_size=96, window=6)
+    return ESCNetConfig.preset("tiny", clip=clip, crop_size=96, window=6, sam_mask_in_chans=16)
 
 
 def test_decode_shapes_and_multimask():
@@ -81,3 +81,14 @@ def test_checkpoint_round_trips_through_the_sam_loader_into_escnet(tmp_path):
     # without init_sam the blocks stay random
     random_model = build_model(load_config(REPO_CONFIG))
     assert not torch.equal(random_model.sam[0].state_dict()["mask_tokens.weight"], saved["mask_decoder.mask_tokens.weight"])
+
+
+def test_mask_prompt_reaches_the_embedding_only_with_enough_mask_channels():
+    """mask_in_chans = 4 (the tiny preset) leaves 1 channel before a LayerNorm2d, whose output is
+    then constant: every mask gives the same dense embedding. The tiny SAM uses SAM's 16."""
+    torch.manual_seed(0)
+    masks = torch.stack([torch.zeros(1, 48, 48), (torch.rand(1, 48, 48) > 0.5).float()])
+    four = SAM(SAMConfig(mask_in_chans=4)).prompt_encoder.embed_masks(masks)
+    assert torch.allclose(four[0], four[1])
+    sixteen = SAM(SAMConfig(mask_in_chans=16)).prompt_encoder.embed_masks(masks)
+    assert not torch.allclose(sixteen[0], sixteen[1])
