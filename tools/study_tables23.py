@@ -181,7 +181,10 @@ def run_study(args: argparse.Namespace) -> dict:
         if a in results and b in results:
             entry = {"a": a, "b": b}
             for m in METRICS:
-                entry[m] = paired_summary([results[a][s][m] for s in seeds], [results[b][s][m] for s in seeds])
+                # a group absent from the evaluated images has no mIoU (None): such seeds are left out
+                pairs = [(results[a][s][m], results[b][s][m]) for s in seeds]
+                pairs = [p for p in pairs if None not in p]
+                entry[m] = paired_summary(*map(list, zip(*pairs))) if len(pairs) >= 2 else None
             comparisons.append(entry)
     study = {"seeds": seeds, "max_iters": args.max_iters, "config": args.config, "sam": args.sam,
              "results": results, "comparisons": comparisons, "skipped": skipped}
@@ -200,14 +203,17 @@ def markdown(study: dict) -> str:
             continue
         lines += [f"### {title}", "", "| reading | seen mIoU | unseen mIoU | hIoU |", "|---|---:|---:|---:|"]
         for r in names:
-            vals = study["results"][r].values()
-            cells = [sum(v[m] for v in vals) / len(vals) for m in METRICS]
-            lines.append(f"| {READINGS[r][1]} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+            cells = []
+            for m in METRICS:
+                vals = [v[m] for v in study["results"][r].values() if v[m] is not None]
+                cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "n/a")
+            lines.append(f"| {READINGS[r][1]} | " + " | ".join(cells) + " |")
         comps = [c for c in study["comparisons"] if READINGS[c["a"]][0] == table]
         if comps:
             lines += ["", "| paired difference (B - A) | seen | unseen | hIoU |", "|---|---:|---:|---:|"]
             for c in comps:
-                cells = [f"{c[m]['mean']:+.1f} [{c[m]['low']:+.1f}, {c[m]['high']:+.1f}]" for m in METRICS]
+                cells = [f"{c[m]['mean']:+.1f} [{c[m]['low']:+.1f}, {c[m]['high']:+.1f}]" if c[m] else "n/a"
+                         for m in METRICS]
                 lines.append(f"| {READINGS[c['b']][1]} - {READINGS[c['a']][1]} | " + " | ".join(cells) + " |")
         lines.append("")
     if study["skipped"]:
