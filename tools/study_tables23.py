@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.dry_run and not Path(args.sam).is_file():
         p.error(f"--sam {args.sam}: file not found (run `escnet pretrain-sam --config configs/sam_tiny_synthetic.toml`)")
-    study = run_study(args)
+    # the runs start in the repository root: paths given from elsewhere are made absolute first
+    args.sam, args.out = str(Path(args.sam).resolve()), str(Path(args.out).resolve())
+    args.config = str(Path(args.config).resolve() if Path(args.config).exists() else REPO / args.config)
+    run_study(args)
     if not args.dry_run:
         print((Path(args.out) / "study.md").read_text())
     return 0
