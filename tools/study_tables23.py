@@ -12,8 +12,9 @@ same table runs before and after the model-readings change lands.
 Paired differences: for each comparison (`COMPARISONS`) and seed, B - A of the two readings
 trained with the same seed (same data order, same initialisation of the shared parts); reported
 as mean and 95 % t interval over seeds. Written: <out>/study.json, <out>/study.md, and every
-command with its wall time in <out>/commands.log. Finished runs (metrics with a final evaluation)
-are reused, so an interrupted study continues where it stopped.
+command with its wall time in <out>/commands.log. A finished run of the same command (its
+study_command.txt) is reused, so an interrupted study continues where it stopped; an unfinished
+or different run in the way is an error (remove its folder).
 """
 from __future__ import annotations
 
@@ -157,11 +158,16 @@ def run_study(args: argparse.Namespace) -> dict:
             for seed in seeds:
                 cmd, run_dir = command(reading, seed, args)
                 line = shlex.join(cmd)
-                done = final_eval(run_dir, args.max_iters)
+                # reuse a finished run only if it ran this very command
+                stamp = run_dir / "study_command.txt"
+                same = stamp.exists() and stamp.read_text() == line
+                done = final_eval(run_dir, args.max_iters) if same else None
                 if args.dry_run:
                     print(("[done] " if done else "") + line)
                     continue
                 if done is None:
+                    if run_dir.exists():
+                        raise RuntimeError(f"{run_dir} holds another or unfinished run; remove it to rerun")
                     start = time.time()
                     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} start {line}\n")
                     log.flush()
@@ -173,6 +179,7 @@ def run_study(args: argparse.Namespace) -> dict:
                     if proc.returncode != 0:
                         raise RuntimeError(f"{line}\nfailed ({proc.returncode}):\n{proc.stderr[-2000:]}")
                     done = final_eval(run_dir, args.max_iters)
+                    stamp.write_text(line)
                 results[reading][seed] = {k: done.get(k) for k in (*METRICS, "mIoU")}
     if args.dry_run:
         return {"skipped": skipped}
