@@ -13,6 +13,7 @@ _COMMANDS = [
     "escnet.data.prepare",
     "escnet.engine.evaluate",
     "escnet.engine.train",
+    "escnet.engine.pretrain_sam",
     "escnet.engine.segment",
     "escnet.engine.info",
     "escnet.engine.benchmark",

@@ -42,9 +42,10 @@ CONVERTERS = {
     "pc459": ("escnet.data.prepare_pascal", "prepare_pc459"),
     "voc": ("escnet.data.prepare_pascal", "prepare_voc"),
     "synthetic": ("escnet.data.synthetic", "prepare_synthetic"),
+    "synthetic-grouping": ("escnet.data.synthetic_grouping", "prepare_synthetic_grouping"),
 }
-# what `escnet prepare all` converts: every official download (the synthetic set is generated on request)
-DOWNLOADS = [name for name in CONVERTERS if name != "synthetic"]
+# what `escnet prepare all` converts: every official download (the synthetic sets are generated on request)
+DOWNLOADS = [name for name in CONVERTERS if not name.startswith("synthetic")]
 
 
 class PrepareError(RuntimeError):

@@ -1,7 +1,8 @@
 """Training data: (image, label) files in a detectron2 layout, augmented, in a resumable order.
 
 Where the files come from (`resolve_dataset`): a benchmark split of escnet.data.datasets
-("coco-stuff" train), the synthetic benchmark ("synthetic": train / val, escnet.data.synthetic),
+("coco-stuff" train), the synthetic benchmarks ("synthetic", "synthetic-grouping": train / val,
+escnet.data.synthetic and escnet.data.synthetic_grouping),
 or a user folder with ``images/``, ``labels/`` and ``classes.txt``. Labels: one channel, value =
 class index, 255 (the dataset's ignore label) for unlabelled pixels.
 
@@ -35,21 +36,24 @@ class SplitInfo:
     groups: dict[str, list[int]] = field(default_factory=dict)  # named sets of class ids reported apart
 
 
-def _synthetic(root: Path, split: str) -> SplitInfo:
-    from escnet.data.synthetic import FOLDER
+# generated benchmarks with seen / unseen classes (escnet.data.synthetic, escnet.data.synthetic_grouping):
+# name = folder under the datasets root = `escnet prepare` name
+GENERATED = ("synthetic", "synthetic-grouping")
 
-    base = root / FOLDER
-    hint = f"run `escnet prepare synthetic` (DETECTRON2_DATASETS={root})"
+
+def _synthetic(root: Path, split: str, name: str = "synthetic") -> SplitInfo:
+    base = root / name
+    hint = f"run `escnet prepare {name}` (DETECTRON2_DATASETS={root})"
     if split not in ("train", "val"):
-        raise DatasetError(f"synthetic: no split {split!r}; it has train, val")
+        raise DatasetError(f"{name}: no split {split!r}; it has train, val")
     image_dir, label_dir = base / "images" / split, base / "annotations_detectron2" / split
     for d in (image_dir, label_dir):
         if not d.is_dir():
-            raise DatasetError(f"synthetic: folder {d} not found; {hint}")
+            raise DatasetError(f"{name}: folder {d} not found; {hint}")
     seen_names = read_class_file(base / "train_classes.txt")
     class_file = base / ("train_classes.txt" if split == "train" else "classes.txt")
     ds = load_custom_dataset(base, image_dir=image_dir, label_dir=label_dir, class_file=class_file)
-    ds.name = f"synthetic/{split}"
+    ds.name = f"{name}/{split}"
     n_seen = len(seen_names)
     # label 0 is the background; the open-vocabulary numbers are over the object classes
     groups = {"seen": list(range(1, n_seen)), "unseen": list(range(n_seen, ds.num_classes)), "background": [0]}
@@ -59,8 +63,8 @@ def _synthetic(root: Path, split: str) -> SplitInfo:
 def resolve_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train") -> SplitInfo:
     """A dataset split by name ("coco-stuff", "synthetic", any escnet.data.datasets benchmark) or a
     folder path (``images/``, ``labels/``, ``classes.txt``); errors name the missing file or folder."""
-    if name == "synthetic":
-        return _synthetic(datasets_root(root), split)
+    if name in GENERATED:
+        return _synthetic(datasets_root(root), split, name)
     if Path(name).is_dir():
         return SplitInfo(load_custom_dataset(name))
     if "/" in name or os.sep in name:

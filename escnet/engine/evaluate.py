@@ -172,14 +172,14 @@ def _init_distributed(device: str) -> tuple[bool, str]:
 
 def load_dataset(spec: str, root: str | None = None, split: str = "val", classes: str | None = None,
                  ignore_label: int = 255) -> tuple[SegDataset, dict[str, list[int]] | None]:
-    """A benchmark name (see escnet.data.datasets), "synthetic" (escnet's synthetic benchmark, with
-    its seen / unseen class groups) or a custom dataset folder -> (dataset, class groups or None)."""
+    """A benchmark name (see escnet.data.datasets), "synthetic" / "synthetic-grouping" (escnet's
+    generated benchmarks, with their seen / unseen class groups) or a custom dataset folder -> (dataset, class groups or None)."""
     if Path(spec).is_dir():
         return load_custom_dataset(spec, class_file=classes, ignore_label=ignore_label), None
-    if spec == "synthetic":
-        from escnet.data.train_dataset import resolve_dataset
+    from escnet.data.train_dataset import GENERATED, resolve_dataset
 
-        info = resolve_dataset("synthetic", root, split)
+    if spec in GENERATED:
+        info = resolve_dataset(spec, root, split)
         return info.dataset, info.groups
     return get_dataset(spec, root, split), None
 
@@ -233,7 +233,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--model", required=True,
                    help="model folder in escnet's format (config.json + model.safetensors) or a CAT-Seg .pth checkpoint")
     p.add_argument("--dataset", required=True,
-                   help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, synthetic (seen / unseen mIoU too), "
+                   help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, synthetic, synthetic-grouping (seen / unseen mIoU too), "
                         "or a folder with images/, labels/, classes.txt")
     p.add_argument("--protocol", choices=["sliding", "single"], default="sliding",
                    help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")

@@ -164,8 +164,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     overrides = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.name != "arch"}
     init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else ""
     init_sam = _resolve_init(cfg, "init_sam") if cfg.init_sam else None
-    if cfg.arch == "escnet" and init_clip:
-        return factory.build_escnet_init(cfg.preset, init_clip, init_sam, **overrides)
+    if cfg.arch == "escnet" and (init_clip or init_sam):
+        return factory.build_escnet_init(cfg.preset, init_clip or None, init_sam, **overrides)
     model = factory.create_model(cfg.arch, cfg.preset, **overrides)
     if cfg.init_clip:
         from escnet.weights.clip import load_clip_weights

@@ -126,7 +126,7 @@ class ESCNetConfig:
         elif name == "tiny":
             clip = CLIPConfig.preset("tiny")
             cfg = cls(clip=clip, crop_size=clip.image_size, hidden_dim=32, num_blocks=2, ppg_regions=3,
-                      sam_dim=32, sam_heads=2, sam_mlp_dim=64, sam_mask_in_chans=4, guidance_dim=32, heads=2,
+                      sam_dim=32, sam_heads=2, sam_mlp_dim=64, sam_mask_in_chans=16, guidance_dim=32, heads=2,
                       window=clip.image_size // clip.patch_size // 2, decoder_dims=(16, 8), skip_dims=(16, 8),
                       skip_proj_dims=(8, 4))
         else:

@@ -137,16 +137,18 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     return model.to(map_location)
 
 
-def build_escnet_init(preset: str, clip_path: str | os.PathLike, sam_path: str | os.PathLike | None,
+def build_escnet_init(preset: str, clip_path: str | os.PathLike | None, sam_path: str | os.PathLike | None,
                       **overrides) -> nn.Module:
     """ESC-Net training initialisation: CLIP from an OpenAI / open_clip / HF CLIP file, or the
     fine-tuned CLIP of a public CAT-Seg checkpoint (.pth; the better warm start), plus the SAM
-    mask-decoder pieces (sam_vit_{b,l,h}.pth or HF SamModel) copied into every ESC block."""
+    mask-decoder pieces (sam_vit_{b,l,h}.pth or HF SamModel) copied into every ESC block.
+    Either may be None (kept random: a tiny CLIP trained from scratch, or random SAM blocks)."""
     from escnet.models.escnet import ESCNet
 
     model = ESCNet(make_config("escnet", preset, **overrides))
-    clip_sd = _clip_state_from(clip_path, model.cfg.clip.image_size)
-    load_state_dict_strict(model.clip, clip_sd, str(clip_path))
+    if clip_path is not None:
+        clip_sd = _clip_state_from(clip_path, model.cfg.clip.image_size)
+        load_state_dict_strict(model.clip, clip_sd, str(clip_path))
     if sam_path is not None:
         from escnet.weights.sam import load_sam_decoder_weights
 
