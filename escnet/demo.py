@@ -41,6 +41,7 @@ from PIL import Image
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
 from escnet.engine.visualize import palette
+from escnet.errors import EscnetError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class DemoLimits:
         return int(self.max_file_mb * 2**20)
 
 
-class DemoInputError(ValueError):
+class DemoInputError(EscnetError, ValueError):
     """A request the demo refuses; the message is shown to the user as it is."""
 
 

@@ -38,11 +38,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from escnet.errors import EscnetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
-class DatasetError(ValueError):
+class DatasetError(EscnetError, ValueError):
     """A dataset that cannot be used as it is; the message names the file or folder."""
 
 

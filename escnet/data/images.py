@@ -37,6 +37,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from escnet.errors import EscnetError
+
 MAX_SIDE = 4096
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -44,7 +46,7 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 _HIGH_DEPTH_16 = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-class ImageError(ValueError):
+class ImageError(EscnetError, ValueError):
     """An input that cannot be turned into an RGB image (the message names the file or array)."""
 
 

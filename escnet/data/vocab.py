@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence, Union
 
+from escnet.errors import EscnetError
+
 BENCHMARK_VOCABULARIES = ("coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b")
 
 # A bare word that looks like a benchmark name but is not one is almost certainly a typo
@@ -36,7 +38,7 @@ _BENCHMARK_LIKE = re.compile(r"^(coco|ade|pc|voc)\d+b?$", re.IGNORECASE)
 VocabularySpec = Union[str, Path, Sequence[Union[str, Sequence[str]]]]
 
 
-class VocabularyError(ValueError):
+class VocabularyError(EscnetError, ValueError):
     """A vocabulary specification that cannot be used (names the problem and where it is)."""
 
 

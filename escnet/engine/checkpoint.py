@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from escnet.errors import EscnetError
 from escnet.fileio import atomic_write
 
 PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
 _TMP_PREFIX = ".checkpoint_"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EscnetError, RuntimeError):
     """A checkpoint that cannot be found or used; the message names the file."""
 
 

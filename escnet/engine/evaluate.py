@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
+from escnet.errors import EscnetError
 from escnet.weights.common import WeightsError
 
 MATRIX_LAYOUT = (
@@ -32,7 +33,7 @@ MATRIX_LAYOUT = (
 )
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(EscnetError, RuntimeError):
     """A prediction that cannot be scored (wrong shape or class range); names the image."""
 
 

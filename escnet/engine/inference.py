@@ -50,6 +50,7 @@ from PIL import Image
 from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, resize_rgb, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
+from escnet.errors import EscnetError
 
 PROTOCOLS = ("sliding", "single")
 CLASS_MODES = ("exact", "top256")
@@ -67,7 +68,7 @@ _TEXT_CACHE_SIZE = 16
 MODEL_NAMES = {"default": "escnet-synthetic-tiny", "escnet-synthetic-tiny": "escnet-synthetic-tiny"}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(EscnetError, FileNotFoundError):
     """A model path or name that does not resolve to a checkpoint."""
 
 

@@ -24,8 +24,10 @@ import math
 import numpy as np
 import torch
 
+from escnet.errors import EscnetError
 
-class LabelRangeError(ValueError):
+
+class LabelRangeError(EscnetError, ValueError):
     """A label or prediction value outside [0, T) that is not the ignore label."""
 
 

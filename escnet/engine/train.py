@@ -56,6 +56,7 @@ from escnet.data.transforms import ColorJitter, TrainAugmentation
 from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
 from escnet.engine.config import ConfigError, TrainConfig, build_model_config, config_from_dict, load_config
+from escnet.errors import EscnetError
 
 # Settings a resumed run may change; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_every", "save_every", "keep_last",
@@ -63,7 +64,7 @@ RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_ever
                      "data_root")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(EscnetError, RuntimeError):
     """The run cannot go on (non-finite loss, incompatible resume); the message says why and where."""
 
 
