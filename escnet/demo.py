@@ -40,7 +40,7 @@ from PIL import Image
 
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
-from escnet.engine.visualize import palette
+from escnet.engine.visualize import palette, shorten
 from escnet.errors import EscnetError
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def legend_html(names: list[str], fractions: np.ndarray) -> str:
             f'<tr class="escnet-legend-row">'
             f'<td><span style="display:inline-block;width:1em;height:1em;border:1px solid #000;'
             f'background:rgb({r},{g},{b})"></span></td>'
-            f'<td class="escnet-legend-name">{html.escape(names[i])}</td>'
+            f'<td class="escnet-legend-name">{html.escape(shorten(names[i]))}</td>'
             f'<td style="text-align:right">{share:.1f}%</td></tr>'
         )
     parts = ['<div id="escnet-legend"><p><b>Classes present</b> (share of the pixels)</p><table>', *rows, "</table>"]

@@ -15,8 +15,10 @@ Accepted specifications (`parse_vocabulary`):
   and commas inside a class separate synonyms ("building, edifice; sky"); otherwise every
   comma-separated item is its own class ("cat, dog, sky").
 
-Empty names, duplicate classes (identical entries, case-insensitive) and empty vocabularies are
-errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
+Names are normalised: whitespace runs inside a name become one space and a byte-order mark (a
+UTF-8 file's BOM) is dropped. Empty names, duplicate classes (identical entries after
+normalisation, case-insensitive: "dark red, dark  red" is one class given twice) and empty
+vocabularies are errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
 several); they get the same text features, so the lower id wins their ties.
 """
 from __future__ import annotations
@@ -47,8 +49,13 @@ def display_name(entry: str) -> str:
     return entry.split(",")[0].strip()
 
 
+def _normalise(name: str) -> str:
+    """Whitespace runs inside a name become one space ("dark  red" is "dark red"); a BOM is dropped."""
+    return " ".join(name.replace("\ufeff", "").split())
+
+
 def _entry(synonyms: Sequence[str], where: str) -> str:
-    names = [s.strip() for s in synonyms]
+    names = [_normalise(s) for s in synonyms]
     if not names or not names[0]:
         raise VocabularyError(f"empty class name at {where}")
     if any(not n for n in names):
@@ -151,7 +158,7 @@ def _from_file(path: Path) -> list[str]:
     if suffix not in (".txt", ".json"):
         raise VocabularyError(f"vocabulary file {str(path)!r} must end in .txt or .json")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first name
     except UnicodeDecodeError:
         raise VocabularyError(f"vocabulary file {str(path)!r} is not UTF-8 text") from None
     reader = _from_json if suffix == ".json" else _from_txt

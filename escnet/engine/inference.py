@@ -50,7 +50,7 @@ from PIL import Image
 from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, resize_rgb, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
-from escnet.errors import EscnetError
+from escnet.errors import EscnetError, sanitize
 
 PROTOCOLS = ("sliding", "single")
 CLASS_MODES = ("exact", "top256")
@@ -316,7 +316,8 @@ class Segmenter:
         path = resolve_model_path(path_or_name)
         notice = path / "NOTICE.txt" if path.is_dir() else None
         if notice is not None and notice.is_file():  # e.g. the bundled model says what it is for
-            warnings.warn(f"{path.name}: {notice.read_text().strip()}", stacklevel=2)
+            text = sanitize(notice.read_text(encoding="utf-8", errors="replace")[:4000]).strip()
+            warnings.warn(f"{path.name}: {text}", stacklevel=2)
         segmenter = cls(load_pretrained(path), device=device, **options)
         segmenter.checkpoint = str(path)
         return segmenter

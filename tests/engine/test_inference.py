@@ -318,3 +318,19 @@ def test_catseg_checkpoint_exact_and_truncated(tmp_path: Path, monkeypatch):
     scored = (top.probs > 1e-6).any(axis=(1, 2))
     assert scored.sum() == 2 and set(np.unique(top.labels)) <= set(np.flatnonzero(scored))
     assert segmenter.model.cfg.class_truncation == 8  # the checkpoint's own setting is restored
+
+
+def test_model_notice_is_printed_without_terminal_escapes(tmp_path):
+    import shutil
+    import warnings
+    from importlib import resources
+
+    folder = tmp_path / "model"
+    shutil.copytree(str(resources.files("escnet") / "assets" / "models" / "escnet-synthetic-tiny"), folder)
+    (folder / "NOTICE.txt").write_text("demo model\x1b[2J\x1b]0;pwned\x07 only\x1b[31m red\x07\x00")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Segmenter.from_pretrained(folder, device="cpu")
+    text = " ".join(str(w.message) for w in caught)
+    assert "demo model only red" in text
+    assert not any(c in text for c in "\x1b\x07\x00")

@@ -64,3 +64,15 @@ def test_long_legends_are_summarised():
     labels = np.arange(40 * 10).reshape(40, 10) % 40
     picture = overlay(np.zeros((40, 10, 3), np.uint8), labels, [f"class {i}" for i in range(40)])
     assert picture.height > MIN_DISPLAY_SIDE  # 24 rows + the "+ N more" line extend the canvas
+
+
+def test_legend_size_is_bounded_for_long_names():
+    from escnet.engine.visualize import MAX_LEGEND_CHARS, shorten
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    labels = np.zeros((64, 64), np.int64)
+    labels[:, 32:] = 1
+    short = overlay(image, labels, ["cat", "dog"])
+    long = overlay(image, labels, ["x" * 39_990, "dog"])
+    assert long.size[0] <= short.size[0] + 8 * MAX_LEGEND_CHARS and long.size[1] == short.size[1]
+    assert shorten("y" * 100) == "y" * (MAX_LEGEND_CHARS - 1) + "\u2026" and shorten("cat") == "cat"
