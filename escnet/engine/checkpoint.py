@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from escnet.errors import EscnetError
-from escnet.fileio import atomic_write
+from escnet.fileio import atomic_write, remove_tmp
 
 PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
 _TMP_PREFIX = ".checkpoint_"
@@ -52,7 +52,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> int:
     d = Path(directory)
     stale = [p for p in d.iterdir() if p.name.startswith(_TMP_PREFIX)] if d.is_dir() else []
     for p in stale:
-        p.unlink(missing_ok=True)
+        remove_tmp(p)
     return len(stale)
 
 

@@ -51,6 +51,7 @@ from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, 
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
 from escnet.errors import EscnetError, sanitize
+from escnet.fileio import atomic_write_all
 
 PROTOCOLS = ("sliding", "single")
 CLASS_MODES = ("exact", "top256")
@@ -222,18 +223,11 @@ class SegmentationResult:
             directory / f"{name}_labels.png": self.label_image(),
             directory / f"{name}.json": json.dumps(self.to_dict(), indent=2) + "\n",
         }
-        temporary = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in payloads}
-        try:
-            for path, payload in payloads.items():
-                if isinstance(payload, str):
-                    temporary[path].write_text(payload, encoding="utf-8")
-                else:
-                    payload.save(temporary[path], format="PNG")
-            for path in payloads:
-                os.replace(temporary[path], path)
-        finally:
-            for tmp in temporary.values():
-                tmp.unlink(missing_ok=True)
+        atomic_write_all({
+            path: (lambda tmp, text=payload: tmp.write_text(text, encoding="utf-8")) if isinstance(payload, str)
+            else (lambda tmp, image=payload: image.save(tmp, format="PNG"))
+            for path, payload in payloads.items()
+        })
         return {kind: path for kind, path in zip(("overlay", "labels", "json"), payloads)}
 
 

@@ -80,13 +80,18 @@ def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
 
 
 def _unique_names(files: list[Path]) -> list[str]:
-    """Output base names: the file stem, with _2, _3, ... when two inputs share a stem."""
-    seen: dict[str, int] = {}
+    """Output base names, unique across all inputs (case-insensitively, for case-insensitive file
+    systems): the file stem, or the first free stem_2, stem_3, ... when it is taken, so d1/a.png,
+    d1/a_2.png and d2/a.png become a, a_2 and a_3."""
+    used: set[str] = set()
     names = []
     for path in files:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        names.append(path.stem if count == 1 else f"{path.stem}_{count}")
+        name, count = path.stem, 1
+        while name.casefold() in used:
+            count += 1
+            name = f"{path.stem}_{count}"
+        used.add(name.casefold())
+        names.append(name)
     return names
 
 

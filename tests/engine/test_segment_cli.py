@@ -160,3 +160,18 @@ def test_nothing_to_segment(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "empty"), "--classes", "cat", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "empty: folder contains no image files" in err and "no images to segment" in err
+
+
+def test_output_names_are_unique_across_inputs(model_dir, tmp_path, capsys):
+    from escnet.engine.segment import _unique_names
+
+    colours = {"d1/a.png": (255, 0, 0), "d1/a_2.png": (0, 255, 0), "d2/a.png": (0, 0, 255)}
+    for rel, colour in colours.items():
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (24, 16), colour).save(tmp_path / rel)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "d1"), str(tmp_path / "d2"), "--classes", CLASSES, "--model",
+                 str(model_dir), "--out", str(out), "--device", "cpu", "--protocol", "single"]) == 0
+    assert "segmented 3 of 3" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "a_2.json", "a_3.json"]
+    assert _unique_names([Path("x/A.png"), Path("y/a.png"), Path("z/a_2.png")]) == ["A", "a_2", "a_2_2"]
