@@ -41,7 +41,7 @@ from PIL import Image
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
 from escnet.engine.visualize import palette, shorten
-from escnet.errors import EscnetError
+from escnet.errors import EscnetError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import_gradio()
     except ImportError as exc:
-        print(f"escnet demo: error: {exc}", file=sys.stderr)
+        print(f"escnet demo: error: {one_line(exc)}", file=sys.stderr)
         return 2
     for name in ("concurrency", "queue_size", "max_file_mb", "max_pixels", "max_classes"):
         if getattr(args, name) <= 0:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
-from escnet.errors import EscnetError
+from escnet.errors import EscnetError, one_line
 from escnet.weights.common import WeightsError
 
 MATRIX_LAYOUT = (
@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
                 "split": args.split}
         results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
     except (DatasetError, EvaluationError, FileNotFoundError, WeightsError) as exc:
-        print(f"escnet evaluate: error: {exc}", file=sys.stderr)
+        print(f"escnet evaluate: error: {one_line(exc)}", file=sys.stderr)
         return 1
     finally:
         if initialized:

@@ -18,7 +18,9 @@ def run(args) -> int:
                 model = create_model(arch, args.model)
             rows.append((arch, args.model, model))
     else:
-        model = load_pretrained(args.model)
+        from escnet.engine.inference import resolve_model_path
+
+        model = load_pretrained(resolve_model_path(args.model))  # a folder, a file or a bundled model name
         rows.append((model.cfg.arch, args.model, model))
     for arch, name, model in rows:
         counts = count_parameters(model)
@@ -35,6 +37,6 @@ def run(args) -> int:
 
 def add_command(sub) -> None:
     p = sub.add_parser("info", help="parameter counts per component")
-    p.add_argument("--model", default="vitb16", help=f"a preset ({', '.join(PRESETS)}) or a model folder / checkpoint")
+    p.add_argument("--model", default="vitb16", help=f"a preset ({', '.join(PRESETS)}), a model folder / checkpoint or a bundled model name")
     p.add_argument("--arch", choices=ARCHS, help="with a preset: only this architecture (default: both)")
     p.set_defaults(func=run)

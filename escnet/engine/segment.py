@@ -25,6 +25,7 @@ from tqdm import tqdm
 from escnet.data.images import MAX_SIDE
 from escnet.data.vocab import VocabularyError, parse_vocabulary
 from escnet.engine.inference import CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, Segmenter, resolve_device
+from escnet.errors import one_line
 from escnet.weights.common import WeightsError
 
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         vocabulary = parse_vocabulary(args.classes)
         device = resolve_device(args.device)
     except (VocabularyError, ValueError) as exc:
-        print(f"escnet segment: error: {exc}", file=sys.stderr)
+        print(f"escnet segment: error: {one_line(exc)}", file=sys.stderr)
         return 2
     files, failures = _collect(args.inputs, args.out)
     for problem in failures:
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet segment: error: cannot use model: {exc}", file=sys.stderr)
+        print(f"escnet segment: error: cannot use model: {one_line(exc)}", file=sys.stderr)
         return 2
 
     done = 0

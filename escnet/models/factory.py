@@ -108,6 +108,9 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         return model.to(map_location)
     if p.is_file() and p.name == CONFIG_NAME:
         p = p.parent
+    elif p.is_file():
+        raise WeightsError(f"{path}: not a model; give a model folder (with {CONFIG_NAME} and {WEIGHTS_NAME}), "
+                           f"its {CONFIG_NAME}, or a CAT-Seg checkpoint (.pth / .pt / .pkl)")
     if not p.is_dir():
         raise FileNotFoundError(f"model not found: {path} (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
                                 f"or a CAT-Seg .pth checkpoint)")
