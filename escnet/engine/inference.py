@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import warnings
@@ -63,6 +64,8 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 # the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
+# the smallest max_side: below the model's token grid a working image carries no detail (1 x 1 was accepted)
+MIN_MAX_SIDE = 16
 
 # name -> folder under escnet/assets/models/. The default is the tiny ESC-Net trained on the synthetic
 # benchmark (configs/escnet_tiny_synthetic.toml): a demonstration model for synthetic scenes.
@@ -287,6 +290,11 @@ class Segmenter:
     ):
         _check_choice("protocol", protocol, PROTOCOLS)
         _check_choice("class_mode", class_mode, CLASS_MODES)
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < MIN_MAX_SIDE:
+            raise ValueError(f"max_side must be an integer >= {MIN_MAX_SIDE}, got {max_side!r}")
+        if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
+                                                 and math.isfinite(memory_budget_mb) and memory_budget_mb > 0):
+            raise ValueError(f"memory_budget_mb must be a finite number > 0 (or None), got {memory_budget_mb!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.half = half

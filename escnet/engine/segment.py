@@ -16,6 +16,7 @@ pc459, voc20, voc20b).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,9 +25,30 @@ from tqdm import tqdm
 
 from escnet.data.images import MAX_SIDE
 from escnet.data.vocab import VocabularyError, parse_vocabulary
-from escnet.engine.inference import CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, Segmenter, resolve_device
+from escnet.engine.inference import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, Segmenter,
+                                     resolve_device)
 from escnet.errors import one_line
 from escnet.weights.common import WeightsError
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _max_side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < MIN_MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_MAX_SIDE} pixels, got {value}")
+    return value
 
 
 def add_command(subparsers) -> None:
@@ -47,9 +69,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--half", action="store_true",
                         help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
-    parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
+    parser.add_argument("--memory-budget", type=_positive_float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
                         help="per-class activation memory for exact mode; sets the class chunk (default %(default)s)")
-    parser.add_argument("--max-side", type=int, default=MAX_SIDE,
+    parser.add_argument("--max-side", type=_max_side, default=MAX_SIDE,
                         help="images with a longer side are processed at this size and their labels "
                              "upsampled back (default %(default)s)")
     parser.set_defaults(func=run)
