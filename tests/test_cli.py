@@ -21,13 +21,11 @@ def _one_line_error(capsys) -> str:
     (["convert", "--clip", "JUNK", "--out", "OUT"], "could not be read"),
     (["convert", "--clip", "/nonexistent/clip.pt", "--out", "OUT"], "not found"),
     (["info", "--model", "/nonexistent/model"], "does not exist"),
-    (["train", "init_clip=JUNK", "preset=tiny", "dataset=synthetic", "data_root=ROOT", "output_dir=OUT"], "error"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "junk.pth").write_bytes(b"\x00junk" * 10)
     (tmp_path / "w.safetensors").write_bytes(b"")
-    swap = {"JUNK": str(tmp_path / "junk.pth"), "OUT": str(tmp_path / "out"), "ROOT": str(tmp_path),
-            "SAFETENSORS": str(tmp_path / "w.safetensors")}
+    swap = {"JUNK": str(tmp_path / "junk.pth"), "OUT": str(tmp_path / "out"), "SAFETENSORS": str(tmp_path / "w.safetensors")}
     for placeholder, value in swap.items():
         argv = [a.replace(placeholder, value) for a in argv]
     assert main(argv) != 0
@@ -76,10 +74,14 @@ def test_disk_full_while_preparing_and_training(tmp_path, capsys, monkeypatch):
 
     root = tmp_path / "data"
     synthetic.prepare_synthetic(root, workers=1, num_train=4, num_val=2, size=48)
-    monkeypatch.setattr(train_mod, "save_checkpoint", _disk_full)
     args = ["train", "preset=tiny", "dataset=synthetic", f"data_root={root}", f"output_dir={tmp_path / 'run'}",
             "max_iters=1", "save_every=1", "eval_dataset=", "num_workers=0", "batch_size=1", "min_size_train=96",
             "threads=1"]
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00junk" * 10)
+    assert main([*args, f"init_clip={junk}"]) == 1  # a weight-file error while building the model
+    assert "could not be read" in _one_line_error(capsys)
+    monkeypatch.setattr(train_mod, "save_checkpoint", _disk_full)
     assert main(args) == 1
     assert "no space left on device" in _one_line_error(capsys)
 
