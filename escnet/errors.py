@@ -29,8 +29,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = f" writing {exc.filename}" if exc.filename else ""
         text = f"no space left on device{where}"
-    elif isinstance(exc, (EscnetError, OSError)):
-        text = str(exc) or type(exc).__name__
+    elif isinstance(exc, (EscnetError, OSError, ImportError, ValueError)) and str(exc):
+        text = str(exc)  # these messages say what is wrong; a KeyError's or RuntimeError's needs its type
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     parts = [p.strip() for p in sanitize(text).split("\n") if p.strip()]

@@ -1,6 +1,5 @@
 """Every error a user can cause ends in one line on stderr and a non-zero exit; --debug shows the traceback."""
 import errno
-import json
 
 import pytest
 
@@ -88,5 +87,6 @@ def test_disk_full_while_preparing_and_training(tmp_path, capsys, monkeypatch):
 
 def test_messages_are_sanitised():
     assert sanitize("a\x1b[31mred\x1b[0m\x07 b\nc\x00") == "ared b\nc"
-    assert one_line(ValueError("first\n\x1b]0;title\x07second")) == "ValueError: first; second"
-    assert json.dumps(one_line(OSError(errno.ENOSPC, "x")))  # printable
+    assert one_line(ValueError("first\n\x1b]0;title\x07second")) == "first; second"
+    assert one_line(KeyError("model")) == "KeyError: 'model'"
+    assert one_line(OSError(errno.ENOSPC, "x", "/p")) == "no space left on device writing /p"
