@@ -188,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     for i, kind, message, trace in failures[: args.show]:
         print(f"--- input {i} ({kind}): {message}\n{trace}", file=sys.stderr)
+    causes: dict[str, int] = {}
+    for _, _, message, _ in failures:
+        cause = message.split(":")[0]
+        causes[cause] = causes.get(cause, 0) + 1
     print(json.dumps({"inputs": args.n, "seed": args.seed, **kinds, **counts, "named_errors": named,
-                      "seconds": round(seconds, 1)}))
+                      "failure_types": causes, "seconds": round(seconds, 1)}))
     return 1 if failures else 0
 
 

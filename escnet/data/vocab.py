@@ -152,14 +152,21 @@ def parse_vocabulary(spec: VocabularySpec) -> list[str]:
 
 
 def _from_file(path: Path) -> list[str]:
-    if not path.is_file():
-        raise VocabularyError(f"vocabulary file {str(path)!r} not found")
+    shown = repr(str(path)) if len(str(path)) <= 200 else repr(str(path)[:200]) + "..."
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, ...
+        raise VocabularyError(f"vocabulary file {shown} cannot be opened ({exc.__class__.__name__})") from None
+    if not found:
+        raise VocabularyError(f"vocabulary file {shown} not found")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".json"):
-        raise VocabularyError(f"vocabulary file {str(path)!r} must end in .txt or .json")
+        raise VocabularyError(f"vocabulary file {shown} must end in .txt or .json")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first name
     except UnicodeDecodeError:
-        raise VocabularyError(f"vocabulary file {str(path)!r} is not UTF-8 text") from None
+        raise VocabularyError(f"vocabulary file {shown} is not UTF-8 text") from None
+    except OSError as exc:
+        raise VocabularyError(f"vocabulary file {shown} cannot be read ({exc.strerror or exc})") from None
     reader = _from_json if suffix == ".json" else _from_txt
     return reader(text, repr(str(path)))

@@ -141,3 +141,10 @@ def test_utf8_bom_is_not_part_of_the_first_name(tmp_path: Path, suffix, text):
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert parse_vocabulary(str(path)) == ["cat", "dog"]
     assert parse_vocabulary("\ufeffcat, dog") == ["cat", "dog"]
+
+
+def test_a_class_string_that_looks_like_an_unopenable_file_is_a_vocabulary_error():
+    with pytest.raises(VocabularyError, match="cannot be opened"):
+        parse_vocabulary("x" * 5000 + "; cat.txt")  # found by tools/fuzz.py: OSError "File name too long"
+    with pytest.raises(VocabularyError, match="not found"):
+        parse_vocabulary("a\x00b.txt")
