@@ -121,12 +121,15 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         _, dtype, key, _location, numel = pid
         if key not in self.storages:
             try:
-                raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+                info = self.archive.getinfo(f"{self.prefix}data/{key}")
             except KeyError:
                 raise WeightsError(f"{self.source}: storage {key!r} is missing from the archive") from None
             itemsize = torch.empty((), dtype=dtype).element_size()
-            if not isinstance(numel, int) or len(raw) != numel * itemsize:
-                raise WeightsError(f"{self.source}: storage {key!r} has {len(raw)} bytes, expected {numel} x {itemsize}")
+            # checked before reading: the record's declared size bounds what is decompressed
+            if not isinstance(numel, int) or info.file_size != numel * itemsize:
+                raise WeightsError(f"{self.source}: storage {key!r} has {info.file_size} bytes, "
+                                   f"expected {numel} x {itemsize}")
+            raw = bytearray(self.archive.read(info))
             self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
         return self.storages[key]
 

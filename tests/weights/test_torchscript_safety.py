@@ -1,7 +1,6 @@
 """TorchScript archives are read without running anything in them (issue 13, the most severe defect)."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
@@ -188,3 +187,15 @@ def test_load_pretrained_and_segmenter_leave_no_marker(evil):
         with pytest.raises(WeightsError):
             Segmenter.from_pretrained(p)
     assert not marker.exists()
+
+
+def test_storage_records_are_checked_against_their_declared_size(tmp_path):
+    benign = tmp_path / "benign.pt"
+    torch.jit.save(torch.jit.script(_Benign()), str(benign))
+    crafted = tmp_path / "short.pt"
+    with zipfile.ZipFile(benign) as src, zipfile.ZipFile(crafted, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data[:2] if item.filename.endswith("/data/0") else data)
+    with pytest.raises(WeightsError, match="storage '0' has 2 bytes"):
+        read_torchscript_state_dict(crafted)
