@@ -27,7 +27,7 @@ from escnet.data.images import MAX_SIDE
 from escnet.data.vocab import VocabularyError, parse_vocabulary
 from escnet.engine.inference import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, Segmenter,
                                      resolve_device)
-from escnet.errors import one_line
+from escnet.errors import one_line, sanitize
 from escnet.weights.common import WeightsError
 
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             segmenter.segment(path, vocabulary).save(args.out, name=name)
             done += 1
         except Exception as exc:  # one bad image must not end the run; it is reported below
-            message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+            message = one_line(exc) if str(path) in str(exc) else sanitize(f"{path}: ") + one_line(exc)
             tqdm.write(f"error: {message}", file=sys.stderr)
             failures.append(message)
     print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
