@@ -2,12 +2,18 @@
 
 Every module listed in `_COMMANDS` defines ``add_command(subparsers)``, which registers its parser
 and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
+
+An error ends the command with one line on stderr and exit status 1 (130 when interrupted); the
+traceback is shown only with ``--debug`` (before or after the command name) or ``ESCNET_DEBUG=1``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from escnet.errors import one_line
 
 _COMMANDS = [
     "escnet.data.prepare",
@@ -32,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         importlib.import_module(name).add_command(sub)
+    debug_help = "show the traceback of an error (also ESCNET_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -41,7 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    debug = args.debug or os.environ.get("ESCNET_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("escnet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place errors become a message and an exit status
+        if debug:
+            raise
+        print(f"escnet: error: {one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

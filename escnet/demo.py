@@ -40,7 +40,8 @@ from PIL import Image
 
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
-from escnet.engine.visualize import palette_for
+from escnet.engine.visualize import palette_for, shorten
+from escnet.errors import EscnetError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class DemoLimits:
         return int(self.max_file_mb * 2**20)
 
 
-class DemoInputError(ValueError):
+class DemoInputError(EscnetError, ValueError):
     """A request the demo refuses; the message is shown to the user as it is."""
 
 
@@ -142,7 +143,7 @@ def legend_html(names: list[str], fractions: np.ndarray) -> str:
             f'<tr class="escnet-legend-row">'
             f'<td><span style="display:inline-block;width:1em;height:1em;border:1px solid #000;'
             f'background:rgb({r},{g},{b})"></span></td>'
-            f'<td class="escnet-legend-name">{html.escape(names[i])}</td>'
+            f'<td class="escnet-legend-name">{html.escape(shorten(names[i]))}</td>'
             f'<td style="text-align:right">{share:.1f}%</td></tr>'
         )
     parts = ['<div id="escnet-legend"><p><b>Classes present</b> (share of the pixels)</p><table>', *rows, "</table>"]
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import_gradio()
     except ImportError as exc:
-        print(f"escnet demo: error: {exc}", file=sys.stderr)
+        print(f"escnet demo: error: {one_line(exc)}", file=sys.stderr)
         return 2
     for name in ("concurrency", "queue_size", "max_file_mb", "max_pixels", "max_classes"):
         if getattr(args, name) <= 0:

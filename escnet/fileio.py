@@ -2,25 +2,23 @@
 
 A file is written under a temporary name beside its destination and renamed into place, so a
 reader (or a crash) sees either the old file or the complete new one, never a partial file.
-Temporary names carry TMP_TAG, so a later run can delete what an interrupted one left.
+
+The temporary file lives in a private folder (mode 0700, an unpredictable name created exclusively
+by ``tempfile.mkdtemp``) inside the destination folder: nobody else can plant a file or a symlink
+where the writer will open it, and the final ``os.replace`` renames onto the destination name
+without following a symlink found there. Temporary names carry TMP_TAG, so a later run can delete
+what an interrupted one left.
 """
 from __future__ import annotations
 
-import itertools
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 TMP_TAG = ".escnet-tmp-"
-_counter = itertools.count()
-_lock = threading.Lock()
-
-
-def _tmp_name(path: Path) -> Path:
-    with _lock:
-        n = next(_counter)
-    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}-{n}")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -35,6 +33,9 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_lock = threading.Lock()
 
 
 def _umask() -> int:
@@ -53,39 +54,64 @@ def _umask() -> int:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], durable: bool = False,
                  mode: int | None = None) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``.
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     durable: also flush the file and the folder to disk (checkpoints), so that a power loss after
     the return cannot lose the file. mode: permissions for the file, less the process umask
     (some writers, e.g. safetensors, create their files 0600). On any error the temporary file is
     removed and the previous ``path`` (if any) is untouched. Returns ``path``."""
     path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        write(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode & ~_umask())
-        if durable:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if durable:
-        fsync_dir(path.parent)
+    atomic_write_all({path: write}, durable=durable, mode=mode)
     return path
 
 
+def atomic_write_all(writes: Mapping[str | os.PathLike, Callable[[Path], None]], durable: bool = False,
+                     mode: int | None = None) -> None:
+    """``atomic_write`` for several files of one folder: every file is written before any is renamed
+    into place, so an error leaves none of them changed."""
+    paths = [Path(p) for p in writes]
+    folders = {p.parent.resolve() for p in paths}
+    if len(folders) > 1:
+        raise ValueError(f"atomic_write_all: files in more than one folder: {sorted(map(str, folders))}")
+    if len({p.name for p in paths}) != len(paths):
+        raise ValueError("atomic_write_all: a file name is given twice")
+    private = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}{TMP_TAG}", dir=paths[0].parent))
+    try:
+        for path, write in zip(paths, writes.values()):
+            tmp = private / path.name
+            write(tmp)
+            if mode is not None:  # e.g. 0o666: safetensors creates its files 0600
+                os.chmod(tmp, mode & ~_umask())
+            if durable:
+                fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        for path in paths:
+            os.replace(private / path.name, path)
+    finally:
+        remove_tmp(private)
+    if durable:
+        fsync_dir(paths[0].parent)
+
+
+def remove_tmp(path: str | os.PathLike) -> None:
+    """Delete a temporary file or private temporary folder (a symlink itself, never what it points to)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_stale_tmp(folder: str | os.PathLike) -> int:
-    """Delete the temporary files an interrupted run left in ``folder``; returns how many."""
+    """Delete the temporary files and folders an interrupted run left in ``folder``; returns how many."""
     folder = Path(folder)
     n = 0
     if folder.is_dir():
         for p in folder.iterdir():
             if p.name.startswith(".") and TMP_TAG in p.name:
-                p.unlink(missing_ok=True)
+                remove_tmp(p)
                 n += 1
     return n

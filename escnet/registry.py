@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Union
+from escnet.errors import EscnetError
 
 KINDS = ("bundled", "catseg", "escnet", "clip", "sam")
 # Kinds a Segmenter can use directly (after conversion) and kinds that initialise training.
@@ -42,7 +43,7 @@ _HUB_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)$")
 _FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".safetensors", ".json", ".toml")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(EscnetError, FileNotFoundError):
     """A model path or name that does not resolve to a checkpoint."""
 
 

@@ -51,3 +51,48 @@ def test_saved_model_is_readable_as_the_umask_allows(tmp_path):
         os.umask(old)
     folder = save_pretrained(create_model("catseg", "tiny"), tmp_path / "b")
     assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o666 & ~old
+def test_a_symlink_at_the_destination_is_replaced_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.json").symlink_to(victim)
+    atomic_write(out / "model.json", lambda tmp: tmp.write_text("new"))
+    assert victim.read_text() == "precious"
+    assert not (out / "model.json").is_symlink() and (out / "model.json").read_text() == "new"
+
+
+def test_temporaries_are_exclusive_and_private(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    # symlinks planted at every name the old scheme (.<name>.escnet-tmp-<pid>-<n>) would have used
+    for n in range(50):
+        (tmp_path / f".x.png{TMP_TAG}{os.getpid()}-{n}").symlink_to(victim)
+    seen = []
+
+    def write(tmp):
+        seen.append(tmp)
+        assert stat.S_IMODE(tmp.parent.stat().st_mode) == 0o700 and tmp.parent.parent == tmp_path
+        assert not tmp.exists()
+        tmp.write_text("ok")
+
+    atomic_write(tmp_path / "x.png", write)
+    atomic_write(tmp_path / "x.png", write)
+    assert victim.read_text() == "precious" and (tmp_path / "x.png").read_text() == "ok"
+    assert seen[0].parent != seen[1].parent and not seen[0].parent.exists()
+    assert remove_stale_tmp(tmp_path) == 50 and victim.exists()
+
+
+def test_several_files_appear_together_or_not_at_all(tmp_path):
+    from escnet.fileio import atomic_write_all
+
+    (tmp_path / "a.png").write_text("old a")
+
+    def fail(tmp):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write_all({tmp_path / "a.png": lambda t: t.write_text("new a"), tmp_path / "a.json": fail})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"] and (tmp_path / "a.png").read_text() == "old a"
+    atomic_write_all({tmp_path / "a.png": lambda t: t.write_text("new a"), tmp_path / "a.json": lambda t: t.write_text("{}")})
+    assert (tmp_path / "a.png").read_text() == "new a" and (tmp_path / "a.json").read_text() == "{}"

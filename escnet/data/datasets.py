@@ -38,12 +38,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from escnet.errors import EscnetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# written by `escnet prepare` into an output folder when it starts and removed when the folder is complete
+PREPARING = ".escnet-preparing.json"
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
-class DatasetError(ValueError):
+class DatasetError(EscnetError, ValueError):
     """A dataset that cannot be used as it is; the message names the file or folder."""
+
+
+def check_complete(*folders: Path) -> None:
+    """DatasetError if `escnet prepare` started writing one of `folders` and did not finish (it was
+    interrupted): training or evaluating on part of a dataset would give numbers that look right."""
+    for folder in folders:
+        if (Path(folder) / PREPARING).is_file():
+            raise DatasetError(f"{folder} is incompletely prepared (an interrupted `escnet prepare` left "
+                               f"{PREPARING} there); run the same `escnet prepare` command again to finish it")
 
 
 def datasets_root(root: str | os.PathLike | None = None) -> Path:
@@ -244,6 +257,7 @@ def get_dataset(name: str, root: str | os.PathLike | None = None, split: str = "
     for d, what in ((label_dir, "label"), (image_dir, "image")):
         if not d.is_dir():
             raise DatasetError(f"{key}: {what} folder {d} not found; {hint}")
+    check_complete(base, image_dir, label_dir)
     items = _pair_by_stem(image_dir, label_dir, (spec.label_ext,), (spec.image_ext,), key)
     if not items:
         raise DatasetError(f"{key}: no {spec.label_ext} label files in {label_dir}; {hint}")
@@ -295,6 +309,7 @@ def load_custom_dataset(
     for d, what in ((image_dir, "image"), (label_dir, "label")):
         if not d.is_dir():
             raise DatasetError(f"custom dataset: {what} folder {d} not found")
+    check_complete(folder, image_dir, label_dir)
     classes = read_class_file(class_file)
     if 0 <= ignore_label < len(classes):
         raise DatasetError(

@@ -5,13 +5,13 @@ Accepted inputs (`load_image`):
 - a path (str or Path) to any file Pillow can decode; the whole file is decoded up front, so a
   truncated or corrupt file fails here with an `ImageError` that names it; multi-frame files
   (GIF, TIFF) give their first frame;
-- a PIL image, in any mode;
+- a PIL image, in any mode (an empty (0 x 0) or closed image is an `ImageError`);
 - a numpy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4): uint8 as is; bool as 0/255; uint16
   scaled from 0..65535; other integer types must already lie in 0..255; floating point must lie
   in [0, 1] (scikit-image's convention).
 
 Modes: EXIF orientation is applied (photos come out upright). Images with transparency (RGBA, LA,
-PA, P or L/RGB with a transparent colour) are composited over white, since the colour under a
+PA, La / RGBa (premultiplied), P or L/RGB with a transparent colour) are composited over white, since the colour under a
 transparent pixel is arbitrary. 16-bit grey (I;16*) is scaled from its full range 0..65535;
 32-bit integer (I) and float (F) images have no fixed range and are stretched from their minimum
 to their maximum. CMYK, YCbCr, HSV, palette and 1-bit images are converted with Pillow.
@@ -37,6 +37,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from escnet.errors import EscnetError
+
 MAX_SIDE = 4096
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -44,7 +46,7 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 _HIGH_DEPTH_16 = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-class ImageError(ValueError):
+class ImageError(EscnetError, ValueError):
     """An input that cannot be turned into an RGB image (the message names the file or array)."""
 
 
@@ -74,8 +76,8 @@ def _from_file(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not an image file (format not recognised)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: image too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted file can break a decoder in any way (struct.error, IndexError, ...)
+        raise ImageError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:
@@ -99,9 +101,22 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
 
 
 def _from_pil(image: Image.Image, name: str) -> np.ndarray:
-    image = ImageOps.exif_transpose(image)
+    try:
+        if image.width == 0 or image.height == 0:
+            raise ImageError(f"{name}: the image is empty ({image.width} x {image.height})")
+        return _pil_to_rgb(ImageOps.exif_transpose(image), name)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a closed image, or a mode Pillow cannot convert
+        raise ImageError(f"{name}: cannot read PIL image of mode {image.mode!r} ({type(exc).__name__}: {exc})") from None
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
     mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+    if mode == "La":  # grey premultiplied by alpha: over white is grey + (255 - alpha)
+        la = np.asarray(image).astype(np.float32)
+        return _grey_to_rgb(np.clip(np.rint(la[..., 0] + 255.0 - la[..., 1]), 0, 255).astype(np.uint8))
+    if mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         return _over_white(np.asarray(image.convert("RGBA")))
     if mode in _HIGH_DEPTH_16:
         grey = np.asarray(image).astype(np.float64) / 257.0

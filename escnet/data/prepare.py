@@ -10,7 +10,9 @@ Safety of re-runs: every output file is written under a temporary name and renam
 a file that exists under its final name is complete; an interrupted run leaves only temporary
 files, which the next run deletes. Files that exist are skipped (``--force`` rewrites them), and a
 marker ``.escnet-prepared.json`` is written into an output folder last, after all its files; a
-folder with a marker is skipped as a whole.
+folder with a marker is skipped as a whole. While a folder is being written it holds
+``.escnet-preparing.json``; train and evaluate refuse a folder that has it (an interrupted run),
+naming the folder. Worker processes end with the command: they exit if their parent dies.
 """
 from __future__ import annotations
 
@@ -18,15 +20,18 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from escnet.data.datasets import datasets_root
+from escnet.data.datasets import PREPARING, datasets_root
+from escnet.errors import one_line
 from escnet.fileio import atomic_write, remove_stale_tmp  # noqa: F401 - re-exported for the prepare_* modules
 from escnet.progress import progress
 
@@ -66,18 +71,43 @@ def is_prepared(folder: Path) -> bool:
 
 
 def mark_prepared(folder: Path, info: dict) -> None:
+    """Record that ``folder`` is complete: the marker, then the in-progress marker removed."""
     payload = json.dumps({"escnet_prepare_version": MARKER_VERSION, **info}, indent=1)
     atomic_write(folder / MARKER, lambda tmp: tmp.write_text(payload))
+    (folder / PREPARING).unlink(missing_ok=True)
 
 
 def start_output(folder: Path, force: bool) -> bool:
-    """Create ``folder`` and clean it of temporaries; False if a marker says it is complete."""
+    """Create ``folder`` and clean it of temporaries; False if a marker says it is complete.
+    When it returns True, ``folder`` is marked in progress until `mark_prepared`."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(folder)
     if force:
         (folder / MARKER).unlink(missing_ok=True)
-        return True
-    return not is_prepared(folder)
+    elif is_prepared(folder):
+        return False
+    atomic_write(folder / PREPARING, lambda tmp: tmp.write_text(json.dumps({"pid": os.getpid()})), durable=True)
+    return True
+
+
+def _end_with_parent(parent: int) -> None:
+    """Worker initialiser: on Linux the kernel sends SIGTERM when the parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _guarded(fn: Callable, parent: int, job):
+    """Run one job, unless the parent is gone (the portable check, where PR_SET_PDEATHSIG is missing)."""
+    if os.getppid() != parent:
+        os._exit(1)
+    return fn(job)
 
 
 def run_jobs(fn: Callable, jobs: list, workers: int, desc: str) -> list:
@@ -85,10 +115,12 @@ def run_jobs(fn: Callable, jobs: list, workers: int, desc: str) -> list:
     in ``workers`` processes if > 1."""
     if workers <= 1 or len(jobs) < 2:
         return [fn(job) for job in progress(jobs, desc=desc, unit="files")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    parent = os.getpid()
+    with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent, initargs=(parent,)) as pool:
         try:
             chunks = max(1, min(64, len(jobs) // (4 * workers)))
-            return list(progress(pool.map(fn, jobs, chunksize=chunks), desc=desc, unit="files", total=len(jobs)))
+            return list(progress(pool.map(partial(_guarded, fn, parent), jobs, chunksize=chunks), desc=desc,
+                                 unit="files", total=len(jobs)))
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -204,7 +236,7 @@ def _run(args: argparse.Namespace) -> int:
             summary = prepare(name, args.root, args.workers, args.force)
         except PrepareError as exc:
             # With "all", one missing download should not stop the others.
-            print(f"escnet prepare {name}: error: {exc}", file=sys.stderr)
+            print(f"escnet prepare {name}: error: {one_line(exc)}", file=sys.stderr)
             failed += 1
             continue
         print(f"escnet prepare {name}: {json.dumps(summary)}")

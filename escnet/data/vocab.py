@@ -15,8 +15,10 @@ Accepted specifications (`parse_vocabulary`):
   and commas inside a class separate synonyms ("building, edifice; sky"); otherwise every
   comma-separated item is its own class ("cat, dog, sky").
 
-Empty names, duplicate classes (identical entries, case-insensitive) and empty vocabularies are
-errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
+Names are normalised: whitespace runs inside a name become one space and a byte-order mark (a
+UTF-8 file's BOM) is dropped. Empty names, duplicate classes (identical entries after
+normalisation, case-insensitive: "dark red, dark  red" is one class given twice) and empty
+vocabularies are errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
 several); they get the same text features, so the lower id wins their ties.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence, Union
 
+from escnet.errors import EscnetError
+
 BENCHMARK_VOCABULARIES = ("coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b")
 
 # A bare word that looks like a benchmark name but is not one is almost certainly a typo
@@ -36,7 +40,7 @@ _BENCHMARK_LIKE = re.compile(r"^(coco|ade|pc|voc)\d+b?$", re.IGNORECASE)
 VocabularySpec = Union[str, Path, Sequence[Union[str, Sequence[str]]]]
 
 
-class VocabularyError(ValueError):
+class VocabularyError(EscnetError, ValueError):
     """A vocabulary specification that cannot be used (names the problem and where it is)."""
 
 
@@ -45,8 +49,13 @@ def display_name(entry: str) -> str:
     return entry.split(",")[0].strip()
 
 
+def _normalise(name: str) -> str:
+    """Whitespace runs inside a name become one space ("dark  red" is "dark red"); a BOM is dropped."""
+    return " ".join(name.replace("\ufeff", "").split())
+
+
 def _entry(synonyms: Sequence[str], where: str) -> str:
-    names = [s.strip() for s in synonyms]
+    names = [_normalise(s) for s in synonyms]
     if not names or not names[0]:
         raise VocabularyError(f"empty class name at {where}")
     if any(not n for n in names):
@@ -143,14 +152,21 @@ def parse_vocabulary(spec: VocabularySpec) -> list[str]:
 
 
 def _from_file(path: Path) -> list[str]:
-    if not path.is_file():
-        raise VocabularyError(f"vocabulary file {str(path)!r} not found")
+    shown = repr(str(path)) if len(str(path)) <= 200 else repr(str(path)[:200]) + "..."
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, ...
+        raise VocabularyError(f"vocabulary file {shown} cannot be opened ({exc.__class__.__name__})") from None
+    if not found:
+        raise VocabularyError(f"vocabulary file {shown} not found")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".json"):
-        raise VocabularyError(f"vocabulary file {str(path)!r} must end in .txt or .json")
+        raise VocabularyError(f"vocabulary file {shown} must end in .txt or .json")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first name
     except UnicodeDecodeError:
-        raise VocabularyError(f"vocabulary file {str(path)!r} is not UTF-8 text") from None
+        raise VocabularyError(f"vocabulary file {shown} is not UTF-8 text") from None
+    except OSError as exc:
+        raise VocabularyError(f"vocabulary file {shown} cannot be read ({exc.strerror or exc})") from None
     reader = _from_json if suffix == ".json" else _from_txt
     return reader(text, repr(str(path)))

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from escnet.fileio import atomic_write
+from escnet.errors import EscnetError
+from escnet.fileio import atomic_write, remove_tmp
 
 PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
 _TMP_PREFIX = ".checkpoint_"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EscnetError, RuntimeError):
     """A checkpoint that cannot be found or used; the message names the file."""
 
 
@@ -51,7 +52,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> int:
     d = Path(directory)
     stale = [p for p in d.iterdir() if p.name.startswith(_TMP_PREFIX)] if d.is_dir() else []
     for p in stale:
-        p.unlink(missing_ok=True)
+        remove_tmp(p)
     return len(stale)
 
 
@@ -112,8 +113,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised naming the file
         raise CheckpointError(f"checkpoint {p} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {p} holds a {type(state).__name__}, not a training checkpoint")
     missing = [k for k in ("step", "model", "optimizer", "scheduler", "rng", "config") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {p} lacks {', '.join(missing)}")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {p}: step must be an integer >= 0, got {step!r:.40}")
+    bad = [k for k in ("model", "optimizer", "scheduler", "rng", "config") if not isinstance(state[k], dict)]
+    if bad:
+        raise CheckpointError(f"checkpoint {p}: {', '.join(bad)} must be tables, got "
+                              f"{', '.join(type(state[k]).__name__ for k in bad)}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        raise CheckpointError(f"checkpoint {p}: model must map parameter names to tensors")
     state["path"] = str(p)
     return state

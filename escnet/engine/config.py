@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from escnet.errors import EscnetError
+
 CHOICES = {
     "arch": ("escnet", "catseg"),
     "preset": ("vitb16", "vitl14", "tiny"),
@@ -28,7 +30,7 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(EscnetError, ValueError):
     """A configuration that cannot run; the message names the key and where it was set."""
 
 

@@ -30,6 +30,7 @@ from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_cus
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
 from escnet.engine.threads import THREADS_HELP, set_threads
 from escnet.progress import progress as progress_of
+from escnet.errors import EscnetError, one_line
 from escnet.weights.common import WeightsError
 
 # results.json says which large-vocabulary mode ran and what it reproduces
@@ -50,7 +51,7 @@ MATRIX_LAYOUT = (
 )
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(EscnetError, RuntimeError):
     """A prediction that cannot be scored (wrong shape or class range); names the image."""
 
 
@@ -209,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"numbers for this many classes use --class-mode top256", file=sys.stderr)
         results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
     except (DatasetError, EvaluationError, FileNotFoundError, WeightsError) as exc:
-        print(f"escnet evaluate: error: {exc}", file=sys.stderr)
+        print(f"escnet evaluate: error: {one_line(exc)}", file=sys.stderr)
         return 1
     finally:
         if initialized:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -50,6 +51,8 @@ from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
 from escnet.engine.protocol import PROTOCOL_STEPS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
+from escnet.errors import sanitize
+from escnet.fileio import atomic_write_all
 
 CLASS_MODES = ("exact", "top256")
 TOP_K = 256
@@ -59,11 +62,15 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 # the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
+# the smallest max_side: below the model's token grid a working image carries no detail (1 x 1 was accepted)
+MIN_MAX_SIDE = 16
 
 def model_description(path: Union[str, os.PathLike]) -> Optional[str]:
     """The text of a checkpoint folder's NOTICE.txt (what the model is for), else None."""
     notice = Path(path) / "NOTICE.txt"
-    return " ".join(notice.read_text(encoding="utf-8").split()) if notice.is_file() else None
+    if not notice.is_file():
+        return None
+    return " ".join(sanitize(notice.read_text(encoding="utf-8", errors="replace")[:4000]).split())
 
 
 def model_notice(segmenter: "Segmenter") -> Optional[str]:
@@ -175,18 +182,11 @@ class SegmentationResult:
             directory / f"{name}_labels.png": self.label_image(),
             directory / f"{name}.json": json.dumps(self.to_dict(), indent=2) + "\n",
         }
-        temporary = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in payloads}
-        try:
-            for path, payload in payloads.items():
-                if isinstance(payload, str):
-                    temporary[path].write_text(payload, encoding="utf-8")
-                else:
-                    payload.save(temporary[path], format="PNG")
-            for path in payloads:
-                os.replace(temporary[path], path)
-        finally:
-            for tmp in temporary.values():
-                tmp.unlink(missing_ok=True)
+        atomic_write_all({
+            path: (lambda tmp, text=payload: tmp.write_text(text, encoding="utf-8")) if isinstance(payload, str)
+            else (lambda tmp, image=payload: image.save(tmp, format="PNG"))
+            for path, payload in payloads.items()
+        })
         return {kind: path for kind, path in zip(("overlay", "labels", "json"), payloads)}
 
 
@@ -230,6 +230,11 @@ class Segmenter:
         _check_choice("protocol", protocol, PROTOCOLS)
         _check_choice("resize", resize, RESIZE_MODES)
         _check_choice("class_mode", class_mode, CLASS_MODES)
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < MIN_MAX_SIDE:
+            raise ValueError(f"max_side must be an integer >= {MIN_MAX_SIDE}, got {max_side!r}")
+        if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
+                                                 and math.isfinite(memory_budget_mb) and memory_budget_mb > 0):
+            raise ValueError(f"memory_budget_mb must be a finite number > 0 (or None), got {memory_budget_mb!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.half = half

@@ -24,8 +24,10 @@ import math
 import numpy as np
 import torch
 
+from escnet.errors import EscnetError
 
-class LabelRangeError(ValueError):
+
+class LabelRangeError(EscnetError, ValueError):
     """A label or prediction value outside [0, T) that is not the ignore label."""
 
 
@@ -52,8 +54,13 @@ class ConfusionMatrix:
             gt: (H, W) integer ground truth in [0, T) or ``ignore_label``.
             source: what to name in an error message (e.g. the label file).
         """
-        pred_t = torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred).to(torch.int64)
-        gt_t = torch.as_tensor(np.asarray(gt) if not torch.is_tensor(gt) else gt).to(torch.int64)
+        pred_t = torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred)
+        gt_t = torch.as_tensor(np.asarray(gt) if not torch.is_tensor(gt) else gt)
+        for what, values in (("predictions", pred_t), ("labels", gt_t)):
+            # a float or bool map is a mistake (probabilities, a mask): truncating 0.5 to 0 would hide it
+            if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
+                raise LabelRangeError(f"{source}: {what} must be integer class ids, got dtype {values.dtype}")
+        pred_t, gt_t = pred_t.to(torch.int64), gt_t.to(torch.int64)
         if pred_t.shape != gt_t.shape:
             raise ValueError(
                 f"{source}: prediction shape {tuple(pred_t.shape)} differs from label shape {tuple(gt_t.shape)}"

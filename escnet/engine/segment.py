@@ -18,6 +18,7 @@ pc459, voc20, voc20b).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -25,12 +26,33 @@ from PIL import Image
 from escnet.data.images import MAX_SIDE, load_image
 from escnet.data.vocab import VocabularyError, parse_vocabulary
 from escnet.engine.inference import (
-    CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice, resolve_device,
+    CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice, resolve_device,
 )
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
 from escnet.engine.threads import THREADS_HELP, set_threads
+from escnet.errors import one_line
 from escnet.progress import note, progress
 from escnet.weights.common import WeightsError
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _max_side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < MIN_MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_MAX_SIDE} pixels, got {value}")
+    return value
 
 
 def add_command(subparsers) -> None:
@@ -54,9 +76,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--half", action="store_true",
                         help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
-    parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
+    parser.add_argument("--memory-budget", type=_positive_float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
                         help="per-class activation memory for exact mode; sets the class chunk (default %(default)s)")
-    parser.add_argument("--max-side", type=int, default=MAX_SIDE,
+    parser.add_argument("--max-side", type=_max_side, default=MAX_SIDE,
                         help="images with a longer side are processed at this size and their labels "
                              "upsampled back (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
@@ -92,13 +114,18 @@ def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
 
 
 def _unique_names(files: list[Path]) -> list[str]:
-    """Output base names: the file stem, with _2, _3, ... when two inputs share a stem."""
-    seen: dict[str, int] = {}
+    """Output base names, unique across all inputs (case-insensitively, for case-insensitive file
+    systems): the file stem, or the first free stem_2, stem_3, ... when it is taken, so d1/a.png,
+    d1/a_2.png and d2/a.png become a, a_2 and a_3."""
+    used: set[str] = set()
     names = []
     for path in files:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        names.append(path.stem if count == 1 else f"{path.stem}_{count}")
+        name, count = path.stem, 1
+        while name.casefold() in used:
+            count += 1
+            name = f"{path.stem}_{count}"
+        used.add(name.casefold())
+        names.append(name)
     return names
 
 
@@ -111,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         set_threads(args.threads)
     except (VocabularyError, ValueError) as exc:
-        print(f"escnet segment: error: {exc}", file=sys.stderr)
+        print(f"escnet segment: error: {one_line(exc)}", file=sys.stderr)
         return 2
     files, failures = _collect(args.inputs, args.out)
     for problem in failures:
@@ -125,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet segment: error: cannot use model: {exc}", file=sys.stderr)
+        print(f"escnet segment: error: cannot use model: {one_line(exc)}", file=sys.stderr)
         return 2
 
     notice = model_notice(segmenter)

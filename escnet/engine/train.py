@@ -59,6 +59,8 @@ from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_c
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
 from escnet.engine.config import ConfigError, TrainConfig, build_model_config, config_from_dict, load_config
 from escnet.weights.common import WeightsError
+from escnet.errors import EscnetError, one_line
+from escnet.fileio import atomic_write
 
 # Settings a resumed run may change; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_every", "save_every", "keep_last",
@@ -66,7 +68,7 @@ RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_ever
                      "data_root")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(EscnetError, RuntimeError):
     """The run cannot go on (non-finite loss, incompatible resume); the message says why and where."""
 
 
@@ -303,6 +305,15 @@ def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device:
     return out
 
 
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl line as a dict; None for a line torn by a kill mid-write (or otherwise unreadable)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON object per line) and, when installed, TensorBoard scalars."""
 
@@ -310,11 +321,9 @@ class MetricsLog:
         self.path = directory / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # a resumed run repeats the steps after its checkpoint: drop what the old run logged for them
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            kept = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if (record := _record(line)) is not None and record.get("step", 0) <= resume_step]
+            atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a", encoding="utf-8")
@@ -416,10 +425,14 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg)
     start = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CheckpointError(f"checkpoint {ckpt['path']} does not fit this run "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         start = ckpt["step"]
         del ckpt
     end = min(cfg.max_iters, cfg.stop_after) if cfg.stop_after else cfg.max_iters
@@ -522,7 +535,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         summary = train(cfg, resume=True if args.resume == "latest" else (args.resume or False))
     except (ConfigError, CheckpointError, TrainingError, DatasetError) as exc:
-        print(f"escnet train: error: {exc}", file=sys.stderr)
+        print(f"escnet train: error: {one_line(exc)}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))

@@ -15,6 +15,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 MIN_DISPLAY_SIDE = 384
 MAX_LEGEND_ROWS = 24
+MAX_LEGEND_CHARS = 40  # longer class names are ellipsised, so the legend's size is bounded
 _GOLDEN = 0.6180339887498949
 
 
@@ -92,6 +93,11 @@ def label_image(labels: np.ndarray, num_classes: int, names: list[str] | None = 
     raise ValueError(f"cannot store {num_classes} classes in a PNG label image (at most 65536)")
 
 
+def shorten(name: str, limit: int = MAX_LEGEND_CHARS) -> str:
+    """`name` cut to at most `limit` characters, ending in an ellipsis when it was cut."""
+    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -131,7 +137,7 @@ def _with_legend(picture: Image.Image, labels: np.ndarray, names: list[str]) -> 
 
     font = _font(14)
     row, pad, swatch = 20, 8, 14
-    lines = [(f"{names[i]}  {100 * fractions[i]:.1f}%", tuple(int(c) for c in colours[i])) for i in shown]
+    lines = [(f"{shorten(names[i])}  {100 * fractions[i]:.1f}%", tuple(int(c) for c in colours[i])) for i in shown]
     if hidden:
         lines.append((f"+ {len(hidden)} more ({100 * fractions[hidden].sum():.1f}%)", None))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from escnet.fileio import atomic_write
+from escnet.models.validation import ConfigValidationError, validate_config, validate_fields
 from escnet.weights.common import WeightsError, check_keys, check_shapes
 
 ARCHS = ("escnet", "catseg")
@@ -33,9 +34,17 @@ def _classes(arch: str):
 
 
 def make_config(arch: str, preset: str, **overrides):
-    """Config object of `arch` ('escnet' | 'catseg') at `preset` with field overrides."""
-    cfg_cls, _ = _classes(arch)
-    return cfg_cls.preset(preset, **overrides)
+    """Config object of `arch` ('escnet' | 'catseg') at `preset` with field overrides, validated
+    (types, ranges, size bound: escnet.models.validation) before anything is allocated."""
+    cfg_cls, model_cls = _classes(arch)
+    where = f"{arch} config ({preset})"
+    validate_fields(cfg_cls, overrides, where)
+    try:
+        cfg = cfg_cls.preset(preset, **overrides)
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise ConfigValidationError(f"{where}: {e}") from None
+    validate_config(cfg, where, model_cls)
+    return cfg
 
 
 def create_model(arch: str, preset: str = "vitb16", **overrides) -> nn.Module:
@@ -48,24 +57,21 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(cls, data: dict, where: str = "config"):
-    """Rebuild a (nested) config dataclass; unknown fields are an error naming them."""
+def config_from_dict(cls, data: dict, where: str = "config", model_cls=None):
+    """Rebuild a (nested) config dataclass from JSON values, validated before anything is allocated:
+    unknown fields, types, ranges, divisibility and (with `model_cls`) the parameter count are errors
+    naming the field (escnet.models.validation)."""
+    values = validate_fields(cls, data, where)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) for {cls.__name__}: {', '.join(unknown)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, hint = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            value = config_from_dict(hint, value, f"{where}.{f.name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+    for name, value in values.items():
+        if dataclasses.is_dataclass(hints[name]) and not dataclasses.is_dataclass(value):
+            values[name] = config_from_dict(hints[name], value, f"{where}: {name}")
+    try:
+        cfg = cls(**values)
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise ConfigValidationError(f"{where}: {e}") from None
+    validate_config(cfg, where, model_cls)
+    return cfg
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, card: dict | None = None) -> Path:
@@ -109,6 +115,9 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         return model.to(map_location)
     if p.is_file() and p.name == CONFIG_NAME:
         p = p.parent
+    elif p.is_file():
+        raise WeightsError(f"{path}: not a model; give a model folder (with {CONFIG_NAME} and {WEIGHTS_NAME}), "
+                           f"its {CONFIG_NAME}, or a CAT-Seg checkpoint (.pth / .pt / .pkl)")
     if not p.is_dir():
         raise FileNotFoundError(f"model not found: {path} (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
                                 f"or a CAT-Seg .pth checkpoint)")
@@ -116,14 +125,20 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         if not (p / name).is_file():
             raise FileNotFoundError(f"model folder {p} has no {name}")
     try:
-        data = json.loads((p / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p / CONFIG_NAME}: not valid JSON ({e})") from None
+        data = json.loads((p / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigValidationError(f"{p / CONFIG_NAME}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigValidationError(f"{p / CONFIG_NAME}: nested too deeply to be a model config") from None
+    if not isinstance(data, dict):
+        raise ConfigValidationError(f"{p / CONFIG_NAME}: expected a JSON object of config fields, got a {type(data).__name__}")
     arch = data.get("arch")
+    if arch not in ARCHS:
+        raise ConfigValidationError(f"{p / CONFIG_NAME}: arch must be one of {', '.join(ARCHS)}, got {arch!r:.60}")
     cfg_cls, model_cls = _classes(arch)
     if hasattr(cfg_cls, "upgrade"):
         data = cfg_cls.upgrade(data)
-    cfg = config_from_dict(cfg_cls, data, str(p / CONFIG_NAME))
+    cfg = config_from_dict(cfg_cls, data, str(p / CONFIG_NAME), model_cls)
     model = model_cls(cfg)
     from safetensors.torch import load_file
 

@@ -3,6 +3,12 @@
 The merge list is ``escnet/assets/bpe_simple_vocab_16e6.txt.gz`` (OpenAI, MIT licence; see assets/NOTICE.md).
 Vocabulary layout (49408 ids): 256 byte symbols, the same 256 with the end-of-word mark ``</w>``, one id per
 merge in rank order, then <|startoftext|> (49406) and <|endoftext|> (49407).
+
+Cost is bounded whatever the text (a class name is user input): only the first ``MAX_TEXT_CHARS``
+characters are cleaned, a pre-token (letter run, symbol run) longer than ``MAX_PIECE_BYTES`` bytes is
+BPE-encoded in pieces of that length (BPE is quadratic in a word's length; CLIP's longest symbol is 32
+bytes and no real word comes close), and encoding stops once the context is full. Texts that fit in the
+context are encoded exactly as OpenAI's tokenizer does.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ __all__ = ["Tokenizer", "tokenize", "bytes_to_unicode", "SOT", "EOT"]
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 # OpenAI trains with 49152 symbols: 256 byte symbols, the first (49152 - 256 - 2) merges and two specials
 _NUM_MERGES = 49152 - 256 - 2
+MAX_TEXT_CHARS = 16384  # of a text, cleaned and tokenized; 77 tokens never need more (even with spaces between)
+MAX_PIECE_BYTES = 64  # longer pre-tokens are split before BPE (2 x CLIP's longest symbol)
 # contractions, letter runs, single digits, and runs of other non-space symbols; specials kept whole
 _PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
@@ -98,12 +106,18 @@ class Tokenizer:
             parts = merged
         return tuple(parts)
 
-    def encode(self, text: str) -> list[int]:
-        """One text -> its token ids, without start / end tokens."""
-        ids = []
-        for piece in _PATTERN.findall(_clean(text)):
-            mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[symbol] for symbol in self._bpe(mapped))
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """One text -> its token ids, without start / end tokens; at most `max_tokens` of them (None: all).
+
+        Bounded cost: see the module docstring (MAX_TEXT_CHARS, MAX_PIECE_BYTES)."""
+        ids: list[int] = []
+        for match in _PATTERN.finditer(_clean(text[:MAX_TEXT_CHARS])):
+            raw = match.group().encode("utf-8")
+            mapped = "".join(self.byte_encoder[b] for b in raw)
+            for start in range(0, len(mapped), MAX_PIECE_BYTES):
+                ids.extend(self.encoder[symbol] for symbol in self._bpe(mapped[start:start + MAX_PIECE_BYTES]))
+                if max_tokens is not None and len(ids) >= max_tokens:
+                    return ids[:max_tokens]
         return ids
 
     def decode(self, ids: list[int]) -> str:
@@ -132,7 +146,7 @@ class Tokenizer:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
         out = torch.zeros(len(texts), context_length, dtype=torch.long)
         for row, text in enumerate(texts):
-            ids = [self.sot_id, *self.encode(text)][: context_length - 1] + [self.eot_id]
+            ids = [self.sot_id, *self.encode(text, context_length - 2), self.eot_id]
             out[row, : len(ids)] = torch.tensor(ids)
         return out
 

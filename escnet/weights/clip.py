@@ -2,9 +2,10 @@
 
 Formats (auto-detected by ``load_clip_weights``):
 
-- OpenAI's released ``ViT-B-16.pt`` / ``ViT-L-14-336px.pt``: TorchScript archives. They are read with
-  ``torch.jit.load`` (TorchScript's own loader, which restores TorchScript modules and tensors and does not
-  unpickle arbitrary Python objects) and only their ``state_dict()`` is used; no scripted code is run.
+- OpenAI's released ``ViT-B-16.pt`` / ``ViT-L-14-336px.pt``: TorchScript archives. They are NOT read with
+  ``torch.jit.load``, which would run the archive's compiled code (a module's ``__setstate__``) while loading:
+  ``escnet.weights.common.read_torchscript_state_dict`` rebuilds only the tensors, with the same names
+  ``torch.jit.load(...).state_dict()`` gives, and nothing in the file is run.
 - Plain state dicts with OpenAI names (``visual.transformer.resblocks.0.attn.in_proj_weight`` ...): OpenAI
   state dicts and open_clip checkpoints of OpenAI-style ViT models (open_clip keeps the same names; training
   checkpoints wrap them as {"state_dict": {"module." + name: ...}}, which is unwrapped). Read weights-only.
@@ -21,15 +22,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from escnet.models.clip import CLIP, CLIPConfig, default_skip_layers, resize_pos_embed
-from escnet.weights.common import WeightsError, check_keys, check_shapes, read_state_dict
+from escnet.weights.common import (WeightsError, check_keys, check_shapes, is_torchscript, read_state_dict,
+                                   read_torchscript_state_dict)
 
 __all__ = [
     "load_clip_weights",
@@ -252,29 +252,6 @@ def clip_state_to_openai(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The tensors of a TorchScript archive (OpenAI's released .pt), via ``torch.jit.load`` on the CPU.
-
-    TorchScript's loader restores only TorchScript modules and tensors (no arbitrary Python unpickling);
-    nothing in the archive is executed here, only ``state_dict()`` is read.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated")
-            module = torch.jit.load(os.fspath(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise WeightsError(f"{path}: could not be read as a TorchScript archive ({type(e).__name__}: {e})") from None
-    return dict(module.state_dict())
-
-
 def detect_format(path: str | os.PathLike) -> str:
     """"hf-dir", "torchscript" or "state-dict" (a file whose names decide between OpenAI and HF)."""
     path = os.fspath(path)
@@ -282,7 +259,7 @@ def detect_format(path: str | os.PathLike) -> str:
         return "hf-dir"
     if not os.path.isfile(path):
         raise WeightsError(f"CLIP weights not found: {path}")
-    return "torchscript" if _is_torchscript(path) else "state-dict"
+    return "torchscript" if is_torchscript(path) else "state-dict"
 
 
 def _read_hf_dir(path: str) -> tuple[dict[str, Tensor], dict]:

@@ -1,13 +1,26 @@
-"""Helpers shared by the weight-format converters: safe reading and key checking."""
+"""Helpers shared by the weight-format converters: safe reading and key checking.
+
+Nothing in a weight file is ever run. Pickles are read with ``weights_only=True``; TorchScript archives
+(OpenAI's released CLIP ``.pt``) are read by ``read_torchscript_state_dict``, which never calls
+``torch.jit.load``: TorchScript would run the archive's compiled code (a module's ``__setstate__``) while
+loading it. Instead the archive's ``data.pkl`` is unpickled with an unpickler that rebuilds only tensors and
+stand-ins for module objects, and the parameter / buffer names are read as text from the class headers.
+"""
 from __future__ import annotations
 
+import collections
 import os
+import pickle
+import re
+import zipfile
 from collections.abc import Iterable, Mapping
 
 import torch
 
+from escnet.errors import EscnetError
 
-class WeightsError(ValueError):
+
+class WeightsError(EscnetError, ValueError):
     """A weight file could not be read or does not fit the model it is loaded into."""
 
 
@@ -42,10 +55,171 @@ def check_shapes(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.T
         raise WeightsError(f"{source}: shape mismatch for {len(bad)} tensor(s):\n  " + "\n  ".join(bad[:20]))
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a plain tensor dict from .safetensors or a pickle checkpoint, without executing code.
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+# the class header TorchScript writes into code/*.py: class Name(Module):\n  __parameters__ = [...]\n  __buffers__ = [...]
+_CLASS_HEADER = re.compile(r'^class (\w+)\(Module\):\n  __parameters__ = \[([^\]\n]*)\]\n  __buffers__ = \[([^\]\n]*)\]',
+                           re.MULTILINE)
 
-    Pickles are read with ``weights_only=True`` so an untrusted file cannot run code.
+
+class _ScriptObject:
+    """Inert stand-in for a TorchScript object in data.pkl: keeps its class name and pickled state, runs nothing."""
+
+    qualname = ""
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, requires_grad=False, hooks=None, *_) -> torch.Tensor:
+    return torch.as_strided(storage, tuple(size), tuple(stride), int(offset))
+
+
+def _same(value, *_):
+    return value
+
+
+def _as_list(value=()):
+    return list(value)
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Rebuilds tensors from the archive's storage records; every other global is refused or made inert."""
+
+    _ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch.jit._pickle", "restore_type_tag"): _same,
+        **{("torch.jit._pickle", f"build_{k}list"): _as_list for k in ("int", "double", "bool", "tensor", "generic")},
+    }
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, source: str):
+        super().__init__(file)
+        self.archive, self.prefix, self.source = archive, prefix, source
+        self.storages: dict[str, torch.Tensor] = {}
+        self.classes: dict[str, type] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[module, name]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualname = f"{module}.{name}"
+            if qualname not in self.classes:
+                self.classes[qualname] = type(name, (_ScriptObject,), {"qualname": qualname})
+            return self.classes[qualname]
+        raise WeightsError(f"{self.source}: the TorchScript archive refers to {module}.{name}, which a weight file "
+                           f"does not need; refusing to load it")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise WeightsError(f"{self.source}: unsupported storage record {pid!r:.80}")
+        _, dtype, key, _location, numel = pid
+        if key not in self.storages:
+            try:
+                info = self.archive.getinfo(f"{self.prefix}data/{key}")
+            except KeyError:
+                raise WeightsError(f"{self.source}: storage {key!r} is missing from the archive") from None
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            # checked before reading: the record's declared size bounds what is decompressed
+            if not isinstance(numel, int) or info.file_size != numel * itemsize:
+                raise WeightsError(f"{self.source}: storage {key!r} has {info.file_size} bytes, "
+                                   f"expected {numel} x {itemsize}")
+            raw = bytearray(self.archive.read(info))
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def _class_headers(archive: zipfile.ZipFile, prefix: str) -> dict[str, tuple[list[str], list[str]]]:
+    """qualified class name -> (parameter names, buffer names), read as text from the archive's code/ files."""
+    out = {}
+    for name in archive.namelist():
+        if not (name.startswith(prefix + "code/") and name.endswith(".py")):
+            continue
+        module = name[len(prefix + "code/"):-len(".py")].replace("/", ".")
+        text = archive.read(name).decode("utf-8", errors="replace")
+        for cls, params, buffers in _CLASS_HEADER.findall(text):
+            out[f"{module}.{cls}"] = (re.findall(r'"([^"]*)"', params), re.findall(r'"([^"]*)"', buffers))
+    return out
+
+
+def _collect(obj: _ScriptObject, prefix: str, headers: dict, out: dict, source: str, depth: int = 0) -> None:
+    """What ``torch.jit.load(...).state_dict()`` returns: parameters, then buffers, then each submodule's."""
+    if depth > 100:
+        raise WeightsError(f"{source}: modules nested more than 100 deep")
+    state = getattr(obj, "state", None)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{source}: {obj.qualname} is not a plain TorchScript module (it has its own __setstate__); its weights cannot be read without running its code")
+    params, buffers = headers[obj.qualname]
+    for name in params + buffers:
+        value = state.get(name)
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif value is not None:
+            raise WeightsError(f"{source}: {prefix + name} is a {type(value).__name__}, expected a tensor")
+    for name, value in state.items():
+        # a scripted class that is not a Module (no class header) holds no parameters
+        if isinstance(value, _ScriptObject) and value.qualname in headers:
+            _collect(value, f"{prefix}{name}.", headers, out, source, depth + 1)
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """A zip archive with TorchScript's constants.pkl and code/ folder (not torch.save's format)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of a TorchScript archive (OpenAI's released CLIP .pt), without running it.
+
+    Returns the names and tensors ``torch.jit.load(path).state_dict()`` would, but never calls ``torch.jit.load``
+    and never imports or calls anything named in the file: data.pkl is read by an unpickler that only rebuilds
+    tensors from the archive's ``data/<key>`` records and turns module objects into inert stand-ins. A module
+    with its own ``__setstate__`` (whose state only its code can interpret) is refused.
+    """
+    path = os.fspath(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise WeightsError(f"{path}: not a readable TorchScript archive ({e})") from None
+    with archive:
+        pkls = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise WeightsError(f"{path}: expected one <name>/data.pkl in the TorchScript archive, found {len(pkls)}")
+        prefix = pkls[0][: -len("data.pkl")]
+        byteorder = archive.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in archive.namelist() else "little"
+        if byteorder != "little":
+            raise WeightsError(f"{path}: {byteorder}-endian archives are not supported")
+        headers = _class_headers(archive, prefix)
+        try:
+            with archive.open(pkls[0]) as f:
+                root = _TorchScriptUnpickler(f, archive, prefix, path).load()
+        except WeightsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any malformed pickle: re-raised naming the file
+            raise WeightsError(f"{path}: data.pkl could not be read ({type(e).__name__}: {e})") from None
+    if not isinstance(root, _ScriptObject):
+        raise WeightsError(f"{path}: the archive does not hold a TorchScript module")
+    out: dict[str, torch.Tensor] = {}
+    _collect(root, "", headers, out, path)
+    return out
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a plain tensor dict from .safetensors, a pickle checkpoint or a TorchScript archive, without executing code.
+
+    Pickles are read with ``weights_only=True`` so an untrusted file cannot run code; TorchScript archives
+    with ``read_torchscript_state_dict``.
     A checkpoint of the form {"model": sd} or {"state_dict": sd} is unwrapped.
     """
     path = os.fspath(path)
@@ -58,6 +232,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(path)
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    if is_torchscript(path):
+        return read_torchscript_state_dict(path)
     try:
         try:  # memory-map zip-format checkpoints: a 2.5 GB SAM file is not read whole for its decoder
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

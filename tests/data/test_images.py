@@ -163,3 +163,57 @@ def test_resize_rgb_and_nearest_labels():
     labels = np.array([[0, 1], [2, 3]])
     expected = np.repeat(np.repeat(labels, 3, axis=0), 2, axis=1)
     np.testing.assert_array_equal(resize_labels(labels, (6, 4)), expected)
+
+
+ALL_MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "LA", "La", "PA", "RGBX", "RGBa",
+             "I;16", "I;16L", "I;16B", "I;16N"]
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_every_pil_mode_reads_or_gives_an_image_error(mode):
+    from escnet.data.images import ImageError, load_image
+
+    image = Image.new(mode, (5, 4))
+    out = load_image(image)
+    assert out.dtype == np.uint8 and out.shape == (4, 5, 3)
+    with pytest.raises(ImageError, match="empty"):
+        load_image(Image.new(mode, (0, 0)))
+
+
+def test_premultiplied_grey_alpha_goes_over_white():
+    from escnet.data.images import load_image
+
+    la = Image.merge("La", [Image.new("L", (2, 1), 40), Image.new("L", (2, 1), 128)])
+    assert load_image(la)[0, 0].tolist() == [40 + 255 - 128] * 3
+
+
+def test_closed_image_and_mutated_files_give_image_errors(tmp_path):
+    import io
+    import random
+
+    from escnet.data.images import ImageError, load_image
+
+    closed = Image.new("RGB", (4, 4))
+    closed.close()
+    with pytest.raises(ImageError, match="closed"):
+        load_image(closed)
+    rng = random.Random(0)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "DDS", "TGA", "ICO", "PPM"):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format=fmt)
+        data = buf.getvalue()
+        variants = [data[:len(data) // 2], data[:20], data[:-3]]
+        for _ in range(20):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            variants.append(bytes(mutated))
+        for i, variant in enumerate(variants):
+            path = tmp_path / f"{fmt}_{i}.{fmt.lower()}"
+            path.write_bytes(variant)
+            try:
+                out = load_image(path)
+            except ImageError as exc:
+                assert str(path) in str(exc)
+            else:
+                assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3

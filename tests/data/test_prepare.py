@@ -28,8 +28,9 @@ def test_start_output_removes_stale_temporaries_and_honours_the_marker(tmp_path)
     (out / ".a.png.escnet-tmp-123").write_bytes(b"garbage")
     (out / "a.png").write_bytes(b"kept")
     assert P.start_output(out, force=False) is True
-    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in out.iterdir()) == [P.PREPARING, "a.png"]  # in progress until marked
     P.mark_prepared(out, {"dataset": "x"})
+    assert not (out / P.PREPARING).exists()
     assert P.start_output(out, force=False) is False
     assert P.start_output(out, force=True) is True and not (out / P.MARKER).exists()
 
@@ -86,3 +87,68 @@ def test_all_goes_on_past_missing_downloads(tmp_path, capsys):
     assert out.err.count("error:") == len(P.DOWNLOADS) - 1
     assert "synthetic" not in out.out + out.err
     assert (tmp_path / "ADEChallengeData2016" / "annotations_detectron2" / "validation" / "ADE_val_1.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# crash safety: an interrupted prepare is never trusted, its workers stop with it
+
+_PREPARE = """
+import sys
+from pathlib import Path
+from escnet.data.synthetic import prepare_synthetic
+prepare_synthetic(Path(sys.argv[1]), workers=2, num_train=int(sys.argv[2]), num_val=4, size=48)
+"""
+
+
+def _pngs(folder):
+    return sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+
+
+def test_killed_prepare_is_refused_then_finished(tmp_path, capsys):
+    from importlib import resources
+
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from escnet.data.datasets import DatasetError
+    from escnet.data.synthetic import prepare_synthetic, scene
+    from escnet.data.train_dataset import resolve_dataset
+
+    root, n = tmp_path / "datasets", 3000
+    images = root / "synthetic" / "images" / "train"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _PREPARE, str(root), str(n)], env=env)
+    deadline = time.monotonic() + 120
+    while len(_pngs(images)) < 40 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(_pngs(images))
+    assert 40 <= written < n, "the run ended before it could be interrupted"
+    time.sleep(2.5)  # workers get SIGTERM from the kernel when their parent dies: at most the scene in hand
+    settled = len(_pngs(images))
+    assert settled <= written + 2, f"worker processes kept writing after their parent was killed ({written} -> {settled})"
+
+    with pytest.raises(DatasetError, match=r"synthetic is incompletely prepared"):
+        resolve_dataset("synthetic", root, "train")
+    model = str(resources.files("escnet") / "assets" / "models" / "escnet-synthetic-tiny")
+    assert main(["evaluate", "--model", model, "--dataset", "synthetic", "--split", "train", "--root", str(root),
+                 "--device", "cpu", "--output", str(tmp_path / "eval")]) != 0
+    assert "incompletely prepared" in capsys.readouterr().err
+    from escnet.engine.config import ConfigError, load_config
+    from escnet.engine.train import check_config
+
+    with pytest.raises(ConfigError, match="incompletely prepared"):
+        check_config(load_config(None, ["dataset=synthetic", f"data_root={root}", "eval_dataset=",
+                                        f"output_dir={tmp_path / 'run'}"]))
+
+    prepare_synthetic(root, workers=1, num_train=n, num_val=4, size=48)
+    split = resolve_dataset("synthetic", root, "train")
+    assert len(split.dataset.items) == n
+    assert not list((root / "synthetic").rglob("*escnet-tmp*"))
+    for i in (0, settled - 1, n - 1):  # complete files, before, at and after the interruption
+        image, label = scene("train", i, 48)
+        assert np.array_equal(np.asarray(Image.open(images / f"{i:06d}.png")), image)

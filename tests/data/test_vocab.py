@@ -127,3 +127,24 @@ def test_wrong_types():
         parse_vocabulary(3)
     with pytest.raises(VocabularyError, match="class 2 of the class list must be a string or a list of strings"):
         parse_vocabulary(["cat", 5])
+
+
+def test_inner_whitespace_is_collapsed_and_duplicates_after_it_are_an_error():
+    assert parse_vocabulary(["dark \t red", " sky  blue "]) == ["dark red", "sky blue"]
+    with pytest.raises(VocabularyError, match="duplicate class name 'dark red'"):
+        parse_vocabulary("dark red, dark  red")
+
+
+@pytest.mark.parametrize("suffix, text", [(".txt", "cat\ndog\n"), (".json", '["cat", "dog"]')])
+def test_utf8_bom_is_not_part_of_the_first_name(tmp_path: Path, suffix, text):
+    path = tmp_path / f"classes{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert parse_vocabulary(str(path)) == ["cat", "dog"]
+    assert parse_vocabulary("\ufeffcat, dog") == ["cat", "dog"]
+
+
+def test_a_class_string_that_looks_like_an_unopenable_file_is_a_vocabulary_error():
+    with pytest.raises(VocabularyError, match="cannot be opened"):
+        parse_vocabulary("x" * 5000 + "; cat.txt")  # found by tools/fuzz.py: OSError "File name too long"
+    with pytest.raises(VocabularyError, match="not found"):
+        parse_vocabulary("a\x00b.txt")

@@ -283,3 +283,16 @@ def test_class_scores_come_without_full_probabilities():
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         Segmenter(ColourModel(), device="cpu").segment([_halves()], "red", batch_size=0)
+def test_model_notice_is_printed_without_terminal_escapes(tmp_path):
+    import shutil
+    import warnings
+    from importlib import resources
+
+    folder = tmp_path / "model"
+    shutil.copytree(str(resources.files("escnet") / "assets" / "models" / "escnet-synthetic-tiny"), folder)
+    (folder / "NOTICE.txt").write_text("demo model\x1b[2J\x1b]0;pwned\x07 only\x1b[31m red\x07\x00")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a description, not a warning
+        text = Segmenter.from_pretrained(folder, device="cpu").description
+    assert "demo model only red" in text
+    assert not any(c in text for c in "\x1b\x07\x00")

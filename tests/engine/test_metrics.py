@@ -128,3 +128,15 @@ def test_all_reduce_is_a_no_op_without_a_process_group():
     before = cm.numpy()
     cm.all_reduce()
     np.testing.assert_array_equal(cm.numpy(), before)
+
+
+def test_non_integer_predictions_are_refused():
+    cm = ConfusionMatrix(3, ignore_label=255)
+    gt = np.array([[0, 1]])
+    with pytest.raises(LabelRangeError, match="integer class ids.*float"):
+        cm.update(np.array([[0.5, 1.0]]), gt, source="p.png")
+    with pytest.raises(LabelRangeError, match="bool"):
+        cm.update(np.array([[True, False]]), gt)
+    assert int(cm.matrix.sum()) == 0
+    cm.update(np.array([[0, 1]], np.uint8), gt)
+    assert int(cm.matrix.sum()) == 2

@@ -202,3 +202,35 @@ def test_bundled_model_prints_one_plain_notice(tmp_path, capfd):
     assert "Warning" not in err and "warnings.warn" not in err
     info = json.loads((tmp_path / "synthetic_scene.json").read_text())["info"]
     assert "knows nothing about real photos" in info["model_description"]
+def test_output_names_are_unique_across_inputs(model_dir, tmp_path, capsys):
+    from escnet.engine.segment import _unique_names
+
+    colours = {"d1/a.png": (255, 0, 0), "d1/a_2.png": (0, 255, 0), "d2/a.png": (0, 0, 255)}
+    for rel, colour in colours.items():
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (24, 16), colour).save(tmp_path / rel)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "d1"), str(tmp_path / "d2"), "--classes", CLASSES, "--model",
+                 str(model_dir), "--out", str(out), "--device", "cpu", "--protocol", "single"]) == 0
+    assert "segmented 3 of 3" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "a_2.json", "a_3.json"]
+    assert _unique_names([Path("x/A.png"), Path("y/a.png"), Path("z/a_2.png")]) == ["A", "a_2", "a_2_2"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-side", "0", "must be at least"), ("--max-side", "-1", "must be at least"), ("--max-side", "x", "integer"),
+    ("--memory-budget", "nan", "finite number > 0"), ("--memory-budget", "inf", "finite number > 0"),
+    ("--memory-budget", "0", "finite number > 0"), ("--memory-budget", "-5", "finite number > 0"),
+])
+def test_size_and_memory_values_are_checked(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "x.png", "--classes", "cat", "--out", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_segmenter_checks_the_same_values():
+    from escnet.engine.inference import Segmenter
+
+    for kwargs in ({"max_side": 0}, {"max_side": 2.5}, {"memory_budget_mb": float("nan")}, {"memory_budget_mb": -1}):
+        with pytest.raises(ValueError):
+            Segmenter(torch.nn.Linear(1, 1), device="cpu", **kwargs)

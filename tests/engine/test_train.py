@@ -278,3 +278,36 @@ def test_short_run_learns_the_synthetic_benchmark(data_root, tmp_path):
     assert seen > max(5 * chance, 20.0), (seen, chance)
     card = (Path(summary["model_dir"]) / "README.md").read_text()  # the model card: data, metrics, config
     assert "- training data: synthetic" in card and "| seen_mIoU |" in card and '"arch": "escnet"' in card
+
+
+def test_resume_tolerates_a_torn_last_metrics_line(tmp_path):
+    log_path = tmp_path / "metrics.jsonl"
+    log_path.write_text('{"step": 0}\n{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    log = train_mod.MetricsLog(tmp_path, resume_step=2)
+    log.write({"step": 3, "loss": 1.0})
+    log.close()
+    assert [json.loads(line)["step"] for line in log_path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_crafted_checkpoints_end_in_one_line(data_root, tmp_path, capsys):
+    good = tmp_path / "good"
+    train(_cfg(data_root, good, "max_iters=2", "save_every=1", "clip_warmup_iters=0"))
+    state = torch.load(good / "checkpoint_00000002.pt", weights_only=True)
+    crafted = {
+        "list": [1, 2], "no_model": {k: v for k, v in state.items() if k != "model"}, "text": b"not a checkpoint",
+        "step_str": {**state, "step": "2"}, "model_list": {**state, "model": [1]},
+        "model_values": {**state, "model": {"clip.x": 1}}, "wrong_shapes": {**state, "model": {
+            k: torch.zeros(1) for k in state["model"]}}, "optimizer_junk": {**state, "optimizer": {"state": 1}},
+        "rng_junk": {**state, "rng": {"python": 1}}, "config_junk": {**state, "config": {"lr": "x"}},
+    }
+    for name, value in crafted.items():
+        path = tmp_path / f"{name}.pt"
+        if isinstance(value, bytes):
+            path.write_bytes(value)
+        else:
+            torch.save(value, path)
+        args = ["train", "--config", str(TINY_CONFIG), "--resume", str(path), *SMALL, "clip_warmup_iters=0",
+                f"data_root={data_root}", f"output_dir={good}", "max_iters=3"]
+        assert main(args) == 1, name
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "error" in err and "Traceback" not in err, (name, err)

@@ -81,3 +81,13 @@ def test_colour_names_are_drawn_in_their_colour():
     for name in vocabulary().all[1:]:  # every synthetic class: the hue its name says
         drawn, true = name_colour(name).astype(float), colour_of(name).astype(float)
         assert np.argmax(drawn) == np.argmax(true) or np.abs(drawn - true).max() < 80, name
+def test_legend_size_is_bounded_for_long_names():
+    from escnet.engine.visualize import MAX_LEGEND_CHARS, shorten
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    labels = np.zeros((64, 64), np.int64)
+    labels[:, 32:] = 1
+    short = overlay(image, labels, ["cat", "dog"])
+    long = overlay(image, labels, ["x" * 39_990, "dog"])
+    assert long.size[0] <= short.size[0] + 8 * MAX_LEGEND_CHARS and long.size[1] == short.size[1]
+    assert shorten("y" * 100) == "y" * (MAX_LEGEND_CHARS - 1) + "\u2026" and shorten("cat") == "cat"

@@ -119,3 +119,22 @@ def test_vocabulary_layout(tok):
     assert tok.vocab_size == 49408
     assert (tok.sot_id, tok.eot_id) == (49406, 49407)
     assert tok.decoder[256] == "!</w>" and tok.decoder[512] == "".join(tok.merges[0])
+
+
+def test_long_names_cost_bounded_time_and_fill_the_context():
+    import random
+    import time
+
+    from escnet.models.tokenizer import MAX_PIECE_BYTES, Tokenizer
+
+    tok = Tokenizer()
+    rng = random.Random(0)
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(40_000))
+    start = time.perf_counter()
+    out = tok([word, "a " * 50_000, "&amp;" * 20_000])
+    assert time.perf_counter() - start < 2.0  # was 99 s for the 40,000-letter name
+    assert out.shape == (3, 77) and bool((out[:, -1] == tok.eot_id).all())
+    # names that fit are tokenized as before: the cut never reaches them
+    short = "A photo of a " + word[:MAX_PIECE_BYTES] + " in the scene"
+    ids = tok.encode(short)
+    assert tok(short)[0, 1:len(ids) + 1].tolist() == ids and len(ids) < 75
