@@ -38,7 +38,8 @@ def make_config(arch: str, preset: str, **overrides):
     (types, ranges, size bound: escnet.models.validation) before anything is allocated."""
     cfg_cls, model_cls = _classes(arch)
     where = f"{arch} config ({preset})"
-    validate_fields(cfg_cls, overrides, where)
+    # `reading` (ESC-Net) names a set of field values (escnet.models.escnet.READINGS), not a field
+    validate_fields(cfg_cls, {k: v for k, v in overrides.items() if k != "reading"}, where)
     try:
         cfg = cfg_cls.preset(preset, **overrides)
     except (ValueError, TypeError, ZeroDivisionError) as e:
