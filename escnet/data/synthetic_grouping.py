@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from escnet.data.prepare import MARKER, atomic_write, mark_prepared, run_jobs, save_array, start_output, summarize
+from escnet.data.prepare import (MARKER, atomic_write, mark_prepared, remove_stale_tmp, run_jobs, save_array,
+                                 start_output, summarize)
 from escnet.data.synthetic import BACKGROUND, HUES, SHAPES, Vocabulary, _background, _pattern, shape_mask
 
 UNSEEN = ("red green", "orange blue", "yellow purple")
@@ -186,7 +187,7 @@ def prepare_synthetic_grouping(root: Path, workers: int = 1, force: bool = False
         previous = json.loads((folder / MARKER).read_text())
         if all(previous.get(k) == v for k, v in info.items()):
             return {"folder": str(folder), "status": "already prepared"}
-        (folder / MARKER).unlink()
+        start_output(folder, force=True)  # other sizes were asked for: prepare again
     vocab = vocabulary()
     for name, entries in (("classes.txt", vocab.all), ("train_classes.txt", vocab.seen),
                           ("unseen_classes.txt", vocab.unseen)):
@@ -195,8 +196,9 @@ def prepare_synthetic_grouping(root: Path, workers: int = 1, force: bool = False
     counts: dict[str, dict] = {}
     for split, n in (("train", num_train), ("val", num_val)):
         image_dir, label_dir = folder / "images" / split, folder / "annotations_detectron2" / split
-        for d in (image_dir, label_dir):
-            start_output(d, force)
+        for d in (image_dir, label_dir):  # the folder's own in-progress marker covers them
+            d.mkdir(parents=True, exist_ok=True)
+            remove_stale_tmp(d)
         jobs = [(split, i, image_dir, label_dir, size, force) for i in range(n)]
         counts[split] = summarize(run_jobs(_write_one, jobs, workers, f"synthetic-grouping {split}"))
     mark_prepared(folder, {**info, "classes": len(vocab.all), "seen": len(vocab.seen), "unseen": len(vocab.unseen)})
