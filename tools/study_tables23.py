@@ -1,7 +1,14 @@
-"""The paper's Tables 2 and 3 in miniature: paired-seed ESC-Net runs on the synthetic-grouping benchmark.
+"""The paper's Tables 2 and 3 in miniature: paired-seed ESC-Net runs on the synthetic-grouping benchmark;
+and the model-readings study (table "readings") on the synthetic colour benchmark.
 
     python tools/study_tables23.py --sam output/sam_tiny/sam_tiny.pth --seeds 0,1,2 --out output/study23
     python tools/study_tables23.py ... --dry-run        # list the commands (and the skipped readings)
+    python tools/study_tables23.py --tables readings --seeds 0,1,2 --out output/study_readings
+    python tools/study_tables23.py ... --summarise-only # the table from the runs finished so far
+
+The readings study trains `configs/escnet_tiny_synthetic.toml` with only the model reading changed
+(same seeds, so the same CLIP warm-up per seed) and compares each reading with today's earlier one
+(`legacy`).
 
 Each run is one `python -m escnet train --config configs/escnet_tiny_grouping.toml` with the
 reading's overrides plus ``seed=S`` and its own output_dir; its final evaluation (metrics.jsonl)
@@ -67,6 +74,17 @@ READINGS: dict[str, tuple[str, str, list[str]]] = {
     "seed_00": ("seeds", "every block <- SAM layer 0 (0, 0)", [f"init_sam={SAM}", "model.sam_seed_layers=0,0"]),
     "seed_11": ("seeds", "every block <- SAM layer 1 (1, 1)", [f"init_sam={SAM}", "model.sam_seed_layers=1,1"]),
 }
+# The model readings (escnet.models.escnet.READINGS), on the synthetic colour benchmark.
+READINGS.update({
+    "r_legacy": ("readings", "legacy (escnet < 0.2)", ["reading=legacy"]),
+    "r_paper": ("readings", "paper (default)", ["reading=paper"]),
+    "r_efficient": ("readings", "efficient (no class FFN)", ["reading=efficient"]),
+    "r_nosam_single": ("readings", "no SAM, one Swin per VLF", ["reading=paper", "model.use_sam=false"]),
+    "r_merge_full_pair": ("readings", "merge + full SAM + Swin pair", ["reading=legacy", "model.sam_guidance=merge"]),
+    "r_nosam_pair": ("readings", "no SAM, Swin pair", ["reading=legacy", "model.use_sam=false"]),
+})
+TABLE_CONFIG = {"readings": "configs/escnet_tiny_synthetic.toml"}  # other tables: --config
+
 # (A, B): report B - A
 COMPARISONS = [
     ("t2a_no_sam", "t2b_random"), ("t2a_no_sam", "t2c_pretrained"), ("t2b_random", "t2c_pretrained"),
@@ -74,9 +92,11 @@ COMPARISONS = [
     ("t3d_point_mask", "t3e_box_mask"), ("t3d_point_mask", "t3f_all"),
     ("lr_sam_low", "lr_sam_main"), ("lr_rule_attention", "lr_rule_all"),
     ("seed_01", "seed_00"), ("seed_01", "seed_11"),
+    ("r_legacy", "r_paper"), ("r_legacy", "r_efficient"), ("r_legacy", "r_nosam_single"),
+    ("r_legacy", "r_merge_full_pair"), ("r_legacy", "r_nosam_pair"), ("r_paper", "r_efficient"),
 ]
 TABLES = {"2": "Table 2: SAM blocks", "3": "Table 3: pseudo prompts", "lr": "SAM learning rate",
-          "seeds": "SAM layer seeding each ESC block"}
+          "seeds": "SAM layer seeding each ESC block", "readings": "ESC-Net readings (synthetic colour benchmark)"}
 
 # two-sided 95 % critical values of Student's t, by degrees of freedom
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -131,8 +151,9 @@ def final_eval(run_dir: Path, max_iters: int) -> dict | None:
 
 def command(reading: str, seed: int, args: argparse.Namespace) -> tuple[list[str], Path]:
     run_dir = Path(args.out) / reading / f"seed{seed}"
-    overrides = [o.replace(SAM, args.sam) for o in READINGS[reading][2]]
-    cmd = [sys.executable, "-m", "escnet", "train", "--config", args.config, *overrides, f"seed={seed}",
+    overrides = [o.replace(SAM, args.sam or "") for o in READINGS[reading][2]]
+    config = str(REPO / TABLE_CONFIG[READINGS[reading][0]]) if READINGS[reading][0] in TABLE_CONFIG else args.config
+    cmd = [sys.executable, "-m", "escnet", "train", "--config", config, *overrides, f"seed={seed}",
            f"output_dir={run_dir}", f"max_iters={args.max_iters}", f"threads={args.threads}", "num_workers=0",
            *args.extra]
     return cmd, run_dir
@@ -141,7 +162,8 @@ def command(reading: str, seed: int, args: argparse.Namespace) -> tuple[list[str
 def run_study(args: argparse.Namespace) -> dict:
     keys = available_keys()
     seeds = [int(s) for s in args.seeds.split(",")]
-    wanted = [r for r in READINGS if READINGS[r][0] in args.tables.split(",")]
+    wanted = [r for r in READINGS if READINGS[r][0] in args.tables.split(",")
+              and (not args.readings or r in args.readings.split(","))]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -164,6 +186,8 @@ def run_study(args: argparse.Namespace) -> dict:
                 done = final_eval(run_dir, args.max_iters) if same else None
                 if args.dry_run:
                     print(("[done] " if done else "") + line)
+                    continue
+                if done is None and args.summarise_only:
                     continue
                 if done is None:
                     if run_dir.exists():
@@ -188,8 +212,9 @@ def run_study(args: argparse.Namespace) -> dict:
         if a in results and b in results:
             entry = {"a": a, "b": b}
             for m in METRICS:
-                # a group absent from the evaluated images has no mIoU (None): such seeds are left out
-                pairs = [(results[a][s][m], results[b][s][m]) for s in seeds]
+                # a group absent from the evaluated images has no mIoU (None), and with
+                # --summarise-only a seed may not have finished: such seeds are left out
+                pairs = [(results[a][s][m], results[b][s][m]) for s in seeds if s in results[a] and s in results[b]]
                 pairs = [p for p in pairs if None not in p]
                 entry[m] = paired_summary(*map(list, zip(*pairs))) if len(pairs) >= 2 else None
             comparisons.append(entry)
@@ -231,20 +256,24 @@ def markdown(study: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sam", required=True, help="the pretrained tiny SAM (escnet pretrain-sam's sam_tiny.pth)")
+    p.add_argument("--sam", help="the pretrained tiny SAM (escnet pretrain-sam's sam_tiny.pth; not for 'readings')")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (>= 2 for intervals)")
     p.add_argument("--tables", default="2,3,lr,seeds", help=f"comma-separated subset of {', '.join(TABLES)}")
     p.add_argument("--out", default="output/study23")
     p.add_argument("--config", default=CONFIG)
     p.add_argument("--max-iters", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (runs are sequential)")
+    p.add_argument("--readings", default="", help="comma-separated subset of the readings (default: all of --tables)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--summarise-only", action="store_true", help="run nothing; tabulate the runs finished so far")
     p.add_argument("extra", nargs="*", help="more key=value overrides for every run (e.g. eval_limit=100)")
     args = p.parse_args(argv)
-    if not args.dry_run and not Path(args.sam).is_file():
+    needs_sam = set(args.tables.split(",")) - set(TABLE_CONFIG)
+    if needs_sam and not args.dry_run and not (args.sam and Path(args.sam).is_file()):
         p.error(f"--sam {args.sam}: file not found (run `escnet pretrain-sam --config configs/sam_tiny_synthetic.toml`)")
     # the runs start in the repository root: paths given from elsewhere are made absolute first
-    args.sam, args.out = str(Path(args.sam).resolve()), str(Path(args.out).resolve())
+    args.sam = str(Path(args.sam).resolve()) if args.sam else None
+    args.out = str(Path(args.out).resolve())
     args.config = str(Path(args.config).resolve() if Path(args.config).exists() else REPO / args.config)
     run_study(args)
     if not args.dry_run:
