@@ -241,14 +241,20 @@ def _write_one(job: tuple[str, int, Path, Path, int, bool]) -> str:
 def prepare_synthetic(root: Path, workers: int = 1, force: bool = False, num_train: int = NUM_TRAIN,
                       num_val: int = NUM_VAL, size: int = IMAGE_SIZE) -> dict:
     """Write the benchmark under root/synthetic (module docstring); returns a summary."""
-    folder = Path(root) / FOLDER
+    return write_generated(Path(root) / FOLDER, vocabulary(), _write_one, workers, force, num_train, num_val, size)
+
+
+def write_generated(folder: Path, vocab, write_one, workers: int, force: bool, num_train: int, num_val: int,
+                    size: int) -> dict:
+    """Write a generated benchmark (this one, or escnet.data.synthetic_grouping) into `folder`: class
+    files, then `write_one((split, index, image_dir, label_dir, size, force))` for every scene, under
+    prepare's in-progress / complete markers; returns a summary."""
     info = {"num_train": num_train, "num_val": num_val, "size": size}
     if not start_output(folder, force):
         previous = json.loads((folder / MARKER).read_text())
         if all(previous.get(k) == v for k, v in info.items()):
             return {"folder": str(folder), "status": "already prepared"}
         start_output(folder, force=True)  # other sizes were asked for: prepare again
-    vocab = vocabulary()
     for name, entries in (("classes.txt", vocab.all), ("train_classes.txt", vocab.seen),
                           ("unseen_classes.txt", vocab.unseen)):
         text = "\n".join(entries) + "\n"
@@ -256,11 +262,11 @@ def prepare_synthetic(root: Path, workers: int = 1, force: bool = False, num_tra
     counts: dict[str, dict] = {}
     for split, n in (("train", num_train), ("val", num_val)):
         image_dir, label_dir = folder / "images" / split, folder / "annotations_detectron2" / split
-        for d in (image_dir, label_dir):
+        for d in (image_dir, label_dir):  # the folder's own in-progress marker covers them
             d.mkdir(parents=True, exist_ok=True)
             remove_stale_tmp(d)
         jobs = [(split, i, image_dir, label_dir, size, force) for i in range(n)]
-        counts[split] = summarize(run_jobs(_write_one, jobs, workers, f"synthetic {split}"))
+        counts[split] = summarize(run_jobs(write_one, jobs, workers, f"{folder.name} {split}"))
     mark_prepared(folder, {**info, "classes": len(vocab.all), "seen": len(vocab.seen), "unseen": len(vocab.unseen)})
     return {"folder": str(folder), **{f"{k}_images": v for k, v in counts.items()}}
 

@@ -30,7 +30,6 @@ is a pure function of (split, index).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from itertools import combinations
@@ -38,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from escnet.data.prepare import (MARKER, atomic_write, mark_prepared, remove_stale_tmp, run_jobs, save_array,
-                                 start_output, summarize)
-from escnet.data.synthetic import BACKGROUND, HUES, SHAPES, Vocabulary, _background, _pattern, shape_mask
+from escnet.data.prepare import save_array
+from escnet.data.synthetic import (BACKGROUND, HUES, SHAPES, Vocabulary, _background, _pattern, shape_mask,
+                                   write_generated)
 
 UNSEEN = ("red green", "orange blue", "yellow purple")
 TEXTURES = ("gradient", "striped", "dotted", "checkered")
@@ -181,25 +180,4 @@ def _write_one(job: tuple[str, int, Path, Path, int, bool]) -> str:
 def prepare_synthetic_grouping(root: Path, workers: int = 1, force: bool = False, num_train: int = NUM_TRAIN,
                                num_val: int = NUM_VAL, size: int = IMAGE_SIZE) -> dict:
     """Write the benchmark under root/synthetic-grouping (module docstring); returns a summary."""
-    folder = Path(root) / FOLDER
-    info = {"num_train": num_train, "num_val": num_val, "size": size}
-    if not start_output(folder, force):
-        previous = json.loads((folder / MARKER).read_text())
-        if all(previous.get(k) == v for k, v in info.items()):
-            return {"folder": str(folder), "status": "already prepared"}
-        start_output(folder, force=True)  # other sizes were asked for: prepare again
-    vocab = vocabulary()
-    for name, entries in (("classes.txt", vocab.all), ("train_classes.txt", vocab.seen),
-                          ("unseen_classes.txt", vocab.unseen)):
-        text = "\n".join(entries) + "\n"
-        atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))
-    counts: dict[str, dict] = {}
-    for split, n in (("train", num_train), ("val", num_val)):
-        image_dir, label_dir = folder / "images" / split, folder / "annotations_detectron2" / split
-        for d in (image_dir, label_dir):  # the folder's own in-progress marker covers them
-            d.mkdir(parents=True, exist_ok=True)
-            remove_stale_tmp(d)
-        jobs = [(split, i, image_dir, label_dir, size, force) for i in range(n)]
-        counts[split] = summarize(run_jobs(_write_one, jobs, workers, f"synthetic-grouping {split}"))
-    mark_prepared(folder, {**info, "classes": len(vocab.all), "seen": len(vocab.seen), "unseen": len(vocab.unseen)})
-    return {"folder": str(folder), **{f"{k}_images": v for k, v in counts.items()}}
+    return write_generated(Path(root) / FOLDER, vocabulary(), _write_one, workers, force, num_train, num_val, size)
