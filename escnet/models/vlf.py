@@ -14,9 +14,30 @@ result of the unchunked pass.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from escnet.models.swin import LinearAttentionState, SwinBlockPair, linear_attention_query, linear_attention_state
+
+
+class _GeluLinear(torch.autograd.Function):
+    """linear(gelu(h), weight, bias) that keeps only h for the backward pass and recomputes gelu(h)
+    there (exact gradients). Autograd would keep both h and gelu(h): the class-attention feed-forward
+    runs at every pixel of every class, so this halves its share of training memory."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, weight = ctx.saved_tensors
+        g = F.gelu(h)
+        grad_h = torch.ops.aten.gelu_backward(grad @ weight, h)
+        grad_w = grad.reshape(-1, grad.shape[-1]).t() @ g.reshape(-1, g.shape[-1])
+        return grad_h, grad_w, grad.reshape(-1, grad.shape[-1]).sum(0)
 
 
 class TextClassAttention(nn.Module):
@@ -49,7 +70,13 @@ class TextClassAttention(nn.Module):
         shape = x.shape
         q = self.q(self.norm1(x)).view(*shape[:-1], self.heads, -1)  # (B, T', h, w, heads, d)
         x = x + self.proj(linear_attention_query(q.unsqueeze(-3), state, num_classes).reshape(shape))
-        return x if self.mlp is None else x + self.mlp(self.norm2(x))
+        if self.mlp is None:
+            return x
+        fc1, _, fc2 = self.mlp
+        h = fc1(self.norm2(x))
+        if torch.is_grad_enabled() and (h.requires_grad or fc2.weight.requires_grad):
+            return x + _GeluLinear.apply(h, fc2.weight, fc2.bias)
+        return x + self.mlp[2](self.mlp[1](h))
 
 
 class VLFBlock(nn.Module):

@@ -309,3 +309,26 @@ def test_paper_size_shapes(arch, preset):
 def test_bad_choice_fails_at_config_time():
     with pytest.raises(ValueError, match=r"ESCNetConfig.ppg_threshold = 'max'; choose one of relative, uniform"):
         ESCNetConfig.preset("tiny", ppg_threshold="max")
+
+
+def test_class_ffn_backward_that_recomputes_gelu_is_exact():
+    """The class-attention feed-forward keeps only its hidden pre-activation for the backward and
+    recomputes GELU there: outputs and gradients equal plain autograd through the same modules."""
+    from escnet.models.swin import linear_attention_query
+    from escnet.models.vlf import TextClassAttention
+
+    torch.manual_seed(0)
+    m = TextClassAttention(32, 16, heads=2).double()
+    x = torch.randn(2, 3, 4, 4, 32, dtype=torch.double, requires_grad=True)
+    text = torch.randn(3, 16, dtype=torch.double)
+    y = m(x, m.text_state(text), 3)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *m.parameters()], g)
+
+    state = m.text_state(text)
+    q = m.q(m.norm1(x)).view(*x.shape[:-1], m.heads, -1)
+    x2 = x + m.proj(linear_attention_query(q.unsqueeze(-3), state, 3).reshape(x.shape))
+    y2 = x2 + m.mlp(m.norm2(x2))  # nn.Sequential: autograd keeps GELU's input and output
+    grads2 = torch.autograd.grad(y2, [x, *m.parameters()], g)
+    assert torch.allclose(y, y2, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(grads, grads2))
