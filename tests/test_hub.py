@@ -164,8 +164,14 @@ def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     """`escnet convert --sam facebook/sam-vit-base` and init_sam = "sam-vitb" read an HF SamModel repository."""
     torch.manual_seed(3)
     donor = create_model("escnet", "tiny")
+    from escnet.models.sam import TwoWayTransformer
+
+    cfg = donor.cfg  # a whole SAM decoder: SAM's two-layer transformer (ESC-Net blocks hold one layer each)
+    full = TwoWayTransformer(cfg.sam_depth, cfg.sam_dim, cfg.sam_heads, cfg.sam_mlp_dim,
+                             attention_downsample_rate=cfg.sam_downsample)
     decoder = {k: v for k, v in donor.sam[0].state_dict().items()
-               if k.split(".")[0] in ("prompt_encoder", "transformer", "iou_token", "mask_tokens")}
+               if k.split(".")[0] in ("prompt_encoder", "iou_token", "mask_tokens")}
+    decoder.update({f"transformer.{k}": v for k, v in full.state_dict().items()})
     from safetensors.torch import save
 
     weights = save({k: v.clone() for k, v in to_hf_sam(decoder).items()})

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from escnet.errors import EscnetError
+
 from escnet.models.factory import PRESETS, build_escnet_init, count_parameters, load_pretrained, save_pretrained
 from escnet.registry import resolve_model_path, resolve_weights_path
 
@@ -24,8 +26,8 @@ def run(args) -> int:
         if not args.clip:
             raise SystemExit("escnet convert: give --catseg FILE, or --clip FILE (and --sam FILE) for an ESC-Net init")
         if not args.sam and not args.random_sam:
-            raise SystemExit("escnet convert: an ESC-Net init needs SAM's decoder pieces: give --sam FILE, or "
-                             "--random-sam to leave them randomly initialised (untrained)")
+            raise EscnetError("an ESC-Net init needs SAM's decoder pieces: give --sam FILE, or --random-sam to "
+                              "leave them randomly initialised (untrained)")
         sam = resolve_weights_path(args.sam, "sam") if args.sam else None
         model = build_escnet_init(args.preset, resolve_weights_path(args.clip, "clip"), sam)
     out = save_pretrained(model, args.out)

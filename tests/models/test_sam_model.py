@@ -73,8 +73,9 @@ def test_checkpoint_round_trips_through_the_sam_loader_into_escnet(tmp_path):
     model = build_model(cfg)
     for block in model.sam:
         block_sd = block.state_dict()
+        seed = block.transformer.seeds[0]  # the pretrained layer this block's (first) layer starts from
         assert torch.equal(block_sd["transformer.layers.0.self_attn.q_proj.weight"],
-                           saved["mask_decoder.transformer.layers.0.self_attn.q_proj.weight"])
+                           saved[f"mask_decoder.transformer.layers.{seed}.self_attn.q_proj.weight"])
         assert torch.equal(block_sd["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"],
                            saved["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
         assert torch.equal(block_sd["mask_tokens.weight"], saved["mask_decoder.mask_tokens.weight"])
