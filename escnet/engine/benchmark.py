@@ -16,6 +16,9 @@ Sections (pick with --what):
           innermost range.
   ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
   vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
+  text-cache  text features of ADE-847's 847 names at --text-cache-size (random weights): cold (key
+          hashed, names encoded, file written; an empty cache folder of its own) vs warm (a new
+          Segmenter, as a new process: key hashed, file read), and whether both are bitwise equal.
   train   training steps/s and peak memory of the real training step (text tower + model + CAT-Seg's
           loss + backward + AdamW with the recipe's parameter groups) for ESC-Net and CAT-Seg at
           --train-size with --train-classes names (default ViT-B/16, COCO-Stuff's 171), per-device
@@ -391,6 +394,31 @@ def bench_vocab(device: str, budget_mb: int) -> list[dict]:
     return rows
 
 
+def bench_text_cache(preset: str = "vitb16", vocabulary: str = "ade847", device: str = "cpu") -> dict:
+    """Cold vs warm Segmenter.text_features through the disk cache, in a temporary cache folder."""
+    import tempfile
+
+    from escnet.data.vocab import benchmark_vocabulary
+    from escnet.engine.inference import Segmenter
+    from escnet.models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("escnet", preset).eval()
+    names = benchmark_vocabulary(vocabulary)
+    with tempfile.TemporaryDirectory() as folder, mock.patch.dict(os.environ, {"ESCNET_CACHE": folder}):
+        seconds, feats = [], []
+        for _ in ("cold", "warm"):
+            segmenter = Segmenter(model, device=device, text_cache=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            feats.append(segmenter.text_features(names))
+            _sync(device)
+            seconds.append(time.perf_counter() - t0)
+        size = sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors"))
+    return {"size": preset, "vocabulary": vocabulary, "T": len(names), "cold_s": seconds[0], "warm_s": seconds[1],
+            "speedup": seconds[0] / seconds[1], "bitwise_equal": bool(torch.equal(*feats)), "file_bytes": size}
+
+
 def saved_for_backward_gib(arch: str, preset: str, t: int, batch: int = 1, checkpointing: bool = False,
                            reading: str = "paper") -> float:
     """GiB of the tensors autograd keeps for the backward pass of one training forward (the
@@ -715,6 +743,11 @@ def run(args) -> int:
         print(_fmt_profile(out["profile"]))
     if "vocab" in what:
         out["vocab"] = bench_vocab(device, args.memory_budget)
+    if "text-cache" in what:
+        r = out["text_cache"] = bench_text_cache(args.text_cache_size, device=device)
+        print(f"text features, {r['vocabulary']} ({r['T']} names) at {r['size']} on {device}: cold "
+              f"{r['cold_s']:.2f} s, warm {r['warm_s']:.3f} s ({r['speedup']:.0f}x; bitwise equal: "
+              f"{r['bitwise_equal']}; file {r['file_bytes'] / 2**20:.1f} MiB)", flush=True)
     if "train" in what:
         out["train"] = bench_train(args.train_size, args.train_classes, args.train_batch, args.train_steps,
                                    args.warmup, device, args.train_checkpointing)
@@ -728,7 +761,7 @@ def add_command(sub) -> None:
     p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency against the matmul "
                                          "ceiling, per-part profile, memory; PPG; vocabularies")
     p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"],
-                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "train"],
+                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "text-cache", "train"],
                    help="sections to run (train is opt-in: it is slow on a CPU)")
     p.add_argument("--sizes", nargs="+", default=["vitb16", "vitl14"], choices=["vitb16", "vitl14", "tiny"])
     p.add_argument("--classes", nargs="+", type=int, default=[20, 59, 150, 171])
@@ -760,6 +793,8 @@ def add_command(sub) -> None:
     p.add_argument("--latency-classes", nargs="*", type=int, default=None,
                    help="measure latency and peak memory only for these T (default: every --classes value; "
                         "none: FLOPs and parameters only)")
+    p.add_argument("--text-cache-size", default="vitb16", choices=["vitb16", "vitl14", "tiny"],
+                   help="model size of the text-cache section (default %(default)s)")
     p.add_argument("--memory-budget", type=int, default=1024, help="MiB for the exact large-vocabulary inference")
     p.add_argument("--json", help="also write all results to this JSON file")
     p.set_defaults(func=run)

@@ -211,3 +211,15 @@ def test_cuda_benchmark_reports_fps_and_both_peak_memories(tmp_path, restore_thr
     for r in res["profile"]:
         assert "error" not in r, r
         assert r["time"] == "device (kernels)" and sum(r["parts_ms"].values()) > 0
+
+
+def test_text_cache_benchmark_times_cold_and_warm(tmp_path, capsys, monkeypatch, restore_threads):
+    monkeypatch.setenv("ESCNET_CACHE", str(tmp_path / "user-cache"))
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--what", "text-cache", "--text-cache-size", "tiny", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["text_cache"]
+    assert r["T"] == 847 and r["bitwise_equal"] is True and r["cold_s"] > 0 and r["warm_s"] > 0
+    assert r["file_bytes"] > 847 * 4
+    assert not (tmp_path / "user-cache").exists()  # its own temporary cache folder
+    assert "ade847 (847 names) at tiny" in capsys.readouterr().out
