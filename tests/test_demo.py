@@ -91,7 +91,8 @@ def test_bundled_examples_load():
     if not rows:
         pytest.skip("no bundled example images in escnet/assets/examples yet")
     for image, vocabulary in rows:
-        assert Image.open(image).size[0] > 0
+        with Image.open(image) as example:
+            assert example.size[0] > 0
         assert parse_vocabulary(vocabulary)
 
 
@@ -175,7 +176,8 @@ def predict(server, image: Path, vocabulary: str, protocol: str = "single"):
 def check_answer(answer, image: Path, classes: list[str]):
     overlay, legend, files = answer
     height, width = np.asarray(Image.open(image)).shape[:2]
-    assert Image.open(overlay).size[0] >= width
+    with Image.open(overlay) as drawn:
+        assert drawn.size[0] >= width
     by_suffix = {Path(f).name.replace(image.stem, ""): f for f in files}
     assert set(by_suffix) == {"_labels.png", "_overlay.png", ".json"}
     record = json.loads(Path(by_suffix[".json"]).read_text())

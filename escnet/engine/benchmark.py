@@ -16,10 +16,16 @@ Sections (pick with --what):
           innermost range.
   ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
   vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
+  text-cache  text features of ADE-847's 847 names at --text-cache-size (random weights): cold (key
+          hashed, names encoded, file written; an empty cache folder of its own) vs warm (a new
+          Segmenter, as a new process: key hashed, file read), and whether both are bitwise equal.
   train   training steps/s and peak memory of the real training step (text tower + model + CAT-Seg's
           loss + backward + AdamW with the recipe's parameter groups) for ESC-Net and CAT-Seg at
           --train-size with --train-classes names (default ViT-B/16, COCO-Stuff's 171), per-device
           batch --train-batch (the recipe's 4 images over 4 GPUs = 1 per GPU).
+Without --what, a quick subset runs (QUICK: FLOPs at ViT-B/16 with T=150, and ppg; seconds) and
+the command says how to ask for the full matrix (FULL: ppg, models and vocab at both sizes and four
+vocabularies, over 40 minutes and about 11 GB of memory on a CPU).
 Results print as a Markdown table and can be saved as JSON (--json). --threads sets the intra-op
 threads once (torch.set_num_threads, and OMP_NUM_THREADS / MKL_NUM_THREADS for the subprocesses);
 the default is the number of physical cores, so hyper-threads never oversubscribe the cores.
@@ -42,6 +48,11 @@ from unittest import mock
 import torch
 
 VIEWS = {"single": 1, "sliding": 5}
+# what a bare `escnet benchmark` runs, and the matrix it used to start without warning
+QUICK = {"what": ["flops", "ppg"], "sizes": ["vitb16"], "classes": [150]}
+FULL = {"what": ["ppg", "models", "vocab"], "sizes": ["vitb16", "vitl14"], "classes": [20, 59, 150, 171]}
+FULL_COMMAND = (f"escnet benchmark --what {' '.join(FULL['what'])} --sizes {' '.join(FULL['sizes'])} "
+                f"--classes {' '.join(map(str, FULL['classes']))}")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -391,6 +402,31 @@ def bench_vocab(device: str, budget_mb: int) -> list[dict]:
     return rows
 
 
+def bench_text_cache(preset: str = "vitb16", vocabulary: str = "ade847", device: str = "cpu") -> dict:
+    """Cold vs warm Segmenter.text_features through the disk cache, in a temporary cache folder."""
+    import tempfile
+
+    from escnet.data.vocab import benchmark_vocabulary
+    from escnet.engine.inference import Segmenter
+    from escnet.models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("escnet", preset).eval()
+    names = benchmark_vocabulary(vocabulary)
+    with tempfile.TemporaryDirectory() as folder, mock.patch.dict(os.environ, {"ESCNET_CACHE": folder}):
+        seconds, feats = [], []
+        for _ in ("cold", "warm"):
+            segmenter = Segmenter(model, device=device, text_cache=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            feats.append(segmenter.text_features(names))
+            _sync(device)
+            seconds.append(time.perf_counter() - t0)
+        size = sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors"))
+    return {"size": preset, "vocabulary": vocabulary, "T": len(names), "cold_s": seconds[0], "warm_s": seconds[1],
+            "speedup": seconds[0] / seconds[1], "bitwise_equal": bool(torch.equal(*feats)), "file_bytes": size}
+
+
 def saved_for_backward_gib(arch: str, preset: str, t: int, batch: int = 1, checkpointing: bool = False,
                            reading: str = "paper") -> float:
     """GiB of the tensors autograd keeps for the backward pass of one training forward (the
@@ -679,6 +715,12 @@ def _fmt_models(rows: list[dict]) -> str:
 def run(args) -> int:
     from escnet.engine.inference import resolve_device
 
+    defaults = FULL if args.what else QUICK
+    if not args.what:
+        print(f"quick benchmark: FLOPs at {QUICK['sizes'][0]} T={QUICK['classes'][0]} and PPG (seconds). The full "
+              f"matrix takes over 40 minutes and about 11 GB of memory on a CPU; ask for it with:\n  {FULL_COMMAND}",
+              file=sys.stderr, flush=True)
+    sizes, classes = args.sizes or defaults["sizes"], args.classes or defaults["classes"]
     try:
         device = str(resolve_device(args.device))
         threads = set_threads(args.threads)
@@ -689,7 +731,7 @@ def run(args) -> int:
                  "compile": args.compile, "date": time.strftime("%Y-%m-%d")}
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(device)
-    what = set(args.what)
+    what = set(args.what or defaults["what"])
     if "roofline" in what:
         out["roofline"] = bench_roofline(device, tuple(DTYPES), args.matmul_size)
         for r in out["roofline"]:
@@ -703,18 +745,23 @@ def run(args) -> int:
               f"{p['foreground_pixels_max']}): batched {p['batched_ms']:.1f} ms, sklearn loop "
               f"{p['sklearn_loop_ms']:.1f} ms, speed-up {p['speedup']:.1f}x", flush=True)
     if "flops" in what:
-        out["flops"] = bench_flops(args.sizes, args.classes, args.protocols, args.readings)
+        out["flops"] = bench_flops(sizes, classes, args.protocols, args.readings)
         print(_fmt_flops(out["flops"]))
     if "models" in what:
         ceiling = next((r for r in out.get("roofline", []) if r["dtype"] == args.dtype and "error" not in r), None)
-        out["models"] = bench_models(args.sizes, args.classes, args.protocols, device, args.repeats,
+        out["models"] = bench_models(sizes, classes, args.protocols, device, args.repeats,
                                      args.latency_classes, args.warmup, args.dtype, args.compile, ceiling)
         print(_fmt_models(out["models"]))
     if "profile" in what:
-        out["profile"] = bench_profile(args.sizes, args.classes, args.protocols, device, args.dtype, args.warmup)
+        out["profile"] = bench_profile(sizes, classes, args.protocols, device, args.dtype, args.warmup)
         print(_fmt_profile(out["profile"]))
     if "vocab" in what:
         out["vocab"] = bench_vocab(device, args.memory_budget)
+    if "text-cache" in what:
+        r = out["text_cache"] = bench_text_cache(args.text_cache_size, device=device)
+        print(f"text features, {r['vocabulary']} ({r['T']} names) at {r['size']} on {device}: cold "
+              f"{r['cold_s']:.2f} s, warm {r['warm_s']:.3f} s ({r['speedup']:.0f}x; bitwise equal: "
+              f"{r['bitwise_equal']}; file {r['file_bytes'] / 2**20:.1f} MiB)", flush=True)
     if "train" in what:
         out["train"] = bench_train(args.train_size, args.train_classes, args.train_batch, args.train_steps,
                                    args.warmup, device, args.train_checkpointing)
@@ -727,11 +774,15 @@ def run(args) -> int:
 def add_command(sub) -> None:
     p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency against the matmul "
                                          "ceiling, per-part profile, memory; PPG; vocabularies")
-    p.add_argument("--what", nargs="+", default=["ppg", "models", "vocab"],
-                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "train"],
-                   help="sections to run (train is opt-in: it is slow on a CPU)")
-    p.add_argument("--sizes", nargs="+", default=["vitb16", "vitl14"], choices=["vitb16", "vitl14", "tiny"])
-    p.add_argument("--classes", nargs="+", type=int, default=[20, 59, 150, 171])
+    p.add_argument("--what", nargs="+", default=None,
+                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "text-cache", "train"],
+                   help=f"sections to run (default: a quick {' + '.join(QUICK['what'])}; the full matrix is "
+                        f"{' '.join(FULL['what'])}; train is opt-in: it is slow on a CPU)")
+    p.add_argument("--sizes", nargs="+", default=None, choices=["vitb16", "vitl14", "tiny"],
+                   help=f"model sizes (default: {' '.join(FULL['sizes'])}; {QUICK['sizes'][0]} without --what)")
+    p.add_argument("--classes", nargs="+", type=int, default=None,
+                   help=f"vocabulary sizes T (default: {' '.join(map(str, FULL['classes']))}; "
+                        f"{QUICK['classes'][0]} without --what)")
     p.add_argument("--protocols", nargs="+", default=["single", "sliding"], choices=list(VIEWS))
     p.add_argument("--readings", nargs="+", default=["paper", "efficient", "legacy"],
                    choices=["paper", "efficient", "legacy"], help="ESC-Net readings in the flops section")
@@ -760,6 +811,8 @@ def add_command(sub) -> None:
     p.add_argument("--latency-classes", nargs="*", type=int, default=None,
                    help="measure latency and peak memory only for these T (default: every --classes value; "
                         "none: FLOPs and parameters only)")
+    p.add_argument("--text-cache-size", default="vitb16", choices=["vitb16", "vitl14", "tiny"],
+                   help="model size of the text-cache section (default %(default)s)")
     p.add_argument("--memory-budget", type=int, default=1024, help="MiB for the exact large-vocabulary inference")
     p.add_argument("--json", help="also write all results to this JSON file")
     p.set_defaults(func=run)

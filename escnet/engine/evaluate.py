@@ -28,6 +28,7 @@ import torch
 
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
+from escnet.engine.text_cache import TEXT_CACHE_HELP
 from escnet.engine.threads import THREADS_HELP, set_threads
 from escnet.progress import progress as progress_of
 from escnet.errors import EscnetError, one_line
@@ -195,7 +196,8 @@ def _run(args: argparse.Namespace) -> int:
 
         set_threads(args.threads)
         segmenter = Segmenter.from_pretrained(args.model, device=device, protocol=args.protocol,
-                                              class_mode=args.class_mode, resize=args.resize)
+                                              class_mode=args.class_mode, resize=args.resize,
+                                              text_cache=False if args.no_text_cache else None)
         if rank == 0 and model_notice(segmenter):
             print(model_notice(segmenter), file=sys.stderr)
         output = args.output or str(Path("eval") / (Path(args.dataset).name or "dataset"))
@@ -254,5 +256,6 @@ def add_command(subparsers) -> None:
                         "part>, e.g. eval/ade150, eval/synthetic)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--no-text-cache", action="store_true", help=TEXT_CACHE_HELP)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.set_defaults(func=_run)

@@ -50,6 +50,7 @@ from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, 
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
 from escnet.engine.protocol import PROTOCOL_STEPS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
+from escnet.engine.text_cache import TextCache, enabled_by_env
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
@@ -213,7 +214,9 @@ class Segmenter:
     protocol: "sliding" (default, CAT-Seg's evaluation) or "single"; resize: "official" (default,
     CAT-Seg's exact resizes) or "antialias" (escnet.engine.protocol); class_mode: "exact" or "top256"; memory_budget_mb bounds per-class activation memory in exact mode (None: one pass);
     max_side: the large-image limit; half: float16 autocast on CUDA (bfloat16 on CPU).
-    Text features are cached per vocabulary, so a folder of images encodes its classes once.
+    Text features are cached per vocabulary in memory, so a folder of images encodes its classes
+    once, and on disk (escnet.engine.text_cache), so the next process does not encode them again;
+    text_cache: False turns the disk cache off (None: on unless ESCNET_TEXT_CACHE=0).
     """
 
     def __init__(
@@ -226,6 +229,7 @@ class Segmenter:
         memory_budget_mb: Optional[float] = DEFAULT_MEMORY_BUDGET_MB,
         max_side: int = MAX_SIDE,
         resize: str = "official",
+        text_cache: Optional[bool] = None,
     ):
         _check_choice("protocol", protocol, PROTOCOLS)
         _check_choice("resize", resize, RESIZE_MODES)
@@ -247,6 +251,8 @@ class Segmenter:
         self.description: Optional[str] = None  # what the checkpoint says it is for (its NOTICE.txt)
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         self._text_lock = threading.Lock()  # the demo serves requests from several threads
+        wanted = enabled_by_env() if text_cache is None else text_cache
+        self.disk_text_cache = TextCache(self.model) if wanted and TextCache.supports(self.model) else None
         if class_mode == "top256":
             self._check_truncation()
 
@@ -272,15 +278,29 @@ class Segmenter:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _precision(self) -> str:
+        """What the text features' bits depend on besides the weights: device type and autocast dtype."""
+        return f"{self.device.type}/{'float16' if self.device.type == 'cuda' else 'bfloat16'}" if self.half \
+            else f"{self.device.type}/float32"
+
     def text_features(self, entries: list[str]) -> torch.Tensor:
-        """(T, D) text features of the vocabulary entries, cached by the entry tuple."""
+        """(T, D) text features of the vocabulary entries: from the in-memory cache (by the entry
+        tuple), else the disk cache (`disk_text_cache`), else encoded (and stored in both)."""
         key = tuple(entries)
         with self._text_lock:
             if key in self._text_cache:
                 self._text_cache.move_to_end(key)
                 return self._text_cache[key]
-            with torch.no_grad(), self._autocast():
-                feats = self.model.encode_text(list(entries)).float()
+            feats = disk_key = None
+            if self.disk_text_cache is not None:
+                disk_key = self.disk_text_cache.key(list(entries), self._precision())
+                feats = self.disk_text_cache.load(disk_key, len(entries))
+            if feats is None:
+                with torch.no_grad(), self._autocast():
+                    feats = self.model.encode_text(list(entries)).float()
+                if disk_key is not None:
+                    self.disk_text_cache.store(disk_key, feats)
+            feats = feats.to(self.device)
             self._text_cache[key] = feats
             if len(self._text_cache) > _TEXT_CACHE_SIZE:
                 self._text_cache.popitem(last=False)

@@ -29,6 +29,7 @@ from escnet.engine.inference import (
     CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice, resolve_device,
 )
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
+from escnet.engine.text_cache import TEXT_CACHE_HELP
 from escnet.engine.threads import THREADS_HELP, set_threads
 from escnet.errors import one_line
 from escnet.progress import note, progress
@@ -85,6 +86,7 @@ def add_command(subparsers) -> None:
                         help="images whose views go through the model together (default %(default)s)")
     parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    parser.add_argument("--no-text-cache", action="store_true", help=TEXT_CACHE_HELP)
     parser.set_defaults(func=run)
 
 
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_pretrained(
             args.model, device=device, half=args.half, protocol=args.protocol, resize=args.resize,
             class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
+            text_cache=False if args.no_text_cache else None,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
         print(f"escnet segment: error: cannot use model: {one_line(exc)}", file=sys.stderr)

@@ -293,7 +293,8 @@ def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device:
     from escnet.engine.evaluate import evaluate
     from escnet.engine.inference import Segmenter
 
-    segmenter = Segmenter(model, device=device, protocol=cfg.eval_protocol)
+    # the weights change every evaluation: their text features are not worth a file
+    segmenter = Segmenter(model, device=device, protocol=cfg.eval_protocol, text_cache=False)
     try:
         results = evaluate(segmenter, split.dataset, None, limit=cfg.eval_limit or None, progress=False,
                            groups=split.groups)

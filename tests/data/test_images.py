@@ -54,7 +54,8 @@ def test_palette_with_transparency_goes_over_white():
 def test_sixteen_bit_grey_uses_the_full_range(tmp_path: Path):
     values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    with Image.open(tmp_path / "deep.png") as deep:
+        assert deep.mode.startswith("I")
     np.testing.assert_array_equal(load_image(tmp_path / "deep.png")[0, :, 1], [0, 100, 255])
     np.testing.assert_array_equal(load_image(values)[0, :, 1], [0, 100, 255])
 

@@ -146,7 +146,8 @@ def test_ade847_from_index_pickle(tmp_path):
     assert big.shape == (512, 599)
     expected = np.tile(np.array([10, 11, 65535], dtype=np.uint16), (513, 200))[:512, :599]
     np.testing.assert_array_equal(big, expected)
-    assert Image.open(img_dir / "ADE_val_00000002.jpg").size == (599, 512)
+    with Image.open(img_dir / "ADE_val_00000002.jpg") as image:
+        assert image.size == (599, 512)
 
     ds = get_dataset("ade847", tmp_path)
     assert len(ds) == 2 and ds.num_classes == 847 and ds.ignore_label == 65535

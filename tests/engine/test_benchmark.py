@@ -211,3 +211,55 @@ def test_cuda_benchmark_reports_fps_and_both_peak_memories(tmp_path, restore_thr
     for r in res["profile"]:
         assert "error" not in r, r
         assert r["time"] == "device (kernels)" and sum(r["parts_ms"].values()) > 0
+
+
+def test_text_cache_benchmark_times_cold_and_warm(tmp_path, capsys, monkeypatch, restore_threads):
+    monkeypatch.setenv("ESCNET_CACHE", str(tmp_path / "user-cache"))
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--what", "text-cache", "--text-cache-size", "tiny", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["text_cache"]
+    assert r["T"] == 847 and r["bitwise_equal"] is True and r["cold_s"] > 0 and r["warm_s"] > 0
+    assert r["file_bytes"] > 847 * 4
+    assert not (tmp_path / "user-cache").exists()  # its own temporary cache folder
+    assert "ade847 (847 names) at tiny" in capsys.readouterr().out
+
+
+def _record_sections(monkeypatch):
+    """Replace every heavy section by a recorder of its arguments."""
+    from escnet.engine import benchmark
+
+    calls = {}
+    for name, result in (("bench_flops", []), ("bench_models", []), ("bench_profile", []), ("bench_vocab", []),
+                         ("bench_train", []), ("bench_roofline", []), ("bench_text_cache", None),
+                         ("bench_ppg", {"T": 150, "foreground_pixels_mean": 1.0, "foreground_pixels_max": 1,
+                                        "batched_ms": 1.0, "sklearn_loop_ms": 2.0, "speedup": 2.0})):
+        def record(*args, _name=name, _result=result, **kwargs):
+            calls[_name] = args
+            return _result
+        monkeypatch.setattr(benchmark, name, record)
+    monkeypatch.setattr(benchmark, "_fmt_flops", lambda rows: "")
+    monkeypatch.setattr(benchmark, "_fmt_models", lambda rows: "")
+    return calls
+
+
+def test_bare_benchmark_runs_the_quick_subset_and_says_how_to_ask_for_the_full_matrix(monkeypatch, capsys,
+                                                                                     restore_threads):
+    from escnet.engine.benchmark import FULL_COMMAND
+
+    calls = _record_sections(monkeypatch)
+    assert main(["benchmark", "--device", "cpu"]) == 0
+    assert sorted(calls) == ["bench_flops", "bench_ppg"]
+    assert calls["bench_flops"][:2] == (["vitb16"], [150])
+    err = capsys.readouterr().err
+    assert "40 minutes" in err and FULL_COMMAND in err
+    assert FULL_COMMAND == ("escnet benchmark --what ppg models vocab --sizes vitb16 vitl14 "
+                            "--classes 20 59 150 171")
+
+
+def test_asking_for_sections_keeps_the_full_defaults(monkeypatch, capsys, restore_threads):
+    calls = _record_sections(monkeypatch)
+    assert main(["benchmark", "--what", "models", "--device", "cpu"]) == 0
+    assert sorted(calls) == ["bench_models"]
+    assert calls["bench_models"][:2] == (["vitb16", "vitl14"], [20, 59, 150, 171])
+    assert "quick" not in capsys.readouterr().err

@@ -42,11 +42,11 @@ def test_folder_of_photos_end_to_end(model_dir, photos, tmp_path, capsys):
     for name, load in PHOTOS.items():
         height, width = load().shape[:2]
         assert (out / f"{name}_overlay.png").is_file()
-        overlay = Image.open(out / f"{name}_overlay.png")
-        assert overlay.height >= height and overlay.width > width  # the legend sits to the right
-        labels = Image.open(out / f"{name}_labels.png")
-        assert labels.mode == "P" and labels.size == (width, height)
-        assert np.asarray(labels).max() < 5
+        with Image.open(out / f"{name}_overlay.png") as overlay:
+            assert overlay.height >= height and overlay.width > width  # the legend sits to the right
+        with Image.open(out / f"{name}_labels.png") as labels:
+            assert labels.mode == "P" and labels.size == (width, height)
+            assert np.asarray(labels).max() < 5
         data = json.loads((out / f"{name}.json").read_text())
         assert [c["name"] for c in data["classes"]] == ["person", "cat", "cup", "sky", "wall"]
         assert sum(c["fraction"] for c in data["classes"]) == pytest.approx(1.0, abs=1e-9)
@@ -107,7 +107,8 @@ def test_catseg_checkpoint(tmp_path, capsys):
                  "--protocol", "single", "--class-mode", "top256", "--device", "cpu"]) == 0
     info = json.loads((out / "coffee.json").read_text())["info"]
     assert info["model"] == "catseg" and info["class_mode"] == "top256" and info["truncated"] is False
-    assert Image.open(out / "coffee_labels.png").size == (75, 50)
+    with Image.open(out / "coffee_labels.png") as labels:
+        assert labels.size == (75, 50)
 
 
 def test_vocabulary_files_and_benchmarks(model_dir, tmp_path):

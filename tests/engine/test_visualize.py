@@ -22,10 +22,10 @@ def test_colorize_uses_the_palette():
 def test_label_png_keeps_ids(tmp_path: Path):
     labels = np.random.default_rng(0).integers(0, 5, (9, 13))
     label_image(labels, 5).save(tmp_path / "small.png")
-    reread = Image.open(tmp_path / "small.png")
-    assert reread.mode == "P"
-    np.testing.assert_array_equal(np.asarray(reread), labels)
-    assert reread.getpalette()[3:6] == list(palette(5)[1])
+    with Image.open(tmp_path / "small.png") as reread:
+        assert reread.mode == "P"
+        np.testing.assert_array_equal(np.asarray(reread), labels)
+        assert reread.getpalette()[3:6] == list(palette(5)[1])
 
     big = np.random.default_rng(1).integers(0, 847, (9, 13))
     label_image(big, 847).save(tmp_path / "big.png")
