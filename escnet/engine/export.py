@@ -25,7 +25,6 @@ import argparse
 import copy
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
