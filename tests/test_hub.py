@@ -19,7 +19,8 @@ from escnet import hub, registry  # noqa: E402
 from escnet.cli import main  # noqa: E402
 from escnet.engine.inference import Segmenter  # noqa: E402
 from escnet.models.catseg import CATSeg, CATSegConfig  # noqa: E402
-from escnet.models.factory import create_model, load_pretrained  # noqa: E402
+from escnet.lifecycle import load_pretrained  # noqa: E402
+from escnet.models.factory import create_model  # noqa: E402
 from escnet.weights.catseg import save_catseg_checkpoint  # noqa: E402
 from escnet.weights.clip import clip_state_to_openai  # noqa: E402
 from escnet.weights.sam import load_sam_decoder_weights, to_hf_sam  # noqa: E402
@@ -259,7 +260,7 @@ def test_models_command_lists_the_registry(caches, capsys):
 
 def test_hub_id_of_an_escnet_format_model(caches, tmp_path):
     """What push_to_hub uploads loads back by its id: `Segmenter.from_pretrained("me/tiny-escnet")`."""
-    from escnet.models.factory import save_pretrained
+    from escnet.lifecycle import save_pretrained
 
     torch.manual_seed(5)
     model = create_model("escnet", "tiny")
@@ -288,7 +289,7 @@ class _FakeApi:
 
 
 def test_push_to_hub_uploads_the_escnet_format_with_its_card(tmp_path, monkeypatch):
-    from escnet.models.factory import save_pretrained
+    from escnet.lifecycle import save_pretrained
 
     folder = save_pretrained(create_model("catseg", "tiny"), tmp_path / "model")
     (folder / "notes.txt").write_text("not uploaded")

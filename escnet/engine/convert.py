@@ -11,7 +11,8 @@
 """
 from __future__ import annotations
 
-from escnet.models.factory import PRESETS, build_escnet_init, count_parameters, load_pretrained, save_pretrained
+from escnet.lifecycle import build_init, load_pretrained, save_pretrained
+from escnet.models.factory import PRESETS, count_parameters, make_config
 from escnet.registry import resolve_model_path, resolve_weights_path
 
 
@@ -27,7 +28,7 @@ def run(args) -> int:
             raise SystemExit("escnet convert: an ESC-Net init needs SAM's decoder pieces: give --sam FILE, or "
                              "--random-sam to leave them randomly initialised (untrained)")
         sam = resolve_weights_path(args.sam, "sam") if args.sam else None
-        model = build_escnet_init(args.preset, resolve_weights_path(args.clip, "clip"), sam)
+        model = build_init(make_config("escnet", args.preset), resolve_weights_path(args.clip, "clip"), sam)
     out = save_pretrained(model, args.out)
     print(f"wrote {model.cfg.arch} ({count_parameters(model)['total'] / 1e6:.1f} M parameters) to {out}")
     return 0

@@ -254,11 +254,11 @@ class Segmenter:
     def from_pretrained(
         cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options
     ) -> "Segmenter":
-        """Load a saved checkpoint (escnet.models.factory.load_pretrained) or a named model
+        """Load a saved checkpoint (escnet.lifecycle.load_pretrained) or a named model
         (escnet.registry: the bundled model, catseg-vitb16 / catseg-vitl14 from the Hugging Face Hub, ...).
         A checkpoint folder's NOTICE.txt (the bundled model has one) becomes `description`, which
         every result's info records and the CLI and demo show."""
-        from escnet.models.factory import load_pretrained
+        from escnet.lifecycle import load_pretrained
 
         path = resolve_model_path(path_or_name)
         segmenter = cls(load_pretrained(path), device=device, **options)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from escnet.models.factory import ARCHS, PRESETS, count_parameters, create_model, load_pretrained
+from escnet.lifecycle import load_pretrained
+from escnet.models.factory import ARCHS, PRESETS, count_parameters, create_model
 from escnet.registry import resolve_model_path
 
 # Paper Table 4 (ViT-L/14); CAT-Seg ViT-B counted from its public code (docs/design.md).

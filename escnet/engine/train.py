@@ -6,7 +6,7 @@
 
 Recipe (docs/design.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
 weights and the pretrained SAM pieces at `low_lr` (`sam_lr_rule`), the rest at `lr`; no weight decay on norms, biases and
-embeddings; escnet.models.factory.param_groups), cosine decay to 0 over `max_iters` (optional
+embeddings; escnet.engine.optim.param_groups), cosine decay to 0 over `max_iters` (optional
 linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and
 CAT-Seg's loss: sigmoid binary cross-entropy between the logits (B, T, H, W) and one-hot targets,
 averaged over every image, class and pixel, with ignored pixels counted as negatives for every
@@ -32,8 +32,6 @@ identically on the whole warm-up batch, so no communication is needed.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
 import contextlib
 import json
@@ -57,7 +55,7 @@ from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, re
 from escnet.data.transforms import ColorJitter, TrainAugmentation
 from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
-from escnet.engine.config import ConfigError, TrainConfig, build_model_config, config_from_dict, load_config
+from escnet.engine.config import ConfigError, TrainConfig, config_from_dict, load_config
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError, one_line
 from escnet.fileio import atomic_write
@@ -154,27 +152,16 @@ def _resolve_init(cfg: TrainConfig, key: str) -> str:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model to train: a saved model (init_model), or the preset with CLIP / SAM initialisation."""
-    from escnet.models import factory
+    from escnet import lifecycle
 
     if cfg.init_model:
-        model = factory.load_pretrained(_resolve_init(cfg, "init_model"))
+        model = lifecycle.load_pretrained(_resolve_init(cfg, "init_model"))
         if model.cfg.arch != cfg.arch:
             raise ConfigError(f"init_model {cfg.init_model} is a {model.cfg.arch} model but arch = {cfg.arch!r}")
         return model
-    mcfg = build_model_config(cfg)
-    # the built config's every field (reading, [model] and [clip] applied), so nothing is derived twice
-    overrides = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.name != "arch"}
-    init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else ""
+    init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else None
     init_sam = _resolve_init(cfg, "init_sam") if cfg.init_sam else None
-    if cfg.arch == "escnet" and (init_clip or init_sam):
-        return factory.build_escnet_init(cfg.preset, init_clip or None, init_sam, **overrides)
-    model = factory.create_model(cfg.arch, cfg.preset, **overrides)
-    if cfg.init_clip:
-        from escnet.weights.clip import load_clip_weights
-
-        _, sd = load_clip_weights(init_clip, image_size=model.cfg.clip.image_size)
-        factory.load_state_dict_strict(model.clip, sd, cfg.init_clip)
-    return model
+    return lifecycle.build_init(cfg.model_config, init_clip, init_sam)
 
 
 def cosine_schedule(max_iters: int, warmup_iters: int = 0):
@@ -189,7 +176,7 @@ def cosine_schedule(max_iters: int, warmup_iters: int = 0):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    from escnet.models.factory import param_groups
+    from escnet.engine.optim import param_groups
 
     groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -519,7 +506,7 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
 
     summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory_mb(rt.device))
     if rt.main and step == cfg.max_iters:
-        from escnet.models.factory import save_pretrained
+        from escnet.lifecycle import save_pretrained
 
         card = {"training": cfg.to_dict(), "metrics": summary.get("eval")}
         summary["model_dir"] = str(save_pretrained(model, out / "model", card=card))

@@ -140,7 +140,7 @@ def test_bf16_autocast_keeps_the_labels_of_the_trained_tiny_model():
     flip), and >= 96 % of all pixels do (measured: 97.0-99.9 % per scene)."""
     from escnet.data.synthetic import scene, vocabulary
     from escnet.engine.inference import resolve_model_path
-    from escnet.models.factory import load_pretrained
+    from escnet.lifecycle import load_pretrained
 
     model = load_pretrained(resolve_model_path(None)).eval()
     bf16 = make_forward(model, "cpu", "bf16")

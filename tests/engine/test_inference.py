@@ -235,8 +235,9 @@ def test_chunked_and_unchunked_real_model_agree():
 
 def test_catseg_checkpoint_exact_and_truncated(tmp_path: Path, monkeypatch):
     factory = pytest.importorskip("escnet.models.factory")
+    from escnet import lifecycle
     torch.manual_seed(0)
-    factory.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path)
+    lifecycle.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path)
     segmenter = Segmenter.from_pretrained(tmp_path, device="cpu", protocol="single")
     image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     classes = "cat, grass, sky, road, car"

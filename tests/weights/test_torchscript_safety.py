@@ -178,7 +178,7 @@ def test_init_sam_path_leaves_no_marker(evil, tmp_path):
 
 def test_load_pretrained_and_segmenter_leave_no_marker(evil):
     from escnet.engine.inference import Segmenter
-    from escnet.models.factory import load_pretrained
+    from escnet.lifecycle import load_pretrained
 
     path, marker = evil
     for p in (path, path.with_suffix(".pth")):
