@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     # run
     output_dir: str = "output/escnet_vitb16_coco"
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | mps
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
     log_every: int = 20
     save_every: int = 5000

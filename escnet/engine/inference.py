@@ -53,6 +53,7 @@ from escnet.engine.protocol import PROTOCOL_STEPS, PROTOCOLS, RESIZE_MODES, mapp
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
+from escnet.runtime import resolve_device
 
 CLASS_MODES = ("exact", "top256")
 TOP_K = 256
@@ -192,19 +193,6 @@ class SegmentationResult:
 
 # ---------------------------------------------------------------------------------------------
 # Segmenter
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """"auto" (or None) -> cuda if available else cpu; "cuda" without a GPU is an error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
-    return device
 
 
 class Segmenter:

@@ -37,10 +37,8 @@ import contextlib
 import json
 import math
 import os
-import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +57,7 @@ from escnet.engine.config import ConfigError, TrainConfig, config_from_dict, loa
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError, one_line
 from escnet.fileio import atomic_write
+from escnet.runtime import Runtime, peak_memory, set_threads, setup_runtime
 
 # Settings a resumed run may change; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_every", "save_every", "keep_last",
@@ -72,36 +71,6 @@ class TrainingError(EscnetError, RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # set-up
-
-
-@dataclass
-class Runtime:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    initialized_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime(device: str) -> Runtime:
-    """Join torchrun's process group when WORLD_SIZE > 1; pick the device (cuda:LOCAL_RANK on GPUs)."""
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = 'cuda' but no CUDA GPU is available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local) if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-        return Runtime(dist.get_rank(), dist.get_world_size(), dev, True)
-    if dist.is_initialized():
-        return Runtime(dist.get_rank(), dist.get_world_size(), dev, False)
-    return Runtime(0, 1, dev, False)
 
 
 def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) -> tuple[SplitInfo, SplitInfo | None]:
@@ -339,15 +308,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def peak_memory_mb(device: torch.device) -> dict:
-    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (MiB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    out = {"peak_rss_mb": round(rss, 1)}
-    if device.type == "cuda":
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
-
-
 def _check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     old = config_from_dict(saved, f"checkpoint {path}").to_dict()
     new = cfg.to_dict()
@@ -373,13 +333,12 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict:
     """Train with `cfg`; `resume` = True (latest checkpoint in output_dir) or a checkpoint path.
     Returns a summary (final step, last loss, last evaluation, timings, peak memory)."""
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
     rt = setup_runtime(cfg.device)
     try:
         return _train(cfg, resume, rt)
     finally:
-        if rt.initialized_here:
-            dist.destroy_process_group()
+        rt.close()
 
 
 def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
@@ -474,7 +433,7 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
                           "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
                           "grad_norm": grad_norm.item(), "steps_per_s": window_steps / elapsed,
                           "images_per_s": window_steps * cfg.batch_size / elapsed,
-                          "elapsed_s": time.perf_counter() - run_start, **peak_memory_mb(rt.device)}
+                          "elapsed_s": time.perf_counter() - run_start, **peak_memory(rt.device)}
                 summary["loss"] = record["loss"]
                 if rt.main:
                     log.write(record)
@@ -504,7 +463,7 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
         if log is not None:
             log.close()
 
-    summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory_mb(rt.device))
+    summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory(rt.device))
     if rt.main and step == cfg.max_iters:
         from escnet.lifecycle import save_pretrained
 
