@@ -11,12 +11,14 @@
 """
 from __future__ import annotations
 
-from escnet.lifecycle import build_init, load_pretrained, save_pretrained
-from escnet.models.factory import PRESETS, count_parameters, make_config
-from escnet.registry import resolve_model_path, resolve_weights_path
+from escnet.models.factory import PRESETS
 
 
 def run(args) -> int:
+    from escnet.lifecycle import build_init, load_pretrained, save_pretrained
+    from escnet.models.factory import count_parameters, make_config
+    from escnet.registry import resolve_model_path, resolve_weights_path
+
     if args.catseg:
         if args.clip or args.sam:
             raise SystemExit("escnet convert: --catseg converts a CAT-Seg checkpoint on its own; drop --clip/--sam")

@@ -2,9 +2,12 @@
 Pure: no weight files (loading, saving and the training initialisation are escnet.lifecycle)."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from escnet.models.validation import ConfigValidationError, validate_config, validate_fields
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ARCHS = ("escnet", "catseg")
 PRESETS = ("vitb16", "vitl14", "tiny")
