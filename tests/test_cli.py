@@ -14,11 +14,11 @@ def _one_line_error(capsys) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["convert", "--catseg", "/nonexistent/model.pth", "--out", "OUT"], "model not found"),
+    (["convert", "--catseg", "/nonexistent/model.pth", "--out", "OUT"], "does not exist"),
     (["convert", "--catseg", "JUNK", "--out", "OUT"], "could not be read"),
     (["convert", "--catseg", "SAFETENSORS", "--out", "OUT"], "not a model"),
-    (["convert", "--clip", "JUNK", "--out", "OUT"], "could not be read"),
-    (["convert", "--clip", "/nonexistent/clip.pt", "--out", "OUT"], "not found"),
+    (["convert", "--clip", "JUNK", "--random-sam", "--out", "OUT"], "could not be read"),
+    (["convert", "--clip", "/nonexistent/clip.pt", "--random-sam", "--out", "OUT"], "no such file"),
     (["info", "--model", "/nonexistent/model"], "does not exist"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
@@ -73,6 +73,7 @@ def test_disk_full_while_preparing_and_training(tmp_path, capsys, monkeypatch):
 
     root = tmp_path / "data"
     synthetic.prepare_synthetic(root, workers=1, num_train=4, num_val=2, size=48)
+    capsys.readouterr()  # its progress lines
     args = ["train", "preset=tiny", "dataset=synthetic", f"data_root={root}", f"output_dir={tmp_path / 'run'}",
             "max_iters=1", "save_every=1", "eval_dataset=", "num_workers=0", "batch_size=1", "min_size_train=96",
             "threads=1"]

@@ -163,10 +163,17 @@ def test_changed_file_under_a_branch_is_refused_until_trusted(caches, tiny_catse
 
 def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     """`escnet convert --sam facebook/sam-vit-base` and init_sam = "sam-vitb" read an HF SamModel repository."""
+    from escnet.models.sam import PromptEncoder, TwoWayTransformer
+
     torch.manual_seed(3)
     donor = create_model("escnet", "tiny")
-    decoder = {k: v for k, v in donor.sam[0].state_dict().items()
-               if k.split(".")[0] in ("prompt_encoder", "transformer", "iou_token", "mask_tokens")}
+    cfg = donor.cfg  # a whole SAM decoder at its sizes (an ESC block holds only some of its layers)
+    decoder = {f"prompt_encoder.{k}": v for k, v in PromptEncoder(
+        cfg.sam_dim, (cfg.grid, cfg.grid), (cfg.crop_size, cfg.crop_size), cfg.sam_mask_in_chans).state_dict().items()}
+    decoder.update({f"transformer.{k}": v for k, v in TwoWayTransformer(
+        cfg.sam_depth, cfg.sam_dim, cfg.sam_heads, cfg.sam_mlp_dim,
+        attention_downsample_rate=cfg.sam_downsample).state_dict().items()})
+    decoder.update({"iou_token.weight": torch.randn(1, cfg.sam_dim), "mask_tokens.weight": torch.randn(4, cfg.sam_dim)})
     from safetensors.torch import save
 
     weights = save({k: v.clone() for k, v in to_hf_sam(decoder).items()})
@@ -183,7 +190,7 @@ def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     assert main(["convert", "--preset", "tiny", "--clip", str(clip_file), "--sam", "facebook/sam-vit-base",
                  "--out", str(out)]) == 0
     model = load_pretrained(out)
-    assert torch.equal(model.sam[1].iou_token.weight, donor.sam[0].iou_token.weight)
+    assert torch.equal(model.sam[1].iou_token.weight, decoder["iou_token.weight"])
 
     with pytest.raises(registry.ModelNotFoundError, match="'catseg-vitl14' is a catseg entry, not SAM weights"):
         registry.resolve_weights_path("catseg-vitl14", "sam")
