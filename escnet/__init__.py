@@ -6,8 +6,8 @@ _EXPORTS = {
     "Segmenter": "escnet.engine.inference",
     "SegmentationResult": "escnet.engine.inference",
     "create_model": "escnet.models.factory",
-    "load_pretrained": "escnet.models.factory",
-    "save_pretrained": "escnet.models.factory",
+    "load_pretrained": "escnet.lifecycle",
+    "save_pretrained": "escnet.lifecycle",
     "push_to_hub": "escnet.hub",
 }
 

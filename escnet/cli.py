@@ -1,7 +1,7 @@
 """`escnet` command line: a thin shell; each sub-command lives beside the code it drives.
 
-Every module listed in `_COMMANDS` defines ``add_command(subparsers)``, which registers its parser
-and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
+Every module in `COMMANDS` defines ``add_command(subparsers)``, which registers its parser and
+sets ``func`` to a callable taking the parsed namespace and returning an exit code.
 
 An error ends the command with one line on stderr and exit status 1 (130 when interrupted); the
 traceback is shown only with ``--debug`` (before or after the command name) or ``ESCNET_DEBUG=1``.
@@ -9,25 +9,15 @@ traceback is shown only with ``--debug`` (before or after the command name) or `
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
+from escnet import demo
+from escnet.data import prepare
+from escnet.engine import benchmark, catalog, convert, evaluate, export, info, pretrain_sam, segment, train
 from escnet.errors import one_line
 
-_COMMANDS = [
-    "escnet.data.prepare",
-    "escnet.engine.evaluate",
-    "escnet.engine.train",
-    "escnet.engine.pretrain_sam",
-    "escnet.engine.segment",
-    "escnet.engine.info",
-    "escnet.engine.benchmark",
-    "escnet.engine.convert",
-    "escnet.engine.catalog",
-    "escnet.engine.export",
-    "escnet.demo",
-]
+COMMANDS = (prepare, evaluate, train, pretrain_sam, segment, info, benchmark, convert, catalog, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="escnet", description="ESC-Net / CAT-Seg open-vocabulary semantic segmentation")
     parser.add_argument("--version", action="version", version=f"escnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMANDS:
-        importlib.import_module(name).add_command(sub)
+    for command in COMMANDS:
+        command.add_command(sub)
     debug_help = "show the traceback of an error (also ESCNET_DEBUG=1)"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     for command in sub.choices.values():

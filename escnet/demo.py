@@ -42,6 +42,7 @@ from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
 from escnet.engine.visualize import palette_for, shorten
 from escnet.errors import EscnetError, one_line
+from escnet.runtime import DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def add_command(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (needs internet)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--half", action="store_true", help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
     parser.add_argument("--protocol", choices=[value for _, value in PROTOCOL_CHOICES], default="sliding",
                         help="protocol selected when the page opens (default %(default)s)")
@@ -356,7 +357,7 @@ def add_command(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from escnet.engine.inference import Segmenter, model_notice
-    from escnet.engine.threads import set_threads
+    from escnet.runtime import set_threads
     from escnet.weights.common import WeightsError
 
     try:

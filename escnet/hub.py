@@ -216,7 +216,7 @@ def fetch_model(entry: ModelEntry, trust_new: bool = False) -> Path:
 def _convert_catseg(entry: ModelEntry, path: Path, digest: str, target: Path) -> None:
     """Convert into a temporary sibling of `target`, then move it into place as a whole."""
     from escnet.models.catseg import CATSeg, CATSegConfig
-    from escnet.models.factory import load_state_dict_strict, save_pretrained
+    from escnet.lifecycle import load_state_dict_strict, save_pretrained
     from escnet.weights.catseg import load_catseg_checkpoint
 
     cfg, sd = load_catseg_checkpoint(path, CATSegConfig.preset(entry.preset) if entry.preset else None)

@@ -55,9 +55,9 @@ def _disk_full(*args, **kwargs):
 def test_disk_full_while_converting(tmp_path, capsys, monkeypatch):
     from importlib import resources
 
-    import escnet.models.factory as factory
+    import escnet.lifecycle as lifecycle
 
-    monkeypatch.setattr(factory, "atomic_write", _disk_full)
+    monkeypatch.setattr(lifecycle, "atomic_write", _disk_full)
     model = str(resources.files("escnet") / "assets" / "models" / "escnet-synthetic-tiny")
     assert main(["convert", "--catseg", model, "--out", str(tmp_path / "o")]) == 1
     assert "no space left on device writing /data/model.safetensors" in _one_line_error(capsys)

@@ -18,7 +18,8 @@ from escnet.cli import build_parser
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
 from escnet.demo import DEFAULT_CLASSES, DemoInputError, DemoLimits, example_rows, legend_html, parse_demo_vocabulary, preset_text
 from escnet.engine.inference import Segmenter
-from escnet.models.factory import create_model, save_pretrained
+from escnet.lifecycle import save_pretrained
+from escnet.models.factory import create_model
 
 # Gradio's queue code calls pandas options that pandas 3 deprecates; not ours to fix.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),

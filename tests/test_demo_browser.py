@@ -17,7 +17,8 @@ from PIL import Image
 
 from escnet.demo import example_rows
 from escnet.engine.inference import ModelNotFoundError, resolve_model_path
-from escnet.models.factory import create_model, save_pretrained
+from escnet.lifecycle import save_pretrained
+from escnet.models.factory import create_model
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -41,7 +41,8 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
 
 
 def test_saved_model_is_readable_as_the_umask_allows(tmp_path):
-    from escnet.models.factory import create_model, save_pretrained
+    from escnet.lifecycle import save_pretrained
+    from escnet.models.factory import create_model
 
     old = os.umask(0o027)
     try:

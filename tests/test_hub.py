@@ -19,7 +19,8 @@ from escnet import hub, registry  # noqa: E402
 from escnet.cli import main  # noqa: E402
 from escnet.engine.inference import Segmenter  # noqa: E402
 from escnet.models.catseg import CATSeg, CATSegConfig  # noqa: E402
-from escnet.models.factory import create_model, load_pretrained  # noqa: E402
+from escnet.lifecycle import load_pretrained  # noqa: E402
+from escnet.models.factory import create_model  # noqa: E402
 from escnet.weights.catseg import save_catseg_checkpoint  # noqa: E402
 from escnet.weights.clip import clip_state_to_openai  # noqa: E402
 from escnet.weights.sam import load_sam_decoder_weights, to_hf_sam  # noqa: E402
@@ -162,16 +163,17 @@ def test_changed_file_under_a_branch_is_refused_until_trusted(caches, tiny_catse
 
 def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     """`escnet convert --sam facebook/sam-vit-base` and init_sam = "sam-vitb" read an HF SamModel repository."""
+    from escnet.models.sam import PromptEncoder, TwoWayTransformer
+
     torch.manual_seed(3)
     donor = create_model("escnet", "tiny")
-    from escnet.models.sam import TwoWayTransformer
-
-    cfg = donor.cfg  # a whole SAM decoder: SAM's two-layer transformer (ESC-Net blocks hold one layer each)
-    full = TwoWayTransformer(cfg.sam_depth, cfg.sam_dim, cfg.sam_heads, cfg.sam_mlp_dim,
-                             attention_downsample_rate=cfg.sam_downsample)
-    decoder = {k: v for k, v in donor.sam[0].state_dict().items()
-               if k.split(".")[0] in ("prompt_encoder", "iou_token", "mask_tokens")}
-    decoder.update({f"transformer.{k}": v for k, v in full.state_dict().items()})
+    cfg = donor.cfg  # a whole SAM decoder at its sizes (an ESC block holds only some of its layers)
+    decoder = {f"prompt_encoder.{k}": v for k, v in PromptEncoder(
+        cfg.sam_dim, (cfg.grid, cfg.grid), (cfg.crop_size, cfg.crop_size), cfg.sam_mask_in_chans).state_dict().items()}
+    decoder.update({f"transformer.{k}": v for k, v in TwoWayTransformer(
+        cfg.sam_depth, cfg.sam_dim, cfg.sam_heads, cfg.sam_mlp_dim,
+        attention_downsample_rate=cfg.sam_downsample).state_dict().items()})
+    decoder.update({"iou_token.weight": torch.randn(1, cfg.sam_dim), "mask_tokens.weight": torch.randn(4, cfg.sam_dim)})
     from safetensors.torch import save
 
     weights = save({k: v.clone() for k, v in to_hf_sam(decoder).items()})
@@ -188,7 +190,7 @@ def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     assert main(["convert", "--preset", "tiny", "--clip", str(clip_file), "--sam", "facebook/sam-vit-base",
                  "--out", str(out)]) == 0
     model = load_pretrained(out)
-    assert torch.equal(model.sam[1].iou_token.weight, donor.sam[0].iou_token.weight)
+    assert torch.equal(model.sam[1].iou_token.weight, decoder["iou_token.weight"])
 
     with pytest.raises(registry.ModelNotFoundError, match="'catseg-vitl14' is a catseg entry, not SAM weights"):
         registry.resolve_weights_path("catseg-vitl14", "sam")
@@ -265,7 +267,7 @@ def test_models_command_lists_the_registry(caches, capsys):
 
 def test_hub_id_of_an_escnet_format_model(caches, tmp_path):
     """What push_to_hub uploads loads back by its id: `Segmenter.from_pretrained("me/tiny-escnet")`."""
-    from escnet.models.factory import save_pretrained
+    from escnet.lifecycle import save_pretrained
 
     torch.manual_seed(5)
     model = create_model("escnet", "tiny")
@@ -294,7 +296,7 @@ class _FakeApi:
 
 
 def test_push_to_hub_uploads_the_escnet_format_with_its_card(tmp_path, monkeypatch):
-    from escnet.models.factory import save_pretrained
+    from escnet.lifecycle import save_pretrained
 
     folder = save_pretrained(create_model("catseg", "tiny"), tmp_path / "model")
     (folder / "notes.txt").write_text("not uploaded")

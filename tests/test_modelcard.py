@@ -1,6 +1,7 @@
 from escnet.engine.config import TrainConfig
 from escnet.modelcard import render_model_card
-from escnet.models.factory import create_model, load_pretrained, save_pretrained
+from escnet.lifecycle import load_pretrained, save_pretrained
+from escnet.models.factory import create_model
 
 
 def test_saved_model_has_a_card_with_config_training_metrics_and_licence(tmp_path):

@@ -39,13 +39,14 @@ import json
 import multiprocessing as mp
 import os
 import re
-import resource
 import sys
 import time
 from pathlib import Path
 from unittest import mock
 
 import torch
+
+from escnet.runtime import peak_memory, resolve_device, set_threads
 
 VIEWS = {"single": 1, "sliding": 5}
 # what a bare `escnet benchmark` runs, and the matrix it used to start without warning
@@ -56,31 +57,6 @@ FULL_COMMAND = (f"escnet benchmark --what {' '.join(FULL['what'])} --sizes {' '.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads of one core count once)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:
-        try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
-        except OSError:  # no sysfs topology (not Linux): every logical CPU counts
-            return len(cpus)
-    return len(cores)
-
-
-def set_threads(threads: int | None) -> int:
-    """Intra-op threads for this process and the benchmark subprocesses it spawns, set once.
-    None: $OMP_NUM_THREADS when the caller set it, else the number of physical cores."""
-    if threads is None:
-        threads = int(os.environ.get("OMP_NUM_THREADS") or physical_cores())
-    if threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)  # read by a spawned child's torch when it loads
-    torch.set_num_threads(threads)
-    return threads
-
-
 def _sync(device: str) -> None:
     """Wait for queued device work, so that the clock read next sees it finished (no-op on CPU)."""
     if device.startswith("cuda"):
@@ -88,10 +64,11 @@ def _sync(device: str) -> None:
 
 
 def _peak_mib(device: str) -> dict:
-    if device.startswith("cuda"):
-        return {"peak_mem_MiB": torch.cuda.max_memory_allocated() / 2**20,
-                "peak_reserved_MiB": torch.cuda.max_memory_reserved() / 2**20}
-    return {"peak_mem_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    """The benchmark's memory columns: PyTorch's allocator peak on CUDA, else the resident peak."""
+    peak = peak_memory(device)
+    if "peak_cuda_MiB" in peak:
+        return {"peak_mem_MiB": peak["peak_cuda_MiB"], "peak_reserved_MiB": peak["peak_cuda_reserved_MiB"]}
+    return {"peak_mem_MiB": peak["peak_rss_MiB"]}
 
 
 def _build(arch: str, preset: str, reading: str = "paper", **overrides):
@@ -713,8 +690,6 @@ def _fmt_models(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from escnet.engine.inference import resolve_device
-
     defaults = FULL if args.what else QUICK
     if not args.what:
         print(f"quick benchmark: FLOPs at {QUICK['sizes'][0]} T={QUICK['classes'][0]} and PPG (seconds). The full "

@@ -10,7 +10,6 @@ import argparse
 import sys
 
 from escnet import registry
-from escnet.weights.common import WeightsError
 
 
 def _cached(entry) -> str:
@@ -55,7 +54,7 @@ def _run_models(args: argparse.Namespace) -> int:
         return 0
     try:
         path = fetch(args.fetch, args.trust_new)
-    except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, OSError) as exc:  # WeightsError is a ValueError
         print(f"escnet models: error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.fetch}: {path}")

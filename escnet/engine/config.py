@@ -10,6 +10,7 @@ of the wrong type is an error naming the key and where it came from, raised befo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ CHOICES = {
     "precision": ("fp32", "bf16"),
     "eval_protocol": ("sliding", "single"),
     "reading": ("paper", "efficient", "legacy"),  # escnet.models.escnet.READINGS
-    "sam_lr_rule": ("all", "attention"),  # escnet.models.factory.SAM_LR_RULES
+    "sam_lr_rule": ("all", "attention"),  # escnet.engine.optim.SAM_LR_RULES
 }
 
 
@@ -80,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     # run
     output_dir: str = "output/escnet_vitb16_coco"
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | mps
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
     log_every: int = 20
     save_every: int = 5000
@@ -89,6 +90,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @functools.cached_property
+    def model_config(self):
+        """The model's config dataclass (build_model_config), built once per TrainConfig and passed down."""
+        return build_model_config(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +304,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         raise ConfigError("min_size_train needs at least one size")
     if not 0 < cfg.single_category_max_area <= 1:
         raise ConfigError(f"single_category_max_area must be in (0, 1], got {cfg.single_category_max_area}")
-    build_model_config(cfg)
+    cfg.model_config  # built (and validated) now, so that errors come before any work
     return cfg
 
 

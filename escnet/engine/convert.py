@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 from escnet.errors import EscnetError
-
-from escnet.models.factory import PRESETS, build_escnet_init, count_parameters, load_pretrained, save_pretrained
-from escnet.registry import resolve_model_path, resolve_weights_path
+from escnet.models.factory import PRESETS
 
 
 def run(args) -> int:
+    from escnet.lifecycle import build_init, load_pretrained, save_pretrained
+    from escnet.models.factory import count_parameters, make_config
+    from escnet.registry import resolve_model_path, resolve_weights_path
+
     if args.catseg:
         if args.clip or args.sam:
             raise SystemExit("escnet convert: --catseg converts a CAT-Seg checkpoint on its own; drop --clip/--sam")
@@ -29,7 +31,7 @@ def run(args) -> int:
             raise EscnetError("an ESC-Net init needs SAM's decoder pieces: give --sam FILE, or --random-sam to "
                               "leave them randomly initialised (untrained)")
         sam = resolve_weights_path(args.sam, "sam") if args.sam else None
-        model = build_escnet_init(args.preset, resolve_weights_path(args.clip, "clip"), sam)
+        model = build_init(make_config("escnet", args.preset), resolve_weights_path(args.clip, "clip"), sam)
     out = save_pretrained(model, args.out)
     print(f"wrote {model.cfg.arch} ({count_parameters(model)['total'] / 1e6:.1f} M parameters) to {out}")
     return 0

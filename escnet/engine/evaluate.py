@@ -29,9 +29,9 @@ import torch
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
 from escnet.engine.text_cache import TEXT_CACHE_HELP
-from escnet.engine.threads import THREADS_HELP, set_threads
-from escnet.progress import progress as progress_of
 from escnet.errors import EscnetError, one_line
+from escnet.progress import progress as progress_of
+from escnet.runtime import DEVICES, THREADS_HELP, set_threads, setup_runtime
 from escnet.weights.common import WeightsError
 
 # results.json says which large-vocabulary mode ran and what it reproduces
@@ -157,21 +157,6 @@ def group_metrics(per_class: list[dict], groups: dict[str, list[int]]) -> dict:
 # CLI
 
 
-def _init_distributed(device: str) -> tuple[bool, str]:
-    """Join the torchrun process group if launched by torchrun; returns (initialized here, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or torch.distributed.is_initialized():
-        return False, device
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-        torch.distributed.init_process_group("nccl")
-    else:
-        torch.distributed.init_process_group("gloo")
-    return True, device
-
-
 def load_dataset(spec: str, root: str | None = None, split: str = "val", classes: str | None = None,
                  ignore_label: int = 255) -> tuple[SegDataset, dict[str, list[int]] | None]:
     """A benchmark name (see escnet.data.datasets), "synthetic" / "synthetic-grouping" (escnet's
@@ -187,15 +172,14 @@ def load_dataset(spec: str, root: str | None = None, split: str = "val", classes
 
 
 def _run(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    initialized, device = _init_distributed(device)
-    rank, _ = _rank_world()
+    rt = setup_runtime(args.device)
+    rank = rt.rank
     try:
         dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
         from escnet.engine.inference import TOP_K, Segmenter, model_notice
 
         set_threads(args.threads)
-        segmenter = Segmenter.from_pretrained(args.model, device=device, protocol=args.protocol,
+        segmenter = Segmenter.from_pretrained(args.model, device=rt.device, protocol=args.protocol,
                                               class_mode=args.class_mode, resize=args.resize,
                                               text_cache=False if args.no_text_cache else None)
         if rank == 0 and model_notice(segmenter):
@@ -215,8 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"escnet evaluate: error: {one_line(exc)}", file=sys.stderr)
         return 1
     finally:
-        if initialized:
-            torch.distributed.destroy_process_group()
+        rt.close()
     if rank == 0:
         print(format_table(results))
         for name, value in results.get("groups", {}).items():
@@ -254,7 +237,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--output", default=None,
                    help="folder for results.json and confusion_matrix.npy (default: eval/<--dataset's last path "
                         "part>, e.g. eval/ade150, eval/synthetic)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available, else mps, else cpu")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-text-cache", action="store_true", help=TEXT_CACHE_HELP)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")

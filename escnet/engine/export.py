@@ -183,7 +183,7 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from escnet.data.vocab import VocabularyError, parse_vocabulary
     from escnet.engine.inference import Segmenter
-    from escnet.engine.threads import set_threads
+    from escnet.runtime import set_threads
     from escnet.weights.common import WeightsError
 
     set_threads(args.threads)

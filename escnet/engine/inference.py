@@ -54,6 +54,7 @@ from escnet.engine.text_cache import TextCache, enabled_by_env
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
+from escnet.runtime import resolve_device
 
 CLASS_MODES = ("exact", "top256")
 TOP_K = 256
@@ -195,19 +196,6 @@ class SegmentationResult:
 # Segmenter
 
 
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """"auto" (or None) -> cuda if available else cpu; "cuda" without a GPU is an error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
-    return device
-
-
 class Segmenter:
     """Wraps a model (ESC-Net or CAT-Seg) for segmenting images with any vocabulary.
 
@@ -260,11 +248,11 @@ class Segmenter:
     def from_pretrained(
         cls, path_or_name: Union[str, os.PathLike, None] = None, device="auto", **options
     ) -> "Segmenter":
-        """Load a saved checkpoint (escnet.models.factory.load_pretrained) or a named model
+        """Load a saved checkpoint (escnet.lifecycle.load_pretrained) or a named model
         (escnet.registry: the bundled model, catseg-vitb16 / catseg-vitl14 from the Hugging Face Hub, ...).
         A checkpoint folder's NOTICE.txt (the bundled model has one) becomes `description`, which
         every result's info records and the CLI and demo show."""
-        from escnet.models.factory import load_pretrained
+        from escnet.lifecycle import load_pretrained
 
         path = resolve_model_path(path_or_name)
         segmenter = cls(load_pretrained(path), device=device, **options)

@@ -1,16 +1,19 @@
 """`escnet info`: parameter counts per component of a preset or a saved model."""
 from __future__ import annotations
 
-import torch
-
-from escnet.models.factory import ARCHS, PRESETS, count_parameters, create_model, load_pretrained
-from escnet.registry import resolve_model_path
+from escnet.models.factory import ARCHS, PRESETS
 
 # Paper Table 4 (ViT-L/14); CAT-Seg ViT-B counted from its public code (docs/design.md).
 REFERENCE_M = {("escnet", "vitl14"): 451.3, ("catseg", "vitl14"): 433.7, ("catseg", "vitb16"): 154.3}
 
 
 def run(args) -> int:
+    import torch
+
+    from escnet.lifecycle import load_pretrained
+    from escnet.models.factory import count_parameters, create_model
+    from escnet.registry import resolve_model_path
+
     rows = []
     if args.model in PRESETS:
         archs = [args.arch] if args.arch else list(ARCHS)

@@ -301,8 +301,9 @@ def pretrain(cfg: PretrainSAMConfig, log=print) -> dict:
     """Train, evaluate, save `output_dir`/sam_tiny.pth (plain state dict, official SAM names) and
     metrics.json. Returns the metrics."""
     from escnet.engine.train import cosine_schedule
+    from escnet.runtime import set_threads
 
-    torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     start = time.time()
     model = SAM(model_config(cfg))

@@ -26,13 +26,13 @@ from PIL import Image
 from escnet.data.images import MAX_SIDE, load_image
 from escnet.data.vocab import VocabularyError, parse_vocabulary
 from escnet.engine.inference import (
-    CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice, resolve_device,
+    CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice,
 )
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
 from escnet.engine.text_cache import TEXT_CACHE_HELP
-from escnet.engine.threads import THREADS_HELP, set_threads
 from escnet.errors import one_line
 from escnet.progress import note, progress
+from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
 from escnet.weights.common import WeightsError
 
 
@@ -74,7 +74,7 @@ def add_command(subparsers) -> None:
                         help="official: CAT-Seg's evaluation resizes exactly (default); antialias: antialiased downscales")
     parser.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
                         help="exact: score every class (default); top256: CAT-Seg's truncation (CAT-Seg models)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--half", action="store_true",
                         help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
     parser.add_argument("--memory-budget", type=_positive_float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",

@@ -6,7 +6,7 @@
 
 Recipe (docs/design.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
 weights and the pretrained SAM pieces at `low_lr` (`sam_lr_rule`), the rest at `lr`; no weight decay on norms, biases and
-embeddings; escnet.models.factory.param_groups), cosine decay to 0 over `max_iters` (optional
+embeddings; escnet.engine.optim.param_groups), cosine decay to 0 over `max_iters` (optional
 linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and
 CAT-Seg's loss: sigmoid binary cross-entropy between the logits (B, T, H, W) and one-hot targets,
 averaged over every image, class and pixel, with ignored pixels counted as negatives for every
@@ -32,17 +32,13 @@ identically on the whole warm-up batch, so no communication is needed.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
 import contextlib
 import json
 import math
 import os
-import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +53,11 @@ from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, re
 from escnet.data.transforms import ColorJitter, TrainAugmentation
 from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
-from escnet.engine.config import ConfigError, TrainConfig, build_model_config, config_from_dict, load_config
+from escnet.engine.config import ConfigError, TrainConfig, config_from_dict, load_config
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError, one_line
 from escnet.fileio import atomic_write
+from escnet.runtime import Runtime, peak_memory, set_threads, setup_runtime
 
 # Settings a resumed run may change; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = ("output_dir", "device", "threads", "num_workers", "log_every", "save_every", "keep_last",
@@ -74,36 +71,6 @@ class TrainingError(EscnetError, RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # set-up
-
-
-@dataclass
-class Runtime:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    initialized_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime(device: str) -> Runtime:
-    """Join torchrun's process group when WORLD_SIZE > 1; pick the device (cuda:LOCAL_RANK on GPUs)."""
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = 'cuda' but no CUDA GPU is available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local) if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-        return Runtime(dist.get_rank(), dist.get_world_size(), dev, True)
-    if dist.is_initialized():
-        return Runtime(dist.get_rank(), dist.get_world_size(), dev, False)
-    return Runtime(0, 1, dev, False)
 
 
 def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) -> tuple[SplitInfo, SplitInfo | None]:
@@ -154,27 +121,16 @@ def _resolve_init(cfg: TrainConfig, key: str) -> str:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model to train: a saved model (init_model), or the preset with CLIP / SAM initialisation."""
-    from escnet.models import factory
+    from escnet import lifecycle
 
     if cfg.init_model:
-        model = factory.load_pretrained(_resolve_init(cfg, "init_model"))
+        model = lifecycle.load_pretrained(_resolve_init(cfg, "init_model"))
         if model.cfg.arch != cfg.arch:
             raise ConfigError(f"init_model {cfg.init_model} is a {model.cfg.arch} model but arch = {cfg.arch!r}")
         return model
-    mcfg = build_model_config(cfg)
-    # the built config's every field (reading, [model] and [clip] applied), so nothing is derived twice
-    overrides = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.name != "arch"}
-    init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else ""
+    init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else None
     init_sam = _resolve_init(cfg, "init_sam") if cfg.init_sam else None
-    if cfg.arch == "escnet" and (init_clip or init_sam):
-        return factory.build_escnet_init(cfg.preset, init_clip or None, init_sam, **overrides)
-    model = factory.create_model(cfg.arch, cfg.preset, **overrides)
-    if cfg.init_clip:
-        from escnet.weights.clip import load_clip_weights
-
-        _, sd = load_clip_weights(init_clip, image_size=model.cfg.clip.image_size)
-        factory.load_state_dict_strict(model.clip, sd, cfg.init_clip)
-    return model
+    return lifecycle.build_init(cfg.model_config, init_clip, init_sam)
 
 
 def cosine_schedule(max_iters: int, warmup_iters: int = 0):
@@ -189,7 +145,7 @@ def cosine_schedule(max_iters: int, warmup_iters: int = 0):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    from escnet.models.factory import param_groups
+    from escnet.engine.optim import param_groups
 
     groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -353,15 +309,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def peak_memory_mb(device: torch.device) -> dict:
-    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory (MiB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    out = {"peak_rss_mb": round(rss, 1)}
-    if device.type == "cuda":
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
-
-
 def _check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     old = config_from_dict(saved, f"checkpoint {path}").to_dict()
     new = cfg.to_dict()
@@ -387,13 +334,12 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict:
     """Train with `cfg`; `resume` = True (latest checkpoint in output_dir) or a checkpoint path.
     Returns a summary (final step, last loss, last evaluation, timings, peak memory)."""
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
     rt = setup_runtime(cfg.device)
     try:
         return _train(cfg, resume, rt)
     finally:
-        if rt.initialized_here:
-            dist.destroy_process_group()
+        rt.close()
 
 
 def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
@@ -488,7 +434,7 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
                           "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
                           "grad_norm": grad_norm.item(), "steps_per_s": window_steps / elapsed,
                           "images_per_s": window_steps * cfg.batch_size / elapsed,
-                          "elapsed_s": time.perf_counter() - run_start, **peak_memory_mb(rt.device)}
+                          "elapsed_s": time.perf_counter() - run_start, **peak_memory(rt.device)}
                 summary["loss"] = record["loss"]
                 if rt.main:
                     log.write(record)
@@ -518,9 +464,9 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
         if log is not None:
             log.close()
 
-    summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory_mb(rt.device))
+    summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory(rt.device))
     if rt.main and step == cfg.max_iters:
-        from escnet.models.factory import save_pretrained
+        from escnet.lifecycle import save_pretrained
 
         card = {"training": cfg.to_dict(), "metrics": summary.get("eval")}
         summary["model_dir"] = str(save_pretrained(model, out / "model", card=card))

@@ -17,8 +17,6 @@ import types
 import typing
 from collections.abc import Mapping
 
-import torch
-
 from escnet.errors import EscnetError
 
 # parameters a model config may ask for: 2e9 (8 GB in float32) is 4.5 x ESC-Net ViT-L/14 (449 M)
@@ -148,6 +146,8 @@ def validate_fields(cls, data, where: str) -> dict:
 
 
 def _count_parameters(model_cls, cfg) -> int:
+    import torch  # here, not at the top: the command-line parsers read the presets without loading torch
+
     with torch.device("meta"):
         model = model_cls(cfg)
     return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from escnet.cli import main
-from escnet.engine.benchmark import (PART_ORDER, bench_ppg, label_agreement, make_forward, physical_cores,
-                                     set_threads)
+from escnet.engine.benchmark import PART_ORDER, bench_ppg, label_agreement, make_forward
 
 
 def test_ppg_benchmark_reports_both_timings():
@@ -140,7 +139,7 @@ def test_bf16_autocast_keeps_the_labels_of_the_trained_tiny_model():
     flip), and >= 96 % of all pixels do (measured: 97.0-99.9 % per scene)."""
     from escnet.data.synthetic import scene, vocabulary
     from escnet.engine.inference import resolve_model_path
-    from escnet.models.factory import load_pretrained
+    from escnet.lifecycle import load_pretrained
 
     model = load_pretrained(resolve_model_path(None)).eval()
     bf16 = make_forward(model, "cpu", "bf16")
@@ -176,16 +175,6 @@ def test_label_agreement_counts_pixels_and_confident_pixels():
     res = label_agreement(other, ref)
     assert res["label_agreement"] == 0.5 and res["confident_fraction"] == 0.5
     assert res["confident_label_agreement"] == 0.5
-
-
-def test_threads_default_to_the_callers_setting_or_the_physical_cores(monkeypatch, restore_threads):
-    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert set_threads(None) == 1 and torch.get_num_threads() == 1
-    monkeypatch.delenv("OMP_NUM_THREADS")
-    assert set_threads(None) == physical_cores() and os.environ["OMP_NUM_THREADS"] == str(physical_cores())
-    with pytest.raises(ValueError, match="--threads must be at least 1"):
-        set_threads(0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")

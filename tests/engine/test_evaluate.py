@@ -147,13 +147,14 @@ def _prepared_voc_miniature(root):
 def test_cli_end_to_end_with_a_tiny_model_single_and_torchrun(tmp_path):
     factory = pytest.importorskip("escnet.models.factory")
     pytest.importorskip("escnet.engine.inference")
+    from escnet import lifecycle
     data = tmp_path / "datasets"
     _prepared_voc_miniature(data)
     model_dir = tmp_path / "tiny"
     import torch
 
     torch.manual_seed(0)
-    factory.save_pretrained(factory.create_model("escnet", "tiny"), model_dir)
+    lifecycle.save_pretrained(factory.create_model("escnet", "tiny"), model_dir)
     args = ["evaluate", "--model", str(model_dir), "--dataset", "voc20", "--root", str(data),
             "--protocol", "single", "--device", "cpu"]
     # One thread, as in each torchrun worker: float sums in another order could flip an argmax.

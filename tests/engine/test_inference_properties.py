@@ -75,7 +75,8 @@ def test_any_pil_image(segmenter, image, vocabulary):
 @given(image=pil_images, fmt=st.sampled_from(["PNG", "TIFF", "GIF", "BMP"]), cut=st.integers(0, 400),
        classes=st.text(st.sampled_from(list("abc ,;\x1b")), min_size=0, max_size=10))
 def test_cli_exit_status_and_one_line_errors(tmp_path_factory, capsys, image, fmt, cut, classes):
-    from escnet.models.factory import create_model, save_pretrained
+    from escnet.lifecycle import save_pretrained
+    from escnet.models.factory import create_model
 
     folder = tmp_path_factory.mktemp("cli")
     model_dir = folder / "model"

@@ -18,8 +18,9 @@ CLASSES = "person, cat, cup, sky, wall"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     factory = pytest.importorskip("escnet.models.factory")
+    from escnet import lifecycle
     torch.manual_seed(0)
-    return factory.save_pretrained(factory.create_model("escnet", "tiny"), tmp_path_factory.mktemp("model"))
+    return lifecycle.save_pretrained(factory.create_model("escnet", "tiny"), tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,9 @@ def test_same_stem_gets_distinct_names(model_dir, tmp_path):
 
 def test_catseg_checkpoint(tmp_path, capsys):
     factory = pytest.importorskip("escnet.models.factory")
+    from escnet import lifecycle
     torch.manual_seed(0)
-    model_dir = factory.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path / "catseg")
+    model_dir = lifecycle.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path / "catseg")
     image = tmp_path / "coffee.png"
     Image.fromarray(skimage_data.coffee()[::8, ::8]).save(image)
     out = tmp_path / "out"

@@ -99,6 +99,33 @@ def test_cli_fails_before_work_naming_the_path(tmp_path, capsys):
     assert code == 1 and "init_clip = '/no/such/clip.pt': file not found" in capsys.readouterr().err
 
 
+def test_train_builds_the_model_config_once(data_root, tmp_path, monkeypatch):
+    """`escnet train` (config file, overrides, CLIP warm-up, one step, save) builds the model's
+    config once and passes it down: one make_config, one preset, and the saved model has it."""
+    from escnet.lifecycle import load_pretrained
+    from escnet.models import factory
+    from escnet.models.escnet import ESCNetConfig
+
+    calls = {"make_config": 0, "preset": 0}
+    make_config, preset = factory.make_config, ESCNetConfig.preset.__func__
+
+    def counted_make_config(*args, **kwargs):
+        calls["make_config"] += 1
+        return make_config(*args, **kwargs)
+
+    def counted_preset(cls, *args, **kwargs):
+        calls["preset"] += 1
+        return preset(cls, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "make_config", counted_make_config)
+    monkeypatch.setattr(ESCNetConfig, "preset", classmethod(counted_preset))
+    out = tmp_path / "once"
+    assert main(["train", "--config", str(TINY_CONFIG), *SMALL, f"data_root={data_root}", f"output_dir={out}",
+                 "max_iters=1", "save_every=1", "batch_size=1"]) == 0
+    assert calls == {"make_config": 1, "preset": 1}
+    assert load_pretrained(out / "model").cfg.clip.image_size == 48
+
+
 # ---------------------------------------------------------------------------------------------
 # recipe pieces
 

@@ -71,9 +71,9 @@ def test_checkpoint_round_trips_through_the_sam_loader_into_escnet(tmp_path):
         if k.startswith(("mask_decoder.transformer.", "mask_decoder.iou_token", "mask_decoder.mask_tokens"))}
     cfg = load_config(REPO_CONFIG, [f"init_sam={path}"])
     model = build_model(cfg)
-    for block in model.sam:
+    for i, block in enumerate(model.sam):
         block_sd = block.state_dict()
-        seed = block.transformer.seeds[0]  # the pretrained layer this block's (first) layer starts from
+        seed = model.cfg.seed_layer(i)  # the paper's reading: block i starts from SAM's layer sam_seed_layers[i]
         assert torch.equal(block_sd["transformer.layers.0.self_attn.q_proj.weight"],
                            saved[f"mask_decoder.transformer.layers.{seed}.self_attn.q_proj.weight"])
         assert torch.equal(block_sd["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"],

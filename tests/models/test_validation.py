@@ -8,7 +8,8 @@ from importlib import resources
 import pytest
 
 from escnet.cli import main
-from escnet.models.factory import load_pretrained, make_config
+from escnet.lifecycle import load_pretrained
+from escnet.models.factory import make_config
 from escnet.models.validation import MAX_PARAMETERS, ConfigValidationError, validate_config
 
 BUNDLED = resources.files("escnet") / "assets" / "models" / "escnet-synthetic-tiny"

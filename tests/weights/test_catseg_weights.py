@@ -4,7 +4,7 @@ import torch
 from escnet.models.catseg import CATSeg, CATSegConfig
 from escnet.cli import main
 from escnet.models.clip import CLIPConfig, default_skip_layers, resize_pos_embed
-from escnet.models.factory import load_pretrained
+from escnet.lifecycle import load_pretrained
 from escnet.weights.catseg import (
     PREFIX,
     from_catseg_names,

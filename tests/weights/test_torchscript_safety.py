@@ -142,7 +142,8 @@ def test_every_cli_convert_path_leaves_no_marker(evil, tmp_path, capsys):
     path, marker = evil
     pth = path.with_suffix(".pth")
     clip = _tiny_clip_file(tmp_path)
-    for argv in (["--clip", str(path), "--random-sam"], ["--clip", str(pth), "--random-sam"], ["--clip", str(clip), "--sam", str(path)],
+    for argv in (["--clip", str(path), "--random-sam"], ["--clip", str(pth), "--random-sam"],
+                 ["--clip", str(clip), "--sam", str(path)],
                  ["--clip", str(clip), "--sam", str(pth)], ["--catseg", str(pth)], ["--catseg", str(path)]):
         code = main(["convert", "--preset", "tiny", *argv, "--out", str(tmp_path / "out")])
         err = capsys.readouterr().err
@@ -178,7 +179,7 @@ def test_init_sam_path_leaves_no_marker(evil, tmp_path):
 
 def test_load_pretrained_and_segmenter_leave_no_marker(evil):
     from escnet.engine.inference import Segmenter
-    from escnet.models.factory import load_pretrained
+    from escnet.lifecycle import load_pretrained
 
     path, marker = evil
     for p in (path, path.with_suffix(".pth")):

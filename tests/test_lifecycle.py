@@ -1,8 +1,10 @@
+"""The model life cycle: the training initialisation from public CLIP + SAM files, `escnet convert`."""
 import pytest
 import torch
 
 from escnet.cli import main
-from escnet.models.factory import build_escnet_init, create_model, load_pretrained
+from escnet.lifecycle import build_init, load_pretrained
+from escnet.models.factory import create_model, make_config
 from escnet.weights.clip import clip_state_to_openai
 from escnet.weights.common import WeightsError
 from escnet.weights.sam import to_official_sam
@@ -42,7 +44,7 @@ def _public_files(tmp_path):
 @pytest.mark.parametrize("reading,seeds", [("paper", (0, 1)), ("paper", (0, 0)), ("legacy", (0, 1))])
 def test_escnet_init_copies_clip_and_sam_into_every_block(tmp_path, reading, seeds):
     sam_sd, clip_file, sam_file, donor = _public_files(tmp_path)
-    model = build_escnet_init("tiny", clip_file, sam_file, reading=reading, sam_seed_layers=seeds)
+    model = build_init(make_config("escnet", "tiny", reading=reading, sam_seed_layers=seeds), clip_file, sam_file)
     for k, v in donor.clip.state_dict().items():
         assert torch.equal(model.clip.state_dict()[k], v), k
     for i, block in enumerate(model.sam):
@@ -65,7 +67,7 @@ def test_escnet_init_names_bad_sam_keys(tmp_path):
     del sd["mask_decoder.iou_token.weight"]
     torch.save(sd, sam_file)
     with pytest.raises(WeightsError, match="iou_token"):
-        build_escnet_init("tiny", clip_file, sam_file)
+        build_init(make_config("escnet", "tiny"), clip_file, sam_file)
 
 
 def test_convert_command_writes_loadable_model(tmp_path, capsys):

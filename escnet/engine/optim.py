@@ -1,0 +1,54 @@
+"""Optimiser parameter groups: the paper's two learning rates (CLIP and the pretrained SAM pieces
+at the low rate, the rest at the main rate) and no weight decay on norms, biases and embeddings."""
+from __future__ import annotations
+
+from torch import nn
+
+SAM_LR_RULES = ("all", "attention")
+_PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens")
+
+
+def _pretrained_sam_params(model: nn.Module, rule: str) -> set[int]:
+    """ids of the SAM parameters trained at the low rate: rule 'all' = every pretrained SAM piece
+    (attention, MLP, norms, prompt encoder, output tokens; the paper: "the CLIP encoder and SAM blocks
+    are trained with 2e-6"), 'attention' = SAM's attention layers only. The layers ESC-Net adds around
+    SAM (image projection, eq. 2's merge conv, text token projection) are new and train at the main rate."""
+    from escnet.models.sam import Attention
+
+    if rule not in SAM_LR_RULES:
+        raise ValueError(f"unknown SAM learning-rate rule {rule!r}; choose from {', '.join(SAM_LR_RULES)}")
+    ids: set[int] = set()
+    for block in getattr(model, "sam", None) or []:
+        for name, child in block.named_children():
+            if name not in _PRETRAINED_SAM:
+                continue
+            if rule == "all":
+                ids.update(id(p) for p in child.parameters())
+            else:
+                ids.update(id(p) for m in child.modules() if isinstance(m, Attention) for p in m.parameters())
+    return ids
+
+
+def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weight_decay: float = 1e-4,
+                 sam_rule: str = "all") -> list[dict]:
+    """AdamW groups: trainable CLIP weights and the pretrained SAM pieces (`sam_rule`, see
+    `_pretrained_sam_params`) at `low_lr`, the rest at `lr`; no weight decay on norms, biases and
+    embeddings (1-D tensors and nn.Embedding / norm-layer weights). Frozen parameters are left out.
+    Each group has a 'name'."""
+    low_ids = {id(p) for p in model.clip.parameters()} | _pretrained_sam_params(model, sam_rule)
+    no_decay_ids = set()
+    for m in model.modules():
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.BatchNorm2d)) or type(m).__name__ == "LayerNorm2d":
+            no_decay_ids.update(id(p) for p in m.parameters(recurse=False))
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        low = id(p) in low_ids
+        decay = p.dim() > 1 and id(p) not in no_decay_ids
+        key = f"{'low' if low else 'main'}_{'decay' if decay else 'no_decay'}"
+        g = groups.setdefault(key, {"name": key, "params": [], "param_names": [], "lr": low_lr if low else lr,
+                                    "weight_decay": weight_decay if decay else 0.0})
+        g["params"].append(p)
+        g["param_names"].append(name)
+    return [groups[k] for k in sorted(groups)]

@@ -1,0 +1,37 @@
+"""Optimiser parameter groups: which weights train at the low rate, which without weight decay."""
+import pytest
+
+from escnet.engine.optim import param_groups
+from escnet.models.factory import create_model
+
+
+def test_param_groups_and_frozen_clip():
+    model = create_model("escnet", "tiny")
+    groups = {g["name"]: g for g in param_groups(model, lr=2e-4, low_lr=2e-6, weight_decay=1e-4)}
+    low = groups["low_decay"]["param_names"] + groups.get("low_no_decay", {"param_names": []})["param_names"]
+    clip_low = [n for n in low if n.startswith("clip.")]
+    assert clip_low and all(n.endswith(("q_proj_weight", "v_proj_weight")) for n in clip_low)
+    assert any(n.startswith("clip.visual.") for n in clip_low) and any(n.startswith("clip.transformer.") for n in clip_low)
+    sam_low = [n for n in low if n.startswith("sam.")]
+    # the paper's rule: every pretrained SAM piece at the low rate (attention, MLP, norms, prompt encoder, tokens)
+    for piece in (".self_attn.", ".mlp.", ".norm1.", ".prompt_encoder.", ".iou_token.", ".mask_tokens."):
+        assert any(piece in n for n in sam_low), piece
+    assert not any(n.split(".")[2] in ("image_proj", "merge", "out_proj") for n in sam_low)
+    assert all(g["lr"] == 2e-6 for k, g in groups.items() if k.startswith("low"))
+    main = groups["main_decay"]["param_names"] + groups["main_no_decay"]["param_names"]
+    assert not any(n.startswith("clip.") for n in main)
+    assert all("norm" not in n for n in groups["main_decay"]["param_names"])
+    assert groups["main_no_decay"]["weight_decay"] == 0.0
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert "clip.visual.conv1.weight" in frozen and "clip.token_embedding.weight" in frozen
+    grouped = sum(len(g["params"]) for g in groups.values())
+    assert grouped == sum(p.requires_grad for p in model.parameters())
+
+
+def test_param_groups_attention_rule():
+    model = create_model("escnet", "tiny")
+    groups = param_groups(model, sam_rule="attention")
+    low = [n for g in groups if g["name"].startswith("low") for n in g["param_names"] if n.startswith("sam.")]
+    assert low and all(".self_attn." in n or ".cross_attn_" in n for n in low)
+    with pytest.raises(ValueError, match="SAM learning-rate rule"):
+        param_groups(model, sam_rule="some")
