@@ -12,16 +12,26 @@ def _conv_gn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 
 class UpBlock(nn.Module):
-    """x2 bilinear upsampling, concatenation with the (projected) skip, two conv-GN-ReLU."""
+    """x2 bilinear upsampling, concatenation with the (projected) skip, two conv-GN-ReLU.
+
+    The skip is the same for every class of an image, so the first conv's skip part is computed once
+    per image and broadcast over the classes (a conv over a concatenation is the sum of the convs
+    over its parts): the same result without T copies of the skip."""
 
     def __init__(self, cin: int, guidance: int, cout: int):
         super().__init__()
+        self.cin = cin
         self.convs = nn.Sequential(*_conv_gn_relu(cin + guidance, cout), *_conv_gn_relu(cout, cout))
 
     def forward(self, x: Tensor, guidance: Tensor) -> Tensor:
-        """x (N, Cin, h, w), guidance (N, G, 2h, 2w) -> (N, Cout, 2h, 2w)."""
+        """x (B*T, Cin, h, w), guidance (B, G, 2h, 2w) shared by each image's T classes -> (B*T, Cout, 2h, 2w)."""
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.convs(torch.cat([x, guidance], 1))
+        conv = self.convs[0]
+        y = F.conv2d(x, conv.weight[:, :self.cin], padding=1)  # (B*T, Cout, 2h, 2w)
+        g = F.conv2d(guidance, conv.weight[:, self.cin:], padding=1)  # (B, Cout, 2h, 2w)
+        b = guidance.shape[0]
+        y = (y.view(b, -1, *y.shape[1:]) + g.unsqueeze(1)).flatten(0, 1)
+        return self.convs[1:](y)
 
 
 class SkipProjector(nn.Module):
@@ -56,7 +66,5 @@ class Decoder(nn.Module):
         """x (B, C, T, h, w), guidance ((B, p1, 2h, 2w), (B, p2, 4h, 4w)) -> (B, T, 4h, 4w)."""
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
-        g1 = guidance[0].repeat_interleave(t, 0)
-        g2 = guidance[1].repeat_interleave(t, 0)
-        y = self.up2(self.up1(y, g1), g2)
+        y = self.up2(self.up1(y, guidance[0]), guidance[1])
         return self.head(y).view(b, t, 4 * h, 4 * w)

@@ -259,17 +259,21 @@ class SAMBlock(nn.Module):
         no_mask = pe.no_mask_embed.weight.expand(n, -1)
         if not cfg.prompt_masks:
             return tokens, DensePrompt(None, no_mask, w_c)
-        k = cfg.ppg_regions
         valid = pp.valid.to(dtype)  # (N, K)
         if cfg.mask_combine == "union":
             masks, weights = pp.foreground.to(dtype)[:, None], valid.amax(1, keepdim=True)
         else:
-            masks, weights = pp.masks.to(dtype).reshape(n * k, 1, g, g), valid
+            masks, weights = pp.masks.to(dtype), valid
             if cfg.mask_combine == "mean":
                 weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
-        masks = F.interpolate(masks, scale_factor=4, mode="nearest")
-        h = pe.mask_downscaling[:-1](masks)  # (N * K', m, g, g)
-        h = torch.einsum("nkmhw,nk->nhwm", h.view(n, weights.shape[1], *h.shape[1:]), weights).reshape(n, g * g, -1)
+        # SAM embeds a mask given at 4x the grid; ours are grid masks upsampled (nearest) by 4, so every
+        # 4 x 4 block the two 2x2-stride-2 convs reduce to one cell is constant: 0 or 1. The stack
+        # before the last 1x1 conv is per cell (convs on one block, per-pixel LayerNorm2d, GELU), so a
+        # cell's features are e(0) or e(1): exactly e(0) + mask * (e(1) - e(0)), for any mask.
+        probe = torch.tensor([0.0, 1.0], dtype=dtype, device=masks.device).view(2, 1, 1, 1).expand(2, 1, 4, 4)
+        e0, e1 = pe.mask_downscaling[:-1](probe).flatten(1)  # (m,) each
+        covered = torch.einsum("nkhw,nk->nhw", masks, weights).reshape(n, g * g, 1)  # weighted mask sum per cell
+        h = weights.sum(1)[:, None, None] * e0 + covered * (e1 - e0)  # (N, L, m)
         any_region = pp.valid.any(1, keepdim=True)
         beta = torch.where(any_region, weights.sum(1, keepdim=True) * last.bias, no_mask)
         return tokens, DensePrompt(h * any_region[:, :, None].to(dtype), beta, w_c)
