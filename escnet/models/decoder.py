@@ -65,6 +65,9 @@ class Decoder(nn.Module):
     def forward(self, x: Tensor, guidance: tuple[Tensor, Tensor]) -> Tensor:
         """x (B, C, T, h, w), guidance ((B, p1, 2h, 2w), (B, p2, 4h, 4w)) -> (B, T, 4h, 4w)."""
         b, c, t, h, w = x.shape
-        y = x.transpose(1, 2).reshape(b * t, c, h, w)
+        # channels-last, made dense at the smallest size: CPU bilinear upsampling and convolution are
+        # several times faster in that layout (measured: 2x upsampling of 150 x 128 x 24 x 24, 0.05 s
+        # vs 0.56 s), and E arrives channels-last already (VLF's class attention works on (..., C))
+        y = x.transpose(1, 2).reshape(b * t, c, h, w).contiguous(memory_format=torch.channels_last)
         y = self.up2(self.up1(y, guidance[0]), guidance[1])
-        return self.head(y).view(b, t, 4 * h, 4 * w)
+        return self.head(y).reshape(b, t, 4 * h, 4 * w)
