@@ -218,7 +218,9 @@ def run_study(args: argparse.Namespace) -> dict:
                 pairs = [p for p in pairs if None not in p]
                 entry[m] = paired_summary(*map(list, zip(*pairs))) if len(pairs) >= 2 else None
             comparisons.append(entry)
-    study = {"seeds": seeds, "max_iters": args.max_iters, "config": args.config, "sam": args.sam,
+    tables = {READINGS[r][0] for r in results}
+    config = ", ".join(sorted({TABLE_CONFIG.get(t, args.config) for t in tables})) or args.config
+    study = {"seeds": seeds, "max_iters": args.max_iters, "config": config, "sam": args.sam,
              "results": results, "comparisons": comparisons, "skipped": skipped}
     (out / "study.json").write_text(json.dumps(study, indent=1))
     (out / "study.md").write_text(markdown(study))
