@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,3 +14,14 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("ESCNET_CACHE", None)
     else:
         os.environ["ESCNET_CACHE"] = previous
+
+
+@pytest.fixture
+def restore_threads(monkeypatch):
+    """Code under test may set the process's thread count and its OMP/MKL environment
+    (escnet.runtime.set_threads); give the test process its own back."""
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    monkeypatch.setenv("MKL_NUM_THREADS", os.environ.get("MKL_NUM_THREADS", "1"))
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

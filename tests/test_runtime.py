@@ -8,16 +8,6 @@ from escnet import runtime
 from escnet.runtime import default_threads, peak_memory, physical_cores, resolve_device, set_threads, setup_runtime
 
 
-@pytest.fixture
-def restore_threads(monkeypatch):
-    """set_threads changes the process's thread count and environment; give the test process its own back."""
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    monkeypatch.setenv("MKL_NUM_THREADS", os.environ.get("MKL_NUM_THREADS", "1"))
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def test_auto_and_named_devices():
     expected = "cuda" if torch.cuda.is_available() else ("mps" if runtime._mps_available() else "cpu")
     assert resolve_device("auto").type == expected == resolve_device(None).type

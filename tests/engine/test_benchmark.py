@@ -1,6 +1,5 @@
 """The benchmark command runs end to end (numbers are not asserted: performance is a benchmark, not a test)."""
 import json
-import os
 
 import pytest
 import torch
@@ -62,16 +61,6 @@ def test_a_benchmark_process_that_dies_gives_an_error_row_not_a_hang():
 
 # ---------------------------------------------------------------------------------------------
 # Roofline, profile, bf16 / compile paths, threads, CUDA (rows are checked, numbers are not)
-
-
-@pytest.fixture
-def restore_threads(monkeypatch):
-    """The benchmark sets the thread count process-wide; give the test process its own back."""
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    monkeypatch.setenv("MKL_NUM_THREADS", os.environ.get("MKL_NUM_THREADS", "1"))
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def test_roofline_and_models_report_achieved_flops_against_the_measured_matmul(tmp_path, capsys, restore_threads):
