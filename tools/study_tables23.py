@@ -62,8 +62,7 @@ READINGS: dict[str, tuple[str, str, list[str]]] = {
     "t3f_all": ("3", "(f) point + box + mask", [f"init_sam={SAM}", "model.prompt_points=true",
                                                 "model.prompt_boxes=true", "model.prompt_masks=true"]),
     # SAM learning rate. The tiny recipe trains all of CLIP at low_lr = 1e-3 (it starts random), so
-    # a SAM rate of its own is needed to vary SAM alone: `sam_lr` (proposed TrainConfig field; skipped
-    # until it exists). 3e-5 = main lr 3e-3 / 100, the paper's 2e-4 : 2e-6.
+    # a SAM rate of its own is needed to vary SAM alone: TrainConfig's `sam_lr`. 3e-5 = main lr 3e-3 / 100, the paper's 2e-4 : 2e-6.
     "lr_sam_low": ("lr", "SAM at main/100 (paper's 2e-6 : 2e-4)", [f"init_sam={SAM}", "sam_lr=3e-5"]),
     "lr_sam_main": ("lr", "SAM at the main rate", [f"init_sam={SAM}", "sam_lr=3e-3"]),
     "lr_rule_attention": ("lr", "SAM attention at low_lr, the rest at lr", [f"init_sam={SAM}",
@@ -159,8 +158,24 @@ def command(reading: str, seed: int, args: argparse.Namespace) -> tuple[list[str
     return cmd, run_dir
 
 
+def signature(cmd: list[str]) -> str:
+    """The run's resolved training config (every field, output_dir left out) as JSON: two readings
+    whose overrides resolve to the same config (e.g. Table 3's point + mask row and Table 2's
+    pretrained row, both the default prompts) are one run, trained once."""
+    from escnet.engine.config import load_config
+
+    at = cmd.index("--config")
+    overrides = [o for o in cmd[at + 2:] if not o.startswith("output_dir=")]
+    cfg = load_config(cmd[at + 1], overrides)
+    values = cfg.to_dict()
+    values.pop("output_dir")
+    values["model"] = dataclasses.asdict(cfg.model_config)  # resolved: a default set explicitly is the default
+    return json.dumps(values, sort_keys=True)
+
+
 def run_study(args: argparse.Namespace) -> dict:
     keys = available_keys()
+    first_run: dict[str, tuple[str, Path]] = {}  # signature -> (reading, run_dir) that trains it
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = [r for r in READINGS if READINGS[r][0] in args.tables.split(",")
               and (not args.readings or r in args.readings.split(","))]
@@ -179,13 +194,21 @@ def run_study(args: argparse.Namespace) -> dict:
             results[reading] = {}
             for seed in seeds:
                 cmd, run_dir = command(reading, seed, args)
+                sig = signature(cmd)
+                if sig in first_run:  # the same run as an earlier reading's: reuse it
+                    cmd, run_dir = command(first_run[sig][0], seed, args)
+                    if args.dry_run:
+                        print(f"[{reading} seed {seed} = {first_run[sig][0]}]")
+                else:
+                    first_run[sig] = (reading, run_dir)
                 line = shlex.join(cmd)
                 # reuse a finished run only if it ran this very command
                 stamp = run_dir / "study_command.txt"
                 same = stamp.exists() and stamp.read_text() == line
                 done = final_eval(run_dir, args.max_iters) if same else None
                 if args.dry_run:
-                    print(("[done] " if done else "") + line)
+                    if first_run[sig][1] == run_dir and first_run[sig][0] == reading:
+                        print(("[done] " if done else "") + line)
                     continue
                 if done is None and args.summarise_only:
                     continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import json
 import os
 import sys
@@ -74,6 +75,7 @@ class TrainConfig:
     lr: float = 2e-4
     low_lr: float = 2e-6  # trainable CLIP weights and the pretrained SAM pieces (sam_lr_rule)
     sam_lr_rule: str = "all"  # SAM parameters at low_lr: all (the paper: every pretrained SAM piece) | attention
+    sam_lr: float = 0.0  # a rate of their own for those SAM parameters (groups sam_*); 0 = low_lr (the paper)
     weight_decay: float = 1e-4  # 0 on norms, biases and embeddings
     warmup_iters: int = 0  # linear warm-up before the cosine (CAT-Seg: none)
     grad_clip: float = 0.01  # global gradient-norm clip; 0 = off
@@ -300,6 +302,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     for key in ("eval_every", "eval_limit", "num_workers", "threads", "warmup_iters", "stop_after", "clip_warmup_iters"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if not (cfg.sam_lr >= 0 and math.isfinite(cfg.sam_lr)):
+        raise ConfigError(f"sam_lr must be >= 0 (0 = low_lr), got {cfg.sam_lr}")
     if not cfg.min_size_train:
         raise ConfigError("min_size_train needs at least one size")
     if not 0 < cfg.single_category_max_area <= 1:

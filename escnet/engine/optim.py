@@ -2,6 +2,8 @@
 at the low rate, the rest at the main rate) and no weight decay on norms, biases and embeddings."""
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 SAM_LR_RULES = ("all", "attention")
@@ -30,12 +32,17 @@ def _pretrained_sam_params(model: nn.Module, rule: str) -> set[int]:
 
 
 def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weight_decay: float = 1e-4,
-                 sam_rule: str = "all") -> list[dict]:
+                 sam_rule: str = "all", sam_lr: float | None = None) -> list[dict]:
     """AdamW groups: trainable CLIP weights and the pretrained SAM pieces (`sam_rule`, see
     `_pretrained_sam_params`) at `low_lr`, the rest at `lr`; no weight decay on norms, biases and
     embeddings (1-D tensors and nn.Embedding / norm-layer weights). Frozen parameters are left out.
+    With `sam_lr` the SAM pieces get groups of their own ('sam_*') at that rate instead of low_lr.
     Each group has a 'name'."""
-    low_ids = {id(p) for p in model.clip.parameters()} | _pretrained_sam_params(model, sam_rule)
+    if sam_lr is not None and not (sam_lr > 0 and math.isfinite(sam_lr)):
+        raise ValueError(f"sam_lr must be a positive learning rate, got {sam_lr!r}")
+    sam_ids = _pretrained_sam_params(model, sam_rule)
+    low_ids = {id(p) for p in model.clip.parameters()} | (sam_ids if sam_lr is None else set())
+    sam_ids = sam_ids if sam_lr is not None else set()
     no_decay_ids = set()
     for m in model.modules():
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.BatchNorm2d)) or type(m).__name__ == "LayerNorm2d":
@@ -44,10 +51,11 @@ def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weigh
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        low = id(p) in low_ids
+        kind = "sam" if id(p) in sam_ids else "low" if id(p) in low_ids else "main"
         decay = p.dim() > 1 and id(p) not in no_decay_ids
-        key = f"{'low' if low else 'main'}_{'decay' if decay else 'no_decay'}"
-        g = groups.setdefault(key, {"name": key, "params": [], "param_names": [], "lr": low_lr if low else lr,
+        key = f"{kind}_{'decay' if decay else 'no_decay'}"
+        rate = {"sam": sam_lr, "low": low_lr, "main": lr}[kind]
+        g = groups.setdefault(key, {"name": key, "params": [], "param_names": [], "lr": rate,
                                     "weight_decay": weight_decay if decay else 0.0})
         g["params"].append(p)
         g["param_names"].append(name)

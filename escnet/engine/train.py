@@ -147,7 +147,8 @@ def cosine_schedule(max_iters: int, warmup_iters: int = 0):
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     from escnet.engine.optim import param_groups
 
-    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule)
+    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule,
+                          sam_lr=cfg.sam_lr or None)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.max_iters, cfg.warmup_iters))
     return optimizer, scheduler

@@ -35,3 +35,20 @@ def test_param_groups_attention_rule():
     assert low and all(".self_attn." in n or ".cross_attn_" in n for n in low)
     with pytest.raises(ValueError, match="SAM learning-rate rule"):
         param_groups(model, sam_rule="some")
+
+
+def test_param_groups_sam_lr_of_its_own():
+    """sam_lr moves exactly the low-rate SAM pieces into groups of their own; CLIP stays at low_lr."""
+    model = create_model("escnet", "tiny")
+    plain = param_groups(model, lr=3e-3, low_lr=1e-3)
+    split = param_groups(model, lr=3e-3, low_lr=1e-3, sam_lr=3e-5)
+    names = lambda gs, prefix: {n for g in gs if g["name"].startswith(prefix) for n in g["param_names"]}
+    sam = names(split, "sam")
+    assert sam and all(n.startswith("sam.") for n in sam)
+    assert sam == {n for n in names(plain, "low") if n.startswith("sam.")}
+    assert names(split, "low") == names(plain, "low") - sam
+    assert names(split, "main") == names(plain, "main")
+    assert all(g["lr"] == 3e-5 for g in split if g["name"].startswith("sam"))
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="sam_lr"):
+            param_groups(model, sam_lr=bad)

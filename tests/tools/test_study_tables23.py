@@ -33,3 +33,18 @@ def test_final_eval_reads_only_a_finished_run(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 10, "eval": {"hIoU": 2.0}}\n')
     assert study.final_eval(tmp_path, 10) == {"hIoU": 2.0}
+
+
+def test_readings_that_resolve_to_one_config_share_one_run():
+    """Table 3's point + mask row, the 'all SAM at low_lr' row and the (0, 1) seeding row are the
+    default model: the same resolved config as Table 2's pretrained row, so one run; every other
+    reading is a run of its own, and the lr rows are runnable (sam_lr exists)."""
+    import argparse
+
+    args = argparse.Namespace(sam="sam.pth", out="out", config=study.CONFIG, max_iters=10, threads=1, extra=[])
+    sig = {r: study.signature(study.command(r, 0, args)[0]) for r in study.READINGS if study.READINGS[r][0] != "readings"}
+    for alias in ("t3d_point_mask", "lr_rule_all", "seed_01"):
+        assert sig[alias] == sig["t2c_pretrained"], alias
+    others = [s for r, s in sig.items() if r not in ("t3d_point_mask", "lr_rule_all", "seed_01")]
+    assert len(set(others)) == len(others)
+    assert study.missing_keys(study.READINGS["lr_sam_low"][2], study.available_keys()) == []
