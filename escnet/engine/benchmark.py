@@ -19,6 +19,9 @@ Sections (pick with --what):
   text-cache  text features of ADE-847's 847 names at --text-cache-size (random weights): cold (key
           hashed, names encoded, file written; an empty cache folder of its own) vs warm (a new
           Segmenter, as a new process: key hashed, file read), and whether both are bitwise equal.
+  batch   images/s of end-to-end Segmenter inference (a list of 480 x 640 photos, `segment(images,
+          batch_size=b)`) for each --batch-sizes b, ESC-Net and CAT-Seg, the first --protocols entry;
+          each in a fresh process, after --warmup untimed calls.
   train   training steps/s and peak memory of the real training step (text tower + model + CAT-Seg's
           loss + backward + AdamW with the recipe's parameter groups) for ESC-Net and CAT-Seg at
           --train-size with --train-classes names (default ViT-B/16, COCO-Stuff's 171), per-device
@@ -372,6 +375,64 @@ def _vocab_job(t: int, budget_mb: int, device: str, q) -> None:
         q.put({"T": t, "error": f"{type(e).__name__}: {e}"})
 
 
+def _batch_job(arch: str, preset: str, t: int, protocol: str, device: str, batch: int, images: int,
+               warmup: int, q) -> None:
+    """Runs in a child process (its peak memory is this batch size's alone): a Segmenter (random
+    weights, seed 0) segments `images` random 480 x 640 photos with T names through
+    `Segmenter.segment(list, batch_size=batch)`, end to end (decode, views, model, resize to the
+    photo, argmax, scores), after `warmup` untimed calls of one batch (which also encode the names)."""
+    try:
+        import numpy as np
+
+        from escnet.engine.inference import Segmenter
+
+        torch.manual_seed(0)
+        model = _build(arch, preset)
+        segmenter = Segmenter(model, device=device, protocol=protocol, text_cache=False)
+        rng = np.random.default_rng(0)
+        photos = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(images)]
+        names = [f"class {i}" for i in range(t)]
+        for _ in range(warmup):
+            segmenter.segment(photos[:batch], names, batch_size=batch)
+        _sync(device)
+        t0 = time.perf_counter()
+        segmenter.segment(photos, names, batch_size=batch)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        q.put({"seconds": seconds, "images_per_s": images / seconds, **_peak_mib(device)})
+    except Exception as e:  # noqa: BLE001 - reported in the table instead of killing the whole run
+        q.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def bench_batch(presets, classes, protocol: str, device: str, batch_sizes, images: int, warmup: int) -> list[dict]:
+    """Images/s of end-to-end Segmenter inference vs batch size, ESC-Net and CAT-Seg side by side;
+    each (size, T, model, batch size) in a fresh process."""
+    rows = []
+    for preset in presets:
+        for t in classes:
+            for arch in ("escnet", "catseg"):
+                for b in batch_sizes:
+                    row = {"preset": preset, "T": t, "protocol": protocol, "arch": arch, "batch": b, "images": images,
+                           **_in_subprocess(_batch_job, arch, preset, t, protocol, device, b, images, warmup)}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    return rows
+
+
+def _fmt_batch(rows: list[dict]) -> str:
+    lines = ["| size | T | protocol | model | batch | images/s | x batch 1 | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | {r['batch']} | {r['error']} | | |")
+            continue
+        one = next((o for o in rows if o["batch"] == 1 and "error" not in o
+                    and (o["preset"], o["T"], o["arch"]) == (r["preset"], r["T"], r["arch"])), None)
+        gain = f"{r['images_per_s'] / one['images_per_s']:.2f}" if one else "-"
+        lines.append(f"| {r['preset']} | {r['T']} | {r['protocol']} | {r['arch']} | {r['batch']} | "
+                     f"{r['images_per_s']:.3f} | {gain} | {r['peak_mem_MiB']:.0f} |")
+    return "\n".join(lines)
+
+
 def bench_vocab(device: str, budget_mb: int) -> list[dict]:
     rows = [_in_subprocess(_vocab_job, t, budget_mb, device) for t in (150, 847)]
     for r in rows:
@@ -702,6 +763,10 @@ def run(args) -> int:
     except ValueError as e:
         print(f"escnet benchmark: {e}", file=sys.stderr)
         return 2
+    if any(b < 1 for b in args.batch_sizes) or args.batch_images < 1:
+        print(f"escnet benchmark: --batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and "
+              f"{args.batch_images}", file=sys.stderr)
+        return 2
     out: dict = {"device": device, "torch": torch.__version__, "threads": threads, "dtype": args.dtype,
                  "compile": args.compile, "date": time.strftime("%Y-%m-%d")}
     if device.startswith("cuda"):
@@ -732,6 +797,10 @@ def run(args) -> int:
         print(_fmt_profile(out["profile"]))
     if "vocab" in what:
         out["vocab"] = bench_vocab(device, args.memory_budget)
+    if "batch" in what:
+        out["batch"] = bench_batch(sizes, classes, args.protocols[0], device, args.batch_sizes, args.batch_images,
+                                   args.warmup)
+        print(_fmt_batch(out["batch"]))
     if "text-cache" in what:
         r = out["text_cache"] = bench_text_cache(args.text_cache_size, device=device)
         print(f"text features, {r['vocabulary']} ({r['T']} names) at {r['size']} on {device}: cold "
@@ -750,7 +819,7 @@ def add_command(sub) -> None:
     p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency against the matmul "
                                          "ceiling, per-part profile, memory; PPG; vocabularies")
     p.add_argument("--what", nargs="+", default=None,
-                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "text-cache", "train"],
+                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "text-cache", "train", "batch"],
                    help=f"sections to run (default: a quick {' + '.join(QUICK['what'])}; the full matrix is "
                         f"{' '.join(FULL['what'])}; train is opt-in: it is slow on a CPU)")
     p.add_argument("--sizes", nargs="+", default=None, choices=["vitb16", "vitl14", "tiny"],
@@ -777,6 +846,10 @@ def add_command(sub) -> None:
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed passes (forward for models and profile, training steps for train) before timing "
                         "(default %(default)s)")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4],
+                   help="batch section: images per model call (default %(default)s)")
+    p.add_argument("--batch-images", type=int, default=4,
+                   help="batch section: photos segmented per timed run (default %(default)s)")
     p.add_argument("--train-size", default="vitb16", choices=["vitb16", "vitl14", "tiny"])
     p.add_argument("--train-classes", type=int, default=171, help="class names per training step (default %(default)s)")
     p.add_argument("--train-batch", type=int, default=1, help="images per step and device (default %(default)s)")

@@ -241,3 +241,17 @@ def test_asking_for_sections_keeps_the_full_defaults(monkeypatch, capsys, restor
     assert sorted(calls) == ["bench_models"]
     assert calls["bench_models"][:2] == (["vitb16", "vitl14"], [20, 59, 150, 171])
     assert "quick" not in capsys.readouterr().err
+
+
+def test_batch_section_reports_images_per_second_per_batch_size(tmp_path, capsys, restore_threads):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--what", "batch", "--sizes", "tiny", "--classes", "3", "--protocols", "single",
+                 "--device", "cpu", "--threads", "1", "--batch-sizes", "1", "2", "--batch-images", "2",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["batch"]
+    assert [(r["arch"], r["batch"]) for r in rows] == [("escnet", 1), ("escnet", 2), ("catseg", 1), ("catseg", 2)]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["images"] == 2 and r["images_per_s"] == pytest.approx(2 / r["seconds"]) and r["peak_mem_MiB"] > 0
+    assert "| size | T | protocol | model | batch | images/s | x batch 1 | peak MiB |" in capsys.readouterr().out
+    assert main(["benchmark", "--what", "batch", "--batch-sizes", "0"]) == 2
