@@ -173,9 +173,23 @@ def signature(cmd: list[str]) -> str:
     return json.dumps(values, sort_keys=True)
 
 
+_SIGNATURES: dict[tuple[str, int], str] = {}
+
+
+def owner_of(reading: str, seed: int, args: argparse.Namespace, keys: set[str]) -> str:
+    """The first reading of READINGS (all tables, not only those asked for) whose run resolves to the
+    same config as `reading`'s for this seed: the one whose folder holds the run."""
+    def sig(r: str) -> str:
+        if (r, seed) not in _SIGNATURES:
+            _SIGNATURES[(r, seed)] = signature(command(r, seed, args)[0])
+        return _SIGNATURES[(r, seed)]
+
+    mine = sig(reading)
+    return next(r for r in READINGS if not missing_keys(READINGS[r][2], keys) and sig(r) == mine)
+
+
 def run_study(args: argparse.Namespace) -> dict:
     keys = available_keys()
-    first_run: dict[str, tuple[str, Path]] = {}  # signature -> (reading, run_dir) that trains it
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = [r for r in READINGS if READINGS[r][0] in args.tables.split(",")
               and (not args.readings or r in args.readings.split(","))]
@@ -192,42 +206,43 @@ def run_study(args: argparse.Namespace) -> dict:
                 print(f"skip {reading}: this checkout has no {', '.join(missing)}")
                 continue
             results[reading] = {}
-            for seed in seeds:
-                cmd, run_dir = command(reading, seed, args)
-                sig = signature(cmd)
-                if sig in first_run:  # the same run as an earlier reading's: reuse it
-                    cmd, run_dir = command(first_run[sig][0], seed, args)
-                    if args.dry_run:
-                        print(f"[{reading} seed {seed} = {first_run[sig][0]}]")
-                else:
-                    first_run[sig] = (reading, run_dir)
-                line = shlex.join(cmd)
-                # reuse a finished run only if it ran this very command
-                stamp = run_dir / "study_command.txt"
-                same = stamp.exists() and stamp.read_text() == line
-                done = final_eval(run_dir, args.max_iters) if same else None
-                if args.dry_run:
-                    if first_run[sig][1] == run_dir and first_run[sig][0] == reading:
-                        print(("[done] " if done else "") + line)
-                    continue
-                if done is None and args.summarise_only:
-                    continue
-                if done is None:
-                    if run_dir.exists():
-                        raise RuntimeError(f"{run_dir} holds another or unfinished run; remove it to rerun")
-                    start = time.time()
-                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} start {line}\n")
-                    log.flush()
-                    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          text=True)
-                    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} exit {proc.returncode} after "
-                              f"{time.time() - start:.0f} s: {run_dir}\n")
-                    log.flush()
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{line}\nfailed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-                    done = final_eval(run_dir, args.max_iters)
-                    stamp.write_text(line)
-                results[reading][seed] = {k: done.get(k) for k in (*METRICS, "mIoU")}
+        # --order seed: every reading for seed 0, then for seed 1, ...: a study stopped part-way has
+        # complete pairs for the seeds it reached; --order reading: every seed of one reading first
+        runnable = list(results)
+        jobs = ([(r, s) for s in seeds for r in runnable] if args.order == "seed"
+                else [(r, s) for r in runnable for s in seeds])
+        for reading, seed in jobs:
+            owner = owner_of(reading, seed, args, keys)
+            cmd, run_dir = command(owner, seed, args)
+            if owner != reading and args.dry_run:
+                print(f"[{reading} seed {seed} = {owner}]")
+            line = shlex.join(cmd)
+            # reuse a finished run only if it ran this very command
+            stamp = run_dir / "study_command.txt"
+            same = stamp.exists() and stamp.read_text() == line
+            done = final_eval(run_dir, args.max_iters) if same else None
+            if args.dry_run:
+                if owner == reading:
+                    print(("[done] " if done else "") + line)
+                continue
+            if done is None and args.summarise_only:
+                continue
+            if done is None:
+                if run_dir.exists():
+                    raise RuntimeError(f"{run_dir} holds another or unfinished run; remove it to rerun")
+                start = time.time()
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} start {line}\n")
+                log.flush()
+                proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True)
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} exit {proc.returncode} after "
+                          f"{time.time() - start:.0f} s: {run_dir}\n")
+                log.flush()
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{line}\nfailed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+                done = final_eval(run_dir, args.max_iters)
+                stamp.write_text(line)
+            results[reading][seed] = {k: done.get(k) for k in (*METRICS, "mIoU")}
     if args.dry_run:
         return {"skipped": skipped}
     comparisons = []
@@ -289,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iters", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (runs are sequential)")
     p.add_argument("--readings", default="", help="comma-separated subset of the readings (default: all of --tables)")
+    p.add_argument("--order", default="seed", choices=["seed", "reading"],
+                   help="run order: seed-major (default; partial studies keep their pairs) or reading-major")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--summarise-only", action="store_true", help="run nothing; tabulate the runs finished so far")
     p.add_argument("extra", nargs="*", help="more key=value overrides for every run (e.g. eval_limit=100)")

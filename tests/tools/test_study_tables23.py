@@ -48,3 +48,6 @@ def test_readings_that_resolve_to_one_config_share_one_run():
     others = [s for r, s in sig.items() if r not in ("t3d_point_mask", "lr_rule_all", "seed_01")]
     assert len(set(others)) == len(others)
     assert study.missing_keys(study.READINGS["lr_sam_low"][2], study.available_keys()) == []
+    keys = study.available_keys()
+    assert study.owner_of("t3d_point_mask", 0, args, keys) == "t2c_pretrained"  # also when only Table 3 is asked for
+    assert study.owner_of("t3a_point", 0, args, keys) == "t3a_point"
