@@ -49,23 +49,20 @@ from PIL import Image
 from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
-from escnet.engine.protocol import PROTOCOL_STEPS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
+from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
+                                   TOP_K)
+from escnet.engine.protocol import PROTOCOL_STEPS, mapper_resize, resize_probs
 from escnet.engine.text_cache import TextCache, enabled_by_env
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
 from escnet.runtime import resolve_device
 
-CLASS_MODES = ("exact", "top256")
-TOP_K = 256
-DEFAULT_MEMORY_BUDGET_MB = 2048
 # Estimated peak activation bytes per class, per view, per crop pixel (float32): the decoder's
 # last stage holds ~48-64 channels at a quarter of the crop side plus GroupNorm/ReLU copies, and
 # the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
-# the smallest max_side: below the model's token grid a working image carries no detail (1 x 1 was accepted)
-MIN_MAX_SIDE = 16
 
 def model_description(path: Union[str, os.PathLike]) -> Optional[str]:
     """The text of a checkpoint folder's NOTICE.txt (what the model is for), else None."""
