@@ -59,6 +59,7 @@ from escnet.data.images import resize_rgb
 from escnet.data.transforms import shortest_edge_size
 from escnet.engine.options import RESIZE_MODES
 from escnet.models.catseg import FROM_CONFIG
+
 SLIDING_OVERLAP = 0.333  # inference_sliding_window(overlap=0.333); int(384 * (1 - 0.333)) = 256
 MAX_SIZE_FACTOR = 4  # INPUT.MAX_SIZE_TEST 2560 = 4 x MIN_SIZE_TEST 640
 SIZE_DIVISIBILITY = 32  # cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY
