@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from PIL import Image
 
 from escnet.data.images import ImageError, load_image
@@ -255,6 +254,8 @@ def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escne
     `segment(image, classes, protocol=...)`), queued with the limits' concurrency and size.
     examples: [image path, vocabulary] rows (default: the bundled ones, `example_rows()`).
     Launch it with `launch_demo`."""
+    import torch  # here, not at the top: building the parser (`escnet --help`) must not load torch
+
     gr = import_gradio()
     folders = _ResultFolders()
     sizes = {name: len(benchmark_vocabulary(name)) for name in BENCHMARK_VOCABULARIES}

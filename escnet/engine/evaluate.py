@@ -24,15 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
-from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
-from escnet.engine.text_cache import TEXT_CACHE_HELP
+from escnet.engine.options import CLASS_MODES, PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP, TOP_K
 from escnet.errors import EscnetError, one_line
 from escnet.progress import progress as progress_of
 from escnet.runtime import DEVICES, THREADS_HELP, set_threads, setup_runtime
-from escnet.weights.common import WeightsError
 
 # results.json says which large-vocabulary mode ran and what it reproduces
 CLASS_MODE_NOTES = {
@@ -57,6 +54,8 @@ class EvaluationError(EscnetError, RuntimeError):
 
 
 def _rank_world() -> tuple[int, int]:
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -85,6 +84,8 @@ def evaluate(
 
     Returns the results dict (the same on every rank): `compute_metrics` fields plus run info.
     """
+    from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics
+
     rank, world = _rank_world()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     indices = range(rank, n, world)
@@ -172,12 +173,15 @@ def load_dataset(spec: str, root: str | None = None, split: str = "val", classes
 
 
 def _run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
+    from escnet.engine.inference import Segmenter, model_notice
+    from escnet.engine.metrics import format_table
+    from escnet.weights.common import WeightsError
+
     rt = setup_runtime(args.device)
     rank = rt.rank
     try:
         dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
-        from escnet.engine.inference import TOP_K, Segmenter, model_notice
-
         set_threads(args.threads)
         segmenter = Segmenter.from_pretrained(args.model, device=rt.device, protocol=args.protocol,
                                               class_mode=args.class_mode, resize=args.resize,
@@ -221,12 +225,12 @@ def add_command(subparsers) -> None:
     p.add_argument("--dataset", required=True,
                    help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, synthetic, synthetic-grouping (seen / unseen mIoU too), "
                         "or a folder with images/, labels/, classes.txt")
-    p.add_argument("--protocol", choices=["sliding", "single"], default="sliding",
+    p.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
                    help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")
-    p.add_argument("--resize", choices=["official", "antialias"], default="official",
+    p.add_argument("--resize", choices=RESIZE_MODES, default="official",
                    help="official: CAT-Seg's evaluation protocol exactly (default); antialias: antialiased "
                         "model-side image downscales")
-    p.add_argument("--class-mode", choices=["exact", "top256"], default="exact",
+    p.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
                    help="exact: score every class (bounded memory); top256: CAT-Seg's truncation for "
                         "large vocabularies, the mode that reproduces its published ADE-847 / PC-459 "
                         "numbers; needs a CAT-Seg model")

@@ -49,23 +49,21 @@ from PIL import Image
 from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.engine import visualize
-from escnet.engine.protocol import PROTOCOL_STEPS, PROTOCOLS, RESIZE_MODES, mapper_resize, resize_probs
+from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
+                                   TOP_K)
+from escnet.engine.protocol import PROTOCOL_STEPS, mapper_resize, resize_probs
+from escnet.models.catseg import FROM_CONFIG
 from escnet.engine.text_cache import TextCache, enabled_by_env
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
 from escnet.runtime import resolve_device
 
-CLASS_MODES = ("exact", "top256")
-TOP_K = 256
-DEFAULT_MEMORY_BUDGET_MB = 2048
 # Estimated peak activation bytes per class, per view, per crop pixel (float32): the decoder's
 # last stage holds ~48-64 channels at a quarter of the crop side plus GroupNorm/ReLU copies, and
 # the logits are resized to the crop. It only sets the chunk size; it never changes the result.
 _BYTES_PER_CLASS_PIXEL = 64
 _TEXT_CACHE_SIZE = 16
-# the smallest max_side: below the model's token grid a working image carries no detail (1 x 1 was accepted)
-MIN_MAX_SIDE = 16
 
 def model_description(path: Union[str, os.PathLike]) -> Optional[str]:
     """The text of a checkpoint folder's NOTICE.txt (what the model is for), else None."""
@@ -301,20 +299,14 @@ class Segmenter:
                 f"{getattr(self.model.cfg, 'arch', type(self.model).__name__)} model supports class_mode 'exact' only"
             )
 
-    @contextlib.contextmanager
-    def _truncation(self, class_mode: str):
-        cfg = self.model.cfg
+    def _class_truncation(self, class_mode: str):
+        """The forward's class_truncation for a class mode (an argument per call, so that threads with
+        different modes can share the model): TOP_K for "top256"; for "exact", None (every class) on
+        a model with CAT-Seg's truncation and nothing to pass (FROM_CONFIG) on one without."""
         if class_mode == "top256":
             self._check_truncation()
-        elif not hasattr(cfg, "class_truncation"):
-            yield
-            return
-        previous = cfg.class_truncation
-        cfg.class_truncation = TOP_K if class_mode == "top256" else None
-        try:
-            yield
-        finally:
-            cfg.class_truncation = previous
+            return TOP_K
+        return None if hasattr(self.model.cfg, "class_truncation") else FROM_CONFIG
 
     def segment(
         self,
@@ -353,14 +345,15 @@ class Segmenter:
         make_views, probabilities, merge = PROTOCOL_STEPS[protocol]
         crop = self.model.cfg.crop_size
         works = [working_size(*rgb.shape[:2], self.max_side) for rgb in rgbs]
+        truncation = self._class_truncation(class_mode)
         scored = min(len(entries), TOP_K) if class_mode == "top256" else len(entries)
         budget = self.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
         with torch.no_grad():
             views, contexts = zip(*(make_views(self.model, mapper_resize(rgb, crop).to(self.device), resize)
                                     for rgb in rgbs))
             class_chunk = class_chunk_for_budget(scored, crop, sum(len(v) for v in views), self.memory_budget_mb)
-            with self._autocast(), self._truncation(class_mode):
-                probs = probabilities(self.model, torch.cat(views), text, class_chunk)
+            with self._autocast():
+                probs = probabilities(self.model, torch.cat(views), text, class_chunk, truncation)
             results = []
             for rgb, work, part, context in zip(rgbs, works, probs.split([len(v) for v in views]), contexts):
                 resize_chunk = max(1, int(budget * 2**20 // (work[0] * work[1] * 4 * 3)))

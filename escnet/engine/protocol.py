@@ -57,9 +57,9 @@ import torch.nn.functional as F
 
 from escnet.data.images import resize_rgb
 from escnet.data.transforms import shortest_edge_size
+from escnet.engine.options import RESIZE_MODES
+from escnet.models.catseg import FROM_CONFIG
 
-PROTOCOLS = ("sliding", "single")
-RESIZE_MODES = ("official", "antialias")
 SLIDING_OVERLAP = 0.333  # inference_sliding_window(overlap=0.333); int(384 * (1 - 0.333)) = 256
 MAX_SIZE_FACTOR = 4  # INPUT.MAX_SIZE_TEST 2560 = 4 x MIN_SIZE_TEST 640
 SIZE_DIVISIBILITY = 32  # cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY
@@ -112,7 +112,18 @@ def _upsampling_matrix(n: int, side: int) -> torch.Tensor:
     return F.interpolate(eye, size=(side, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].T
 
 
-def native_logits(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int]) -> torch.Tensor:
+def model_logits(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int],
+                 class_truncation=FROM_CONFIG, **options) -> torch.Tensor:
+    """model(views, text, class_chunk=..., **options) -> logits (N, T, h, w); class_truncation (CAT-Seg's
+    top-k, escnet.models.catseg.CATSeg.forward) is passed only when given, so a model without one
+    (ESC-Net) is called as it takes it."""
+    if class_truncation != FROM_CONFIG:
+        options["class_truncation"] = class_truncation
+    return model(views, text, class_chunk=class_chunk, **options)
+
+
+def native_logits(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int],
+                  class_truncation=FROM_CONFIG) -> torch.Tensor:
     """The model's logits (N, T, n, n) at its native resolution, before its own resize to the view.
 
     A model whose forward takes `upsample=False` returns them directly. Otherwise the model's final
@@ -121,8 +132,8 @@ def native_logits(model, views: torch.Tensor, text: torch.Tensor, class_chunk: O
     pinv(U) L pinv(U)^T up to float32 rounding (about 1e-6 of the logits' size).
     """
     if "upsample" in inspect.signature(model.forward).parameters:
-        return model(views, text, class_chunk=class_chunk, upsample=False).float()
-    logits = model(views, text, class_chunk=class_chunk).float()
+        return model_logits(model, views, text, class_chunk, class_truncation, upsample=False).float()
+    logits = model_logits(model, views, text, class_chunk, class_truncation).float()
     clip = model.cfg.clip
     n, side = NATIVE_UPSAMPLING * (clip.image_size // clip.patch_size), views.shape[-1]
     if side == n:
@@ -150,10 +161,11 @@ def single_views(model, image: torch.Tensor, resize: str = "official") -> tuple[
     return _resize_image(padded[None], (side, side), resize), (height, width)
 
 
-def single_probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int]) -> torch.Tensor:
+def single_probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int],
+                         class_truncation=FROM_CONFIG) -> torch.Tensor:
     """views (N, 3, s, s) -> sigmoid of the native logits (N, T, n, n), float32 (the official order:
-    sigmoid first, resizing later)."""
-    return native_logits(model, views, text, class_chunk).float().sigmoid()
+    sigmoid first, resizing later). class_truncation: see `model_logits`."""
+    return native_logits(model, views, text, class_chunk, class_truncation).float().sigmoid()
 
 
 def merge_single(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -173,9 +185,10 @@ def sliding_views(model, image: torch.Tensor, resize: str = "official") -> tuple
     return torch.stack(crops + [_resize_image(image[None], (crop, crop), resize)[0]]), crop
 
 
-def sliding_probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int]) -> torch.Tensor:
-    """views (N, 3, c, c) -> sigmoid probabilities (N, T, c, c), float32."""
-    logits = model(views, text, class_chunk=class_chunk).float()
+def sliding_probabilities(model, views: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int],
+                          class_truncation=FROM_CONFIG) -> torch.Tensor:
+    """views (N, 3, c, c) -> sigmoid probabilities (N, T, c, c), float32. class_truncation: see `model_logits`."""
+    logits = model_logits(model, views, text, class_chunk, class_truncation).float()
     return resize_probs(logits, tuple(views.shape[-2:])).sigmoid()
 
 
@@ -198,23 +211,23 @@ PROTOCOL_STEPS = {"sliding": (sliding_views, sliding_probabilities, merge_slidin
 
 
 def predict(protocol: str, model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
-            resize: str = "official") -> torch.Tensor:
+            resize: str = "official", class_truncation=FROM_CONFIG) -> torch.Tensor:
     """One image (3, h', w') from `mapper_resize` through `protocol` -> probabilities (T, h'', w'')."""
     make_views, probabilities, merge = PROTOCOL_STEPS[protocol]
     views, context = make_views(model, image, resize)
-    return merge(probabilities(model, views, text, class_chunk), context)
+    return merge(probabilities(model, views, text, class_chunk, class_truncation), context)
 
 
 def predict_single(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
-                   resize: str = "official") -> torch.Tensor:
+                   resize: str = "official", class_truncation=FROM_CONFIG) -> torch.Tensor:
     """Single view (rule 3) -> probabilities (T, min(h', n), min(w', n)), to be resized to (H, W)."""
-    return predict("single", model, image, text, class_chunk, resize)
+    return predict("single", model, image, text, class_chunk, resize, class_truncation)
 
 
 def predict_sliding(model, image: torch.Tensor, text: torch.Tensor, class_chunk: Optional[int] = None,
-                    resize: str = "official") -> torch.Tensor:
+                    resize: str = "official", class_truncation=FROM_CONFIG) -> torch.Tensor:
     """Sliding window (rule 2) -> probabilities (T, S, S), to be resized to (H, W)."""
-    return predict("sliding", model, image, text, class_chunk, resize)
+    return predict("sliding", model, image, text, class_chunk, resize, class_truncation)
 
 
 PROTOCOL_FUNCTIONS = {"sliding": predict_sliding, "single": predict_single}

@@ -23,17 +23,15 @@ import sys
 from pathlib import Path
 
 from PIL import Image
+
 from escnet.data.images import MAX_SIDE, load_image
 from escnet.data.vocab import VocabularyError, parse_vocabulary
-from escnet.engine.inference import (
-    CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES, Segmenter, model_notice,
-)
+from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
+                                   TEXT_CACHE_HELP)
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
-from escnet.engine.text_cache import TEXT_CACHE_HELP
 from escnet.errors import one_line
 from escnet.progress import note, progress
 from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
-from escnet.weights.common import WeightsError
 
 
 def _positive_float(text: str) -> float:
@@ -132,6 +130,10 @@ def _unique_names(files: list[Path]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
+    from escnet.engine.inference import Segmenter, model_notice
+    from escnet.weights.common import WeightsError
+
     try:
         vocabulary = parse_vocabulary(args.classes)
         device = resolve_device(args.device)

@@ -29,14 +29,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from escnet.engine.options import TEXT_CACHE_ENV as ENV
 from escnet.fileio import atomic_write
 from escnet.hub import cache_dir
 
-ENV = "ESCNET_TEXT_CACHE"
 FOLDER = "text_embeddings"
 FORMAT = "escnet-text-features-1"  # changes when the key's recipe changes
-TEXT_CACHE_HELP = (f"do not read or write the on-disk cache of text features (also {ENV}=0; "
-                   "it lives in $ESCNET_CACHE or ~/.cache/escnet, under text_embeddings/)")
 
 
 def enabled_by_env() -> bool:

@@ -27,6 +27,10 @@ from escnet.models.clip import CLIP, CLIPConfig
 from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel, run_block
 from escnet.models.swin import ClassAttentionLayer, SwinBlockPair
 
+# forward's class_truncation default: the config's `class_truncation`. An argument, not a config
+# change, picks another per call, so one model can serve callers with different class modes at once.
+FROM_CONFIG = "config"
+
 
 @dataclass
 class CATSegConfig:
@@ -200,10 +204,9 @@ class Aggregator(nn.Module):
 class CATSeg(CLIPBackedModel):
     """CAT-Seg. forward(images (B, 3, H, W) in 0..255, text (T, D)) -> logits (B, T, H, W).
 
-    After each forward, `last_class_mode` says how the classes were scored: "all" (every class
-    aggregated jointly; padded with learnable tokens when T < pad_len) or "top{k}" (CAT-Seg's
-    truncation: only the k classes with the highest max cosine score per image were aggregated,
-    the others got logit -100).
+    The classes are scored either all together (aggregated jointly; padded with learnable tokens
+    when T < pad_len) or, with CAT-Seg's truncation, only the k with the highest max cosine score
+    per image (the others get logit -100); `truncation` says which a forward does.
     """
 
     def __init__(self, cfg: CATSegConfig):
@@ -217,7 +220,6 @@ class CATSeg(CLIPBackedModel):
         # shallower skip -> coarser decoder stage (x2), deeper skip -> finer stage (x4), as CAT-Seg
         self.upsample1 = nn.ConvTranspose2d(w, cfg.skip_dims[0], kernel_size=2, stride=2)
         self.upsample2 = nn.ConvTranspose2d(w, cfg.skip_dims[1], kernel_size=4, stride=4)
-        self.last_class_mode: str | None = None
         # CAT-Seg's "attention" rule trains CLIP parameters whose names contain "transformer" and either
         # "attn" + q_proj/v_proj or "position"; OpenAI CLIP has no parameter matching the latter, so
         # exactly the q and v projection weights of both towers train (docs/design.md), in_proj_bias does not.
@@ -232,28 +234,37 @@ class CATSeg(CLIPBackedModel):
         score = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), text).flatten(2).amax(-1)
         return score.topk(k, dim=1).indices.sort(dim=1).values
 
+    def truncation(self, num_classes: int, class_truncation: int | None | str = FROM_CONFIG) -> int | None:
+        """The k of the truncation a forward over `num_classes` classes applies with this
+        `class_truncation` (an integer k >= 1, None: never, or FROM_CONFIG: cfg.class_truncation);
+        None when every class is scored (no truncation asked for, or T <= k)."""
+        k = self.cfg.class_truncation if class_truncation == FROM_CONFIG else class_truncation
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"class_truncation must be an integer >= 1, None or {FROM_CONFIG!r}, got {k!r}")
+        return k if k is not None and num_classes > k else None
+
     def forward(self, images: Tensor, text_feats: Tensor, class_chunk: int | None = None,
-                upsample: bool = True) -> Tensor:
+                upsample: bool = True, class_truncation: int | None | str = FROM_CONFIG) -> Tensor:
         """images (B, 3, H, W) RGB 0..255; text_feats (T, D) (L2-normalised here as in CAT-Seg)
         -> logits (B, T, H, W), or the decoder's native logits (B, T, 4g, 4g) with upsample=False.
 
         class_chunk: aggregate the classes in chunks of this size: exactly the result of None, with
         the per-class activations bounded by the chunk size.
+        class_truncation: for T > k, aggregate only each image's k best classes (`select_classes`)
+        and give the others logit -100; None scores every class; default: cfg.class_truncation.
         """
         if text_feats.dim() != 2 or text_feats.shape[1] != self.cfg.clip.embed_dim:
             raise ValueError(f"text_feats must have shape (T, {self.cfg.clip.embed_dim}), got {tuple(text_feats.shape)}")
+        k = self.truncation(text_feats.shape[0], class_truncation)
         feats, skips, size = self.encode_image(images)
         text = F.normalize(text_feats.to(feats.dtype), dim=-1)
         b, t = feats.shape[0], text.shape[0]
-        k = self.cfg.class_truncation
         classes = None
-        if k is not None and t > k:
+        if k is not None:
             classes = self.select_classes(feats, text, k)
             text_b = text[classes]  # (B, k, D)
-            self.last_class_mode = f"top{k}"
         else:
             text_b = text.expand(b, t, -1)
-            self.last_class_mode = "all"
         logits = self.transformer(feats, text_b, (self.upsample1(skips[0]), self.upsample2(skips[1])), class_chunk)
         if not upsample:
             size = logits.shape[-2:]

@@ -216,14 +216,14 @@ def _record_sections(monkeypatch):
             calls[_name] = args
             return _result
         monkeypatch.setattr(benchmark, name, record)
-    monkeypatch.setattr(benchmark, "_fmt_flops", lambda rows: "")
-    monkeypatch.setattr(benchmark, "_fmt_models", lambda rows: "")
+    monkeypatch.setattr(benchmark, "format_flops", lambda rows: "")
+    monkeypatch.setattr(benchmark, "format_models", lambda rows: "")
     return calls
 
 
 def test_bare_benchmark_runs_the_quick_subset_and_says_how_to_ask_for_the_full_matrix(monkeypatch, capsys,
                                                                                      restore_threads):
-    from escnet.engine.benchmark import FULL_COMMAND
+    from escnet.engine.benchmark_command import FULL_COMMAND
 
     calls = _record_sections(monkeypatch)
     assert main(["benchmark", "--device", "cpu"]) == 0

@@ -32,7 +32,7 @@ class ColourModel(torch.nn.Module):
         self.cfg = SimpleNamespace(arch="stub", crop_size=crop, pixel_mean=(128.0, 128.0, 128.0),
                                    clip=SimpleNamespace(image_size=crop, patch_size=4))
         if truncation:
-            self.cfg.class_truncation = None
+            self.cfg.class_truncation = 8  # the config's own value, which the Segmenter never uses
         self.text_calls = 0
         self.calls = []
 
@@ -40,9 +40,8 @@ class ColourModel(torch.nn.Module):
         self.text_calls += 1
         return torch.tensor([COLOURS.get(n.split(",")[0].strip(), (128, 128, 128)) for n in names], dtype=torch.float32)
 
-    def forward(self, images, text, class_chunk=None):
-        self.calls.append({"images": images.clone(), "class_chunk": class_chunk,
-                           "class_truncation": getattr(self.cfg, "class_truncation", "absent")})
+    def forward(self, images, text, class_chunk=None, **options):
+        self.calls.append({"images": images.clone(), "class_chunk": class_chunk, "options": options})
         distance = (images[:, None] - text[None, :, :, None, None]).norm(dim=2)
         return 4.0 - distance / 40.0
 
@@ -142,16 +141,20 @@ def test_memory_budget_sets_the_class_chunk():
     assert model.calls[-1]["class_chunk"] is None
 
 
-def test_top256_sets_and_restores_the_model_truncation():
+def test_the_class_mode_is_a_forward_argument_and_the_config_stays():
     model = ColourModel(truncation=True)
     segmenter = Segmenter(model, device="cpu", protocol="single")
     names = [f"class {i}" for i in range(300)]
     result = segmenter.segment(_halves(8, 8), names, class_mode="top256")
-    assert model.calls[-1]["class_truncation"] == 256
-    assert model.cfg.class_truncation is None
+    assert model.calls[-1]["options"] == {"class_truncation": 256}
     assert result.info["class_mode"] == "top256" and result.info["truncated"] is True
     result = segmenter.segment(_halves(8, 8), names)
-    assert model.calls[-1]["class_truncation"] is None and result.info["truncated"] is False
+    assert model.calls[-1]["options"] == {"class_truncation": None} and result.info["truncated"] is False
+    assert model.cfg.class_truncation == 8
+    # a model without CAT-Seg's truncation (ESC-Net) is called without the argument
+    plain = ColourModel()
+    Segmenter(plain, device="cpu", protocol="single").segment(_halves(8, 8), names)
+    assert plain.calls[-1]["options"] == {}
 
 
 def test_top256_needs_a_model_with_truncation():
@@ -234,14 +237,65 @@ def test_catseg_checkpoint_exact_and_truncated(tmp_path: Path, monkeypatch):
     image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     classes = "cat, grass, sky, road, car"
     exact = segmenter.segment(image, classes, return_probs=True)
-    assert segmenter.model.last_class_mode == "all" and exact.info["model"] == "catseg"
+    assert exact.info["model"] == "catseg" and exact.info["truncated"] is False
     assert exact.probs.min() > 1e-6  # every class was scored
     monkeypatch.setattr(inference, "TOP_K", 2)  # truncate a 5-class vocabulary to see the mechanism work
     top = segmenter.segment(image, classes, class_mode="top256", return_probs=True)
-    assert segmenter.model.last_class_mode == "top2" and top.info["truncated"] is True
+    assert top.info["truncated"] is True
     scored = (top.probs > 1e-6).any(axis=(1, 2))
     assert scored.sum() == 2 and set(np.unique(top.labels)) <= set(np.flatnonzero(scored))
-    assert segmenter.model.cfg.class_truncation == 8  # the checkpoint's own setting is restored
+    assert segmenter.model.cfg.class_truncation == 8  # the checkpoint's own setting, never changed
+
+
+def test_threads_with_different_class_modes_share_one_model(tmp_path: Path, monkeypatch):
+    """The demo serves requests from several threads through one Segmenter: each call's class mode
+    is its own (a forward argument), so concurrent calls give what sequential ones give, and the
+    model's config is never written."""
+    import threading
+
+    factory = pytest.importorskip("escnet.models.factory")
+    from escnet.models.catseg import CATSegConfig
+
+    torch.manual_seed(0)
+    segmenter = Segmenter(factory.create_model("catseg", "tiny"), device="cpu", protocol="single", text_cache=False)
+    monkeypatch.setattr(inference, "TOP_K", 2)  # so that top256 truncates this 5-class vocabulary
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (30, 40, 3), dtype=np.uint8) for _ in range(2)]
+    classes = "cat, grass, sky, road, car"
+    jobs = [(mode, i) for mode in ("exact", "top256") for i in range(len(images))]
+    expected = {job: segmenter.segment(images[job[1]], classes, class_mode=job[0], return_probs=True) for job in jobs}
+    assert not np.allclose(expected["exact", 0].probs, expected["top256", 0].probs)  # the modes differ
+
+    def frozen(cfg, name, value):
+        raise AssertionError(f"the model's config was changed: {name} = {value!r}")
+
+    monkeypatch.setattr(CATSegConfig, "__setattr__", frozen)
+    start = threading.Barrier(2)
+    results, errors = {}, []
+
+    def worker(mode):
+        try:
+            start.wait()
+            for _ in range(3):
+                for i in range(len(images)):
+                    results.setdefault((mode, i), []).append(
+                        segmenter.segment(images[i], classes, class_mode=mode, return_probs=True))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(mode,)) for mode in ("exact", "top256")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for job in jobs:
+        assert len(results[job]) == 3
+        for result in results[job]:
+            np.testing.assert_array_equal(result.labels, expected[job].labels)
+            np.testing.assert_allclose(result.probs, expected[job].probs, atol=1e-6, rtol=0)
+            assert result.info["class_mode"] == job[0]
+    assert segmenter.model.cfg.class_truncation == 8
 
 
 @pytest.mark.parametrize("arch, protocol", [("escnet", "sliding"), ("escnet", "single"), ("catseg", "sliding")])

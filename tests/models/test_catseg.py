@@ -32,7 +32,7 @@ def test_tiny_forward_backward_shapes_and_trainable_params():
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(5))
     logits = model(_images(size=384), text)
     assert logits.shape == (2, 5, 384, 384)
-    assert model.last_class_mode == "all"
+    assert model.truncation(5) is None  # 5 classes <= the tiny preset's truncation k = 8: all scored
     logits.sigmoid().mean().backward()
     trainable_clip = {n for n, p in model.clip.named_parameters() if p.requires_grad}
     assert trainable_clip and all(n.endswith(("attn.q_proj_weight", "attn.v_proj_weight")) for n in trainable_clip)
@@ -58,19 +58,18 @@ def test_encode_text_uses_template_and_first_synonym():
 
 
 @pytest.mark.parametrize("training", [False, True])
-@pytest.mark.parametrize("t,chunk,overrides", [
-    (5, 2, {}),  # padded to pad_len with learnable tokens
-    (20, 3, {}),  # truncated to the top 8
-    (20, 7, {"class_truncation": None}),  # exact over all 20 classes
+@pytest.mark.parametrize("t,chunk,overrides,truncation", [
+    (5, 2, {}, None),  # padded to pad_len with learnable tokens
+    (20, 3, {}, 8),  # truncated to the top 8
+    (20, 7, {"class_truncation": None}, None),  # exact over all 20 classes
 ])
-def test_class_chunk_is_exact(training, t, chunk, overrides):
+def test_class_chunk_is_exact(training, t, chunk, overrides, truncation):
     model = _tiny(**overrides).train(training)
+    assert model.truncation(t) == truncation
     images, text = _images(), _text(t, model.cfg.clip.embed_dim)
     with torch.no_grad():
         full = model(images, text)
-        mode = model.last_class_mode
         chunked = model(images, text, class_chunk=chunk)
-    assert model.last_class_mode == mode
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
 
 
@@ -78,9 +77,9 @@ def test_truncation_keeps_top_k_and_fills_minus_100():
     model = _tiny().eval()
     k = model.cfg.class_truncation
     images, text = _images(), _text(20, model.cfg.clip.embed_dim)
+    assert model.truncation(20) == k
     with torch.no_grad():
         logits = model(images, text)
-        assert model.last_class_mode == f"top{k}"
         feats, _, _ = model.encode_image(images)
         score = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), text).flatten(2).amax(-1)
         for b in range(2):
@@ -90,9 +89,26 @@ def test_truncation_keeps_top_k_and_fills_minus_100():
             assert (logits[b, dropped] == -100).all()
             assert (logits[b, keep] != -100).any(-1).any(-1).all()
             # the kept classes are scored exactly as a run with only those classes
+            assert model.truncation(len(keep)) is None
             alone = model(images[b:b + 1], text[keep])
-            assert model.last_class_mode == "all"
             torch.testing.assert_close(logits[b, keep], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_per_call_overrides_the_config_and_leaves_it_alone():
+    model = _tiny().eval()  # cfg.class_truncation = 8
+    exact_model = _tiny(class_truncation=None).eval()
+    exact_model.load_state_dict(model.state_dict())
+    images, text = _images(), _text(20, model.cfg.clip.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, text, class_truncation=None), exact_model(images, text))
+        torch.testing.assert_close(exact_model(images, text, class_truncation=8), model(images, text))
+        three = model(images, text, class_truncation=3)
+    assert ((three != -100).flatten(2).any(-1).sum(1) == 3).all()  # 3 classes scored per image
+    assert (model.truncation(20, 3), model.truncation(20, None), model.truncation(3, 3)) == (3, None, None)
+    assert model.cfg.class_truncation == 8 and exact_model.cfg.class_truncation is None
+    for bad in (0, -1, 2.5, True, "top3"):
+        with pytest.raises(ValueError, match="class_truncation must be an integer >= 1"):
+            model(images, text, class_truncation=bad)
 
 
 @pytest.mark.parametrize("t,overrides", [(5, {}), (12, {"class_truncation": None})])
