@@ -51,6 +51,7 @@ from tqdm import tqdm
 from escnet.data.datasets import DatasetError
 from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, resolve_dataset
 from escnet.data.transforms import ColorJitter, TrainAugmentation
+from escnet.data.vocab import VocabularyError
 from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
 from escnet.engine.config import ConfigError, TrainConfig, config_from_dict, load_config
@@ -89,13 +90,13 @@ def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) ->
         raise ConfigError(f"batch_size = {cfg.batch_size} is not divisible by the {world_size} processes")
     try:
         train = resolve_dataset(cfg.dataset, root, "train")
-    except DatasetError as exc:
+    except (DatasetError, VocabularyError) as exc:
         raise ConfigError(f"dataset = {cfg.dataset!r}: {exc}") from None
     evaluation = None
     if cfg.eval_dataset:
         try:
             evaluation = resolve_dataset(cfg.eval_dataset, root, cfg.eval_split)
-        except DatasetError as exc:
+        except (DatasetError, VocabularyError) as exc:
             raise ConfigError(f"eval_dataset = {cfg.eval_dataset!r}: {exc}") from None
     if not resume and list_checkpoints(cfg.output_dir):
         raise ConfigError(f"output_dir = {cfg.output_dir!r} already holds checkpoints; pass --resume to continue "
