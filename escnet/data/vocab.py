@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Sequence, Union
 
 from escnet.errors import EscnetError
