@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from escnet.cli import build_parser
-from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
+from escnet.data.vocab import (BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, known_benchmarks,
+                               parse_vocabulary)
 from escnet.demo import DEFAULT_CLASSES, DemoInputError, DemoLimits, example_rows, legend_html, parse_demo_vocabulary, preset_text
 from escnet.engine.inference import Segmenter
 from escnet.lifecycle import save_pretrained
@@ -222,7 +223,7 @@ def test_corrupt_upload_gets_readable_error_and_server_goes_on(server):
     ("", "empty vocabulary (the class string): give at least one class name"),
     (", ".join(f"c{i}" for i in range(51)), "the vocabulary has 51 classes; this demo accepts at most 50"),
     ("/etc/hosts.txt", "the demo does not read vocabulary files; type or paste the class names instead"),
-    ("ade151", "unknown benchmark vocabulary 'ade151'; known: " + ", ".join(BENCHMARK_VOCABULARIES)),
+    ("ade151", "unknown benchmark vocabulary 'ade151'; known: " + known_benchmarks()),
 ])
 def test_bad_vocabulary_gets_readable_error(server, vocabulary, message):
     from gradio_client.exceptions import AppError

@@ -18,26 +18,28 @@ voc20b      VOCdevkit/VOC2012/JPEGImages                    .../annotations_dete
 As in detectron2's ``load_sem_seg``, the label files define the set (the image folders of the
 PASCAL benchmarks hold train and val images alike); each label needs an image of the same stem.
 
-Vocabularies (``escnet/assets/vocab/<name>.txt``, one class per line, index = train id, synonyms
-comma-separated) are the class lists CAT-Seg prompts with (its ``datasets/*.json``); ADE-847's is
-the 847-class list of MaskFormer/CAT-Seg (``ADE20K_SEM_SEG_FULL_CATEGORIES``). VOC-20b is
+The names are escnet.data.vocab's `BENCHMARKS` (where the aliases live: coco171 and coco are
+coco-stuff), and so are the class lists: escnet.data.vocab.benchmark_vocabulary, the lists CAT-Seg
+prompts with (its ``datasets/*.json``); ADE-847's is the 847-class list of MaskFormer/CAT-Seg
+(``ADE20K_SEM_SEG_FULL_CATEGORIES``). VOC-20b is
 special: the model is prompted with ``voc20b.txt`` (the 20 VOC classes followed by 39 PASCAL-Context
 classes standing for the background) and scored on 21 classes, the 20 VOC classes plus
 "background" (label 20); any prediction >= 20 counts as background (CAT-Seg's ``VOCbEvaluator``).
 
 A user dataset is a folder ``images/`` + ``labels/`` (single-channel PNG/TIFF, value = class index)
-+ ``classes.txt`` (one class per line); see `load_custom_dataset`.
++ ``classes.txt`` (one class per line, read by escnet.data.vocab.read_class_file); see
+`load_custom_dataset`.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from escnet.data.vocab import benchmark_vocabulary, find_benchmark, known_benchmarks, read_class_file
 from escnet.errors import EscnetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -64,41 +66,10 @@ def datasets_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root if root is not None else os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
-def read_class_file(path: str | os.PathLike) -> list[str]:
-    """Class entries of a one-class-per-line text file (blank lines skipped, index = label value).
-
-    Duplicate first synonyms are allowed: the benchmark lists have them (ADE-847 has three "bag"
-    classes with different synonyms), and the label ids, not the names, identify a class.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"class file {path} not found") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"class file {path} is not UTF-8 text") from None
-    entries = [", ".join(s.strip() for s in line.split(",")) for line in text.splitlines() if line.strip()]
-    for i, entry in enumerate(entries):
-        if any(not s.strip() for s in entry.split(",")):
-            raise DatasetError(f"class file {path}, class {i + 1}: empty name in {entry!r}")
-    if not entries:
-        raise DatasetError(f"class file {path} lists no classes")
-    return entries
-
-
-def vocabulary(name: str) -> list[str]:
-    """A benchmark vocabulary shipped as package data (``coco171``, ``ade150``, ``ade847``, ``pc59``,
-    ``pc459``, ``voc20``, ``voc20b``), index = train id."""
-    resource = resources.files("escnet") / "assets" / "vocab" / f"{name}.txt"
-    if not resource.is_file():
-        raise DatasetError(f"no benchmark vocabulary {name!r} in this installation ({resource})")
-    with resources.as_file(resource) as p:
-        return read_class_file(p)
-
-
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """Where a prepared benchmark lives and how its labels read.
+    """Where a prepared benchmark lives and how its labels read (its name and classes:
+    escnet.data.vocab.BENCHMARKS).
 
     ``splits`` maps a split name to (image dir, label dir), both relative to ``root``.
     ``background_index``: for VOC-20b, the label of "background"; predictions >= it count as it.
@@ -107,7 +78,6 @@ class BenchmarkSpec:
     root: str
     splits: dict[str, tuple[str, str]]
     label_ext: str
-    vocab: str
     ignore_label: int
     label_dtype: str
     prepare: str
@@ -115,33 +85,36 @@ class BenchmarkSpec:
     background_index: int | None = None
 
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {
+# keyed by the names of escnet.data.vocab.BENCHMARKS (a test checks that every one has a layout)
+LAYOUTS: dict[str, BenchmarkSpec] = {
     "coco-stuff": BenchmarkSpec(
         "coco-stuff",
         {"val": ("images/val2017", "annotations_detectron2/val2017"),
          "train": ("images/train2017", "annotations_detectron2/train2017")},
-        ".png", "coco171", 255, "uint8", "coco-stuff"),
+        ".png", 255, "uint8", "coco-stuff"),
     "ade150": BenchmarkSpec(
         "ADEChallengeData2016", {"val": ("images/validation", "annotations_detectron2/validation")},
-        ".png", "ade150", 255, "uint8", "ade150"),
+        ".png", 255, "uint8", "ade150"),
     "ade847": BenchmarkSpec(
         "ADE20K_2021_17_01", {"val": ("images_detectron2/validation", "annotations_detectron2/validation")},
-        ".tif", "ade847", 65535, "uint16", "ade847"),
+        ".tif", 65535, "uint16", "ade847"),
     "pc59": BenchmarkSpec(
         "VOCdevkit/VOC2010", {"val": ("JPEGImages", "annotations_detectron2/pc59_val")},
-        ".png", "pc59", 255, "uint8", "pc59"),
+        ".png", 255, "uint8", "pc59"),
     # PC-459 labels every pixel; 459 is detectron2's ignore value there and never occurs.
     "pc459": BenchmarkSpec(
         "VOCdevkit/VOC2010", {"val": ("JPEGImages", "annotations_detectron2/pc459_val")},
-        ".tif", "pc459", 459, "uint16", "pc459"),
+        ".tif", 459, "uint16", "pc459"),
     "voc20": BenchmarkSpec(
         "VOCdevkit/VOC2012", {"val": ("JPEGImages", "annotations_detectron2/val")},
-        ".png", "voc20", 255, "uint8", "voc"),
+        ".png", 255, "uint8", "voc"),
     "voc20b": BenchmarkSpec(
         "VOCdevkit/VOC2012", {"val": ("JPEGImages", "annotations_detectron2_bg/val")},
-        ".png", "voc20b", 255, "uint8", "voc", background_index=20),
+        ".png", 255, "uint8", "voc", background_index=20),
 }
-ALIASES = {"coco171": "coco-stuff", "coco": "coco-stuff"}
+# generated benchmarks with seen / unseen classes (escnet.data.synthetic, escnet.data.synthetic_grouping;
+# loaded by escnet.data.train_dataset.resolve_dataset): name = folder under the datasets root = `escnet prepare` name
+GENERATED = ("synthetic", "synthetic-grouping")
 
 
 @dataclass
@@ -245,10 +218,12 @@ def _pair_by_stem(image_dir: Path, label_dir: Path, label_exts, image_exts, what
 
 def get_dataset(name: str, root: str | os.PathLike | None = None, split: str = "val") -> SegDataset:
     """A prepared benchmark (see the module table) under ``root`` / ``$DETECTRON2_DATASETS``."""
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in BENCHMARKS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)} (or a folder path)")
-    spec = BENCHMARKS[key]
+    found = find_benchmark(name)
+    if found is None:
+        raise DatasetError(f"unknown dataset {name!r}; known: {known_benchmarks()}, {', '.join(GENERATED)}, "
+                           "or a folder with images/, labels/, classes.txt")
+    key = found.name
+    spec = LAYOUTS[key]
     if split not in spec.splits:
         raise DatasetError(f"dataset {key!r} has no split {split!r}; it has {', '.join(spec.splits)}")
     base = datasets_root(root) / spec.root
@@ -261,7 +236,7 @@ def get_dataset(name: str, root: str | os.PathLike | None = None, split: str = "
     items = _pair_by_stem(image_dir, label_dir, (spec.label_ext,), (spec.image_ext,), key)
     if not items:
         raise DatasetError(f"{key}: no {spec.label_ext} label files in {label_dir}; {hint}")
-    prompt = vocabulary(spec.vocab)
+    prompt = benchmark_vocabulary(key)
     if spec.background_index is not None:
         classes = prompt[: spec.background_index] + ["background"]
     else:
@@ -301,6 +276,7 @@ def load_custom_dataset(
     Checked before any image is evaluated: the folders and class file exist, every image has a
     label and every label an image, every file opens, and each label has its image's size and a
     single channel. Label *values* are checked as each label is read (that needs full decoding).
+    A class file that cannot be used is a VocabularyError (escnet.data.vocab.read_class_file).
     """
     folder = Path(folder)
     image_dir = Path(image_dir) if image_dir is not None else folder / "images"

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from escnet.data.datasets import vocabulary
+from escnet.data.vocab import benchmark_vocabulary
 from escnet.data.prepare import (
     PrepareError, mark_prepared, open_array, require_dir, require_file, run_jobs, save_array,
     start_output, summarize,
@@ -212,7 +212,7 @@ def check_pc459_labels_txt(path: Path) -> list[str]:
             idx, name = line.split(":", 1)
             if idx.strip().isdigit():
                 names[int(idx)] = name.strip()
-    vocab = vocabulary("pc459")
+    vocab = benchmark_vocabulary("pc459")
     problems = [f"id {i + 1}: labels.txt {names.get(i + 1)!r}, vocabulary {v!r}"
                 for i, v in enumerate(vocab) if names.get(i + 1) != v]
     extra = sorted(set(names) - set(range(1, len(vocab) + 1)))

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from escnet.data.datasets import (DatasetError, SegDataset, check_label_values, datasets_root, get_dataset,
-                                  load_custom_dataset, read_class_file, read_image, read_label)
+from escnet.data.datasets import (GENERATED, DatasetError, SegDataset, check_label_values, datasets_root,
+                                  get_dataset, load_custom_dataset, read_image, read_label)
 from escnet.data.transforms import TrainAugmentation
+from escnet.data.vocab import read_class_file
 
 
 @dataclass
@@ -34,11 +35,6 @@ class SplitInfo:
 
     dataset: SegDataset
     groups: dict[str, list[int]] = field(default_factory=dict)  # named sets of class ids reported apart
-
-
-# generated benchmarks with seen / unseen classes (escnet.data.synthetic, escnet.data.synthetic_grouping):
-# name = folder under the datasets root = `escnet prepare` name
-GENERATED = ("synthetic", "synthetic-grouping")
 
 
 def _synthetic(root: Path, split: str, name: str = "synthetic") -> SplitInfo:

@@ -7,7 +7,7 @@ encoder sees (docs/design.md, "CLIP text encoder"); the rest document what the c
 Accepted specifications (`parse_vocabulary`):
 
 - a Python list or tuple: each item is one entry; an item may itself be a list of synonyms;
-- a string naming a benchmark vocabulary (see `BENCHMARK_VOCABULARIES`), e.g. ``"ade150"``;
+- a string naming a benchmark (any name or alias in `BENCHMARKS`), e.g. ``"ade150"``, ``"coco-stuff"``;
 - a path (str or Path) to a ``.txt`` file: one class per line, commas within a line separate
   synonyms, blank lines are ignored;
 - a path to a ``.json`` file: a list of strings (entries), or of lists of strings (synonyms);
@@ -20,18 +20,48 @@ UTF-8 file's BOM) is dropped. Empty names, duplicate classes (identical entries 
 normalisation, case-insensitive: "dark red, dark  red" is one class given twice) and empty
 vocabularies are errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
 several); they get the same text features, so the lower id wins their ties.
+
+This module is the one reader of class files (`read_class_file`: benchmark vocabularies, a
+dataset's ``classes.txt``, ``--classes`` files) and holds the one table of benchmark names
+(`BENCHMARKS`): each benchmark once, under the name escnet writes everywhere, with the other
+spellings users type ("coco171" and "coco" for "coco-stuff"). escnet.data.datasets keys its
+folder layouts by these names.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Sequence, Union
 
 from escnet.errors import EscnetError
 
-BENCHMARK_VOCABULARIES = ("coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b")
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark's names. ``name``: how escnet spells it (dataset tables, results, messages);
+    ``aliases``: other accepted spellings; ``file``: its class list, escnet/assets/vocab/<file>.txt
+    (one class per line, index = train id)."""
+
+    name: str
+    file: str
+    aliases: tuple[str, ...] = ()
+
+
+# The seven open-vocabulary benchmarks, each once. Names are matched case-insensitively.
+BENCHMARKS = (
+    Benchmark("coco-stuff", "coco171", aliases=("coco171", "coco")),
+    Benchmark("ade150", "ade150"),
+    Benchmark("ade847", "ade847"),
+    Benchmark("pc59", "pc59"),
+    Benchmark("pc459", "pc459"),
+    Benchmark("voc20", "voc20"),
+    Benchmark("voc20b", "voc20b"),
+)
+BENCHMARK_VOCABULARIES = tuple(b.name for b in BENCHMARKS)
+_BY_NAME = {spelling.lower(): b for b in BENCHMARKS for spelling in (b.name, *b.aliases)}
 
 # A bare word that looks like a benchmark name but is not one is almost certainly a typo
 # ("ade151"), not a one-class vocabulary, so it is reported instead of segmented.
@@ -112,25 +142,38 @@ def _from_json(text: str, source: str) -> list[str]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise VocabularyError(f"vocabulary file {source} is not valid JSON: {exc}") from None
+        raise VocabularyError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, list):
-        raise VocabularyError(
-            f"vocabulary file {source} must hold a JSON list of class names, got {type(data).__name__}"
-        )
+        raise VocabularyError(f"{source} must hold a JSON list of class names, got {type(data).__name__}")
     return _from_items(data, source)
 
 
+def known_benchmarks() -> str:
+    """The accepted benchmark names for a message: "coco-stuff (or coco171, coco), ade150, ..."."""
+    return ", ".join(f"{b.name} (or {', '.join(b.aliases)})" if b.aliases else b.name for b in BENCHMARKS)
+
+
+def find_benchmark(name: str) -> Benchmark | None:
+    """The `BENCHMARKS` entry that `name` (the name or an alias, any case) spells, else None."""
+    return _BY_NAME.get(name.strip().lower())
+
+
+def benchmark(name: str) -> Benchmark:
+    """The `BENCHMARKS` entry of `name`; a VocabularyError listing the known names if there is none."""
+    found = find_benchmark(name)
+    if found is None:
+        raise VocabularyError(f"unknown benchmark vocabulary {name!r}; known: {known_benchmarks()}")
+    return found
+
+
 def benchmark_vocabulary(name: str) -> list[str]:
-    """The class entries of a named benchmark (escnet/assets/vocab/<name>.txt), in label-id order."""
-    key = name.strip().lower()
-    if key not in BENCHMARK_VOCABULARIES:
-        raise VocabularyError(
-            f"unknown benchmark vocabulary {name!r}; known: {', '.join(BENCHMARK_VOCABULARIES)}"
-        )
-    resource = resources.files("escnet") / "assets" / "vocab" / f"{key}.txt"
+    """The class entries of a named benchmark (escnet/assets/vocab/<file>.txt), in label-id order."""
+    entry = benchmark(name)
+    resource = resources.files("escnet") / "assets" / "vocab" / f"{entry.file}.txt"
     if not resource.is_file():
-        raise VocabularyError(f"benchmark vocabulary file for {key!r} is missing from this installation ({resource})")
-    return _from_txt(resource.read_text(encoding="utf-8"), f"benchmark vocabulary {key!r}")
+        raise VocabularyError(
+            f"benchmark vocabulary file for {entry.name!r} is missing from this installation ({resource})")
+    return _from_txt(resource.read_text(encoding="utf-8"), f"benchmark vocabulary {entry.name!r}")
 
 
 def parse_vocabulary(spec: VocabularySpec) -> list[str]:
@@ -139,7 +182,7 @@ def parse_vocabulary(spec: VocabularySpec) -> list[str]:
         return _from_file(spec)
     if isinstance(spec, str):
         stripped = spec.strip()
-        if stripped.lower() in BENCHMARK_VOCABULARIES or _BENCHMARK_LIKE.match(stripped):
+        if find_benchmark(stripped) is not None or _BENCHMARK_LIKE.match(stripped):
             return benchmark_vocabulary(stripped)
         if stripped.lower().endswith((".txt", ".json")):
             return _from_file(Path(stripped))
@@ -152,21 +195,33 @@ def parse_vocabulary(spec: VocabularySpec) -> list[str]:
 
 
 def _from_file(path: Path) -> list[str]:
-    shown = repr(str(path)) if len(str(path)) <= 200 else repr(str(path)[:200]) + "..."
+    if path.suffix.lower() not in (".txt", ".json"):
+        raise VocabularyError(f"vocabulary file {_shown(path)} must end in .txt or .json")
+    return read_class_file(path, "vocabulary file")
+
+
+def _shown(path: Path) -> str:
+    return repr(str(path)) if len(str(path)) <= 200 else repr(str(path)[:200]) + "..."
+
+
+def read_class_file(path: str | Path, what: str = "class file") -> list[str]:
+    """The checked entries of a class file, index = label value: a ``.json`` list (module
+    docstring), any other name one class per line (commas separate synonyms, blank lines skipped).
+    Errors name the file as `what` ("class file 'x/classes.txt' not found")."""
+    path = Path(path)
+    shown = f"{what} {_shown(path)}"
     try:
         found = path.is_file()
     except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, ...
-        raise VocabularyError(f"vocabulary file {shown} cannot be opened ({exc.__class__.__name__})") from None
+        raise VocabularyError(f"{shown} cannot be opened ({exc.__class__.__name__})") from None
     if not found:
-        raise VocabularyError(f"vocabulary file {shown} not found")
-    suffix = path.suffix.lower()
-    if suffix not in (".txt", ".json"):
-        raise VocabularyError(f"vocabulary file {shown} must end in .txt or .json")
+        raise VocabularyError(f"{shown} not found")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first name
     except UnicodeDecodeError:
-        raise VocabularyError(f"vocabulary file {shown} is not UTF-8 text") from None
+        raise VocabularyError(f"{shown} is not UTF-8 text") from None
     except OSError as exc:
-        raise VocabularyError(f"vocabulary file {shown} cannot be read ({exc.strerror or exc})") from None
-    reader = _from_json if suffix == ".json" else _from_txt
-    return reader(text, repr(str(path)))
+        raise VocabularyError(f"{shown} cannot be read ({exc.strerror or exc})") from None
+    if path.suffix.lower() == ".json":
+        return _from_json(text, shown)
+    return _from_txt(text, shown)

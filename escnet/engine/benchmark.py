@@ -465,7 +465,7 @@ def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: i
         torch.manual_seed(0)
         model = _build(arch, preset, grad_checkpointing=checkpointing).to(device).train().requires_grad_(True)
         model.set_finetune(model.cfg.clip_finetune)  # the recipe's trainable set: CLIP q/v and all of the rest
-        names = benchmark_vocabulary("coco171")
+        names = benchmark_vocabulary("coco-stuff")
         names = (names * (t // len(names) + 1))[:t] if t > len(names) else names[:t]
         objective = Objective(model, names, ignore_label=255)
         optimizer, _ = make_optimizer(model, TrainConfig())

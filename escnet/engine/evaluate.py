@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from escnet.data.datasets import DatasetError, SegDataset, get_dataset, load_custom_dataset
+from escnet.data.datasets import GENERATED, DatasetError, SegDataset, get_dataset, load_custom_dataset
+from escnet.data.vocab import VocabularyError, known_benchmarks
 from escnet.engine.options import CLASS_MODES, PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP, TOP_K
 from escnet.errors import EscnetError, one_line
 from escnet.progress import progress as progress_of
@@ -160,11 +161,11 @@ def group_metrics(per_class: list[dict], groups: dict[str, list[int]]) -> dict:
 
 def load_dataset(spec: str, root: str | None = None, split: str = "val", classes: str | None = None,
                  ignore_label: int = 255) -> tuple[SegDataset, dict[str, list[int]] | None]:
-    """A benchmark name (see escnet.data.datasets), "synthetic" / "synthetic-grouping" (escnet's
+    """A benchmark name (escnet.data.vocab.BENCHMARKS), "synthetic" / "synthetic-grouping" (escnet's
     generated benchmarks, with their seen / unseen class groups) or a custom dataset folder -> (dataset, class groups or None)."""
     if Path(spec).is_dir():
         return load_custom_dataset(spec, class_file=classes, ignore_label=ignore_label), None
-    from escnet.data.train_dataset import GENERATED, resolve_dataset
+    from escnet.data.train_dataset import resolve_dataset
 
     if spec in GENERATED:
         info = resolve_dataset(spec, root, split)
@@ -199,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"escnet evaluate: note: {len(dataset.prompt_classes)} classes scored exactly; CAT-Seg's published "
                   f"numbers for this many classes use --class-mode top256", file=sys.stderr)
         results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
-    except (DatasetError, EvaluationError, FileNotFoundError, WeightsError) as exc:
+    except (DatasetError, VocabularyError, EvaluationError, FileNotFoundError, WeightsError) as exc:
         print(f"escnet evaluate: error: {one_line(exc)}", file=sys.stderr)
         return 1
     finally:
@@ -223,7 +224,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--model", required=True,
                    help="model folder in escnet's format (config.json + model.safetensors) or a CAT-Seg .pth checkpoint")
     p.add_argument("--dataset", required=True,
-                   help="coco-stuff, ade150, ade847, pc59, pc459, voc20, voc20b, synthetic, synthetic-grouping (seen / unseen mIoU too), "
+                   help=f"{known_benchmarks()}, {', '.join(GENERATED)} (seen / unseen mIoU too), "
                         "or a folder with images/, labels/, classes.txt")
     p.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
                    help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")

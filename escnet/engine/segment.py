@@ -12,8 +12,8 @@ summary and exits with status 1 if anything failed (2 for an unusable vocabulary
 
 --classes: "cat, dog, sky" (each comma-separated item is a class), "building, edifice; sky"
 (";" separates classes when present, commas are then synonyms), a .txt file (one class per
-line, commas are synonyms), a .json list, or a benchmark name (coco171, ade150, ade847, pc59,
-pc459, voc20, voc20b).
+line, commas are synonyms), a .json list, or a benchmark name (ade150, coco-stuff, ...: the list
+is in the --classes help).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from escnet.data.images import MAX_SIDE, load_image
-from escnet.data.vocab import VocabularyError, parse_vocabulary
+from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
 from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
                                    TEXT_CACHE_HELP)
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
@@ -62,7 +62,7 @@ def add_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    parser.add_argument("--classes", required=True, help="the vocabulary (see above)")
+    parser.add_argument("--classes", required=True, help=f"the vocabulary (see above); benchmark names: {known_benchmarks()}")
     parser.add_argument("--model", default=None, help="checkpoint folder or file, a named model (`escnet models`, e.g. catseg-vitl14: "
                              "fetched from the Hugging Face Hub once) or a Hub id (default: the bundled model)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from escnet.data.datasets import DatasetError
+from escnet.data.datasets import DatasetError, SegDataset
 from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, resolve_dataset
 from escnet.data.transforms import ColorJitter, TrainAugmentation
+from escnet.data.vocab import VocabularyError
 from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, save_checkpoint, set_rng_state)
 from escnet.engine.config import ConfigError, TrainConfig, config_from_dict
@@ -60,13 +61,13 @@ def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) ->
         raise ConfigError(f"batch_size = {cfg.batch_size} is not divisible by the {world_size} processes")
     try:
         train = resolve_dataset(cfg.dataset, root, "train")
-    except DatasetError as exc:
+    except (DatasetError, VocabularyError) as exc:
         raise ConfigError(f"dataset = {cfg.dataset!r}: {exc}") from None
     evaluation = None
     if cfg.eval_dataset:
         try:
             evaluation = resolve_dataset(cfg.eval_dataset, root, cfg.eval_split)
-        except DatasetError as exc:
+        except (DatasetError, VocabularyError) as exc:
             raise ConfigError(f"eval_dataset = {cfg.eval_dataset!r}: {exc}") from None
     if not resume and list_checkpoints(cfg.output_dir):
         raise ConfigError(f"output_dir = {cfg.output_dir!r} already holds checkpoints; pass --resume to continue "
@@ -133,6 +134,96 @@ def make_augmentation(cfg: TrainConfig, crop: int, ignore_label: int) -> TrainAu
 
 
 # ---------------------------------------------------------------------------------------------
+# the training loop, run by both phases (the CLIP warm-up and the main phase)
+
+
+def _batches(data: SegDataset, augment: TrainAugmentation, cfg: TrainConfig, device: torch.device, *, seed: int,
+             batch_size: int, rank: int = 0, world_size: int = 1, start: int = 0):
+    """An endless iterator of this process's (images, labels) share of each global batch of
+    `batch_size`, from step `start` on (escnet.data.train_dataset: the data of a step depends on
+    (seed, step) alone)."""
+    dataset = TrainDataset(data, augment, seed=seed)
+    sampler = StreamSampler(len(dataset), batch_size, seed, rank, world_size, start_step=start)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler,
+                                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda"))
+
+
+class Window:
+    """The steps since the last report: their summed loss (a device tensor, so that a step need
+    not wait for the device), the last step's loss and gradient norm, and when the window began."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.steps = 0
+        self.started = time.perf_counter()
+        self.last: Tensor | None = None
+        self.grad_norm: Tensor | None = None
+
+    def add(self, loss: Tensor, grad_norm: Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.last, self.grad_norm = loss, grad_norm
+
+    @property
+    def mean_loss(self) -> float:
+        return (self.loss_sum / self.steps).item()
+
+    @property
+    def last_loss(self) -> float:
+        return self.last.item()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def run_steps(loss_of, batches, optimizer: torch.optim.Optimizer, scheduler, steps: range, cfg: TrainConfig,
+              device: torch.device, autocast, report, *, phase: str = "", mean=None, after_step=None,
+              stop_note=None) -> None:
+    """The one training loop. For each step number in `steps`: the next (images, labels) batch
+    from `batches` onto `device`, loss_of(images, labels) (a scalar) under `autocast`, a stop on a
+    non-finite loss (after `mean`, the average over processes) or gradient norm, then zero_grad,
+    backward, global gradient-norm clip at `cfg.grad_clip` (none if <= 0), optimizer and scheduler
+    step. Every `cfg.log_every` steps and after the last, report(step, window) (then the window
+    starts again); after every step, after_step(step). `phase` and stop_note() complete the stop
+    message ("CLIP warm-up loss is nan at step 3; stopping", "...; stopping. Last good checkpoint: ...")."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    window = Window(device)
+
+    def stop(what: str, value: Tensor, step: int):
+        note = stop_note() if stop_note is not None else ""
+        return TrainingError(f"{phase + ' ' if phase else ''}{what} is {value.item()} at step {step}; stopping{note}")
+
+    for step in steps:
+        images, labels = next(batches)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast:
+            loss = loss_of(images, labels)
+        value = loss.detach() if mean is None else mean(loss.detach())
+        if not torch.isfinite(value):
+            raise stop("loss", value, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if not torch.isfinite(grad_norm):
+            raise stop("gradient norm", grad_norm, step)
+        optimizer.step()
+        scheduler.step()
+        window.add(value, grad_norm)
+        if step % cfg.log_every == 0 or step == steps[-1]:
+            report(step, window)
+            window.reset()
+        if after_step is not None:
+            after_step(step)
+
+
+# ---------------------------------------------------------------------------------------------
 # loss
 
 
@@ -176,39 +267,30 @@ def dense_clip_loss(model: nn.Module, images: Tensor, labels: Tensor, class_name
 
 
 def warm_up_clip(model: nn.Module, data, augment: TrainAugmentation, cfg: TrainConfig, device: torch.device,
-                 log: MetricsLog | None, autocast) -> float:
-    """Dense CLIP warm-up (module docstring): `clip_warmup_iters` AdamW steps on all CLIP weights.
-    Returns the last loss."""
-    dataset = TrainDataset(data, augment, seed=cfg.seed + 1)  # its own sample stream and augmentations
-    sampler = StreamSampler(len(dataset), cfg.clip_warmup_batch, seed=cfg.seed + 1)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.clip_warmup_batch, sampler=sampler,
-                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                 log: MetricsLog | None, autocast) -> None:
+    """Dense CLIP warm-up (module docstring): `clip_warmup_iters` AdamW steps on all CLIP weights,
+    through the training loop (`run_steps`)."""
+    # its own sample stream and augmentations
+    batches = _batches(data, augment, cfg, device, seed=cfg.seed + 1, batch_size=cfg.clip_warmup_batch)
     model.clip.requires_grad_(True)
-    params = list(model.clip.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.clip_warmup_lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.clip.parameters(), lr=cfg.clip_warmup_lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.clip_warmup_iters, cfg.warmup_iters))
-    batches = iter(loader)
-    value = float("nan")
-    for step in range(1, cfg.clip_warmup_iters + 1):
-        images, labels = next(batches)
-        with autocast:
-            loss = dense_clip_loss(model, images.to(device), labels.to(device), data.prompt_classes, data.ignore_label)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingError(f"CLIP warm-up loss is {value} at warm-up step {step}; stopping")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        schedule.step()
-        if log is not None and (step % cfg.log_every == 0 or step == cfg.clip_warmup_iters):
-            log.write({"warmup_step": step, "warmup_loss": value})
-            print(f"CLIP warm-up {step}/{cfg.clip_warmup_iters}  loss {value:.4f}", flush=True)
-    del batches
+
+    def loss_of(images: Tensor, labels: Tensor) -> Tensor:
+        return dense_clip_loss(model, images, labels, data.prompt_classes, data.ignore_label)
+
+    def report(step: int, window: Window) -> None:
+        if log is not None:
+            log.write({"warmup_step": step, "warmup_loss": window.last_loss})
+            print(f"CLIP warm-up {step}/{cfg.clip_warmup_iters}  loss {window.last_loss:.4f}", flush=True)
+
+    try:
+        run_steps(loss_of, batches, optimizer, schedule, range(1, cfg.clip_warmup_iters + 1), cfg, device, autocast,
+                  report, phase="CLIP warm-up")
+    finally:
+        del batches
     model.zero_grad(set_to_none=True)
     model.set_finetune(model.cfg.clip_finetune)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,85 +438,61 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
         del ckpt
     end = min(cfg.max_iters, cfg.stop_after) if cfg.stop_after else cfg.max_iters
 
-    dataset = TrainDataset(data, augment, seed=cfg.seed)
-    sampler = StreamSampler(len(dataset), cfg.batch_size, cfg.seed, rt.rank, rt.world_size, start_step=start)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size // rt.world_size, sampler=sampler,
-                                         num_workers=cfg.num_workers, pin_memory=rt.device.type == "cuda",
-                                         persistent_workers=False)
+    batches = _batches(data, augment, cfg, rt.device, seed=cfg.seed, batch_size=cfg.batch_size, rank=rt.rank,
+                       world_size=rt.world_size, start=start)
     objective = Objective(model, data.prompt_classes, data.ignore_label)
     if rt.world_size > 1:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         # Every trainable parameter gets a gradient in every step (tested), so no unused-parameter search.
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     # the lr shown is the main one (2e-4 in the paper's recipe); metrics.jsonl has every group's
     main_group = next((g for g in optimizer.param_groups if g["name"].startswith("main")), optimizer.param_groups[0])
     bar = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (rt.main and sys.stderr.isatty()))
     summary: dict = {"start_step": start, "world_size": rt.world_size}
-    batches = iter(loader)
-    window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
-    loss_sum = torch.zeros((), device=rt.device)
-    step = start
+    run_start = time.perf_counter()
+
+    def report(step: int, window: Window) -> None:
+        elapsed = window.seconds
+        record = {"step": step, "loss": window.mean_loss, "lr": main_group["lr"],
+                  "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
+                  "grad_norm": window.grad_norm.item(), "steps_per_s": window.steps / elapsed,
+                  "images_per_s": window.steps * cfg.batch_size / elapsed,
+                  "elapsed_s": time.perf_counter() - run_start, **peak_memory(rt.device)}
+        summary["loss"] = record["loss"]
+        if rt.main:
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            img_s=f"{record['images_per_s']:.1f}")
+            if bar.disable:
+                print(f"step {step}/{end}  loss {record['loss']:.4f}  lr {record['lr']:.3e}  "
+                      f"{record['steps_per_s']:.2f} steps/s  {record['images_per_s']:.1f} img/s", flush=True)
+
+    def after_step(step: int) -> None:
+        bar.update(1)
+        if rt.main and (step % cfg.save_every == 0 or step == end):
+            raw = objective.module.model if rt.world_size > 1 else model
+            save_checkpoint(out, step, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "config": cfg.to_dict()},
+                            keep_last=cfg.keep_last)
+        if eval_split is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == end):
+            metrics = evaluate_model(model, eval_split, cfg, rt.device)
+            summary["eval"] = metrics
+            if rt.main:
+                log.write({"step": step, "eval": metrics})
+                print(f"step {step}: evaluation on {cfg.eval_dataset}/{cfg.eval_split}: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+
     try:
-        while step < end:
-            images, labels = next(batches)
-            images = images.to(rt.device, non_blocking=True)
-            labels = labels.to(rt.device, non_blocking=True)
-            with autocast:
-                loss = objective(images, labels)
-            mean_loss = _all_mean(loss.detach(), rt)
-            if not torch.isfinite(mean_loss):
-                raise TrainingError(f"loss is {mean_loss.item()} at step {step + 1}; stopping. "
-                                    f"Last good checkpoint: {latest_checkpoint(out) or 'none'}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            if not torch.isfinite(grad_norm):
-                raise TrainingError(f"gradient norm is {grad_norm.item()} at step {step + 1}; stopping. "
-                                    f"Last good checkpoint: {latest_checkpoint(out) or 'none'}")
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += mean_loss
-            window_steps += 1
-            bar.update(1)
-
-            if step % cfg.log_every == 0 or step == end:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "loss": (loss_sum / window_steps).item(), "lr": main_group["lr"],
-                          "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
-                          "grad_norm": grad_norm.item(), "steps_per_s": window_steps / elapsed,
-                          "images_per_s": window_steps * cfg.batch_size / elapsed,
-                          "elapsed_s": time.perf_counter() - run_start, **peak_memory(rt.device)}
-                summary["loss"] = record["loss"]
-                if rt.main:
-                    log.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                    img_s=f"{record['images_per_s']:.1f}")
-                    if bar.disable:
-                        print(f"step {step}/{end}  loss {record['loss']:.4f}  lr {record['lr']:.3e}  "
-                              f"{record['steps_per_s']:.2f} steps/s  {record['images_per_s']:.1f} img/s", flush=True)
-                loss_sum.zero_()
-                window_start, window_steps = time.perf_counter(), 0
-
-            if rt.main and (step % cfg.save_every == 0 or step == end):
-                raw = objective.module.model if rt.world_size > 1 else model
-                save_checkpoint(out, step, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "config": cfg.to_dict()},
-                                keep_last=cfg.keep_last)
-            if eval_split is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == end):
-                metrics = evaluate_model(model, eval_split, cfg, rt.device)
-                summary["eval"] = metrics
-                if rt.main:
-                    log.write({"step": step, "eval": metrics})
-                    print(f"step {step}: evaluation on {cfg.eval_dataset}/{cfg.eval_split}: "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+        run_steps(objective, batches, optimizer, scheduler, range(start + 1, end + 1), cfg, rt.device, autocast,
+                  report, mean=lambda loss: _all_mean(loss, rt), after_step=after_step,
+                  stop_note=lambda: f". Last good checkpoint: {latest_checkpoint(out) or 'none'}")
     finally:
         bar.close()
         del batches
         if log is not None:
             log.close()
+    step = max(start, end)
 
     summary.update(step=step, seconds=time.perf_counter() - run_start, **peak_memory(rt.device))
     if rt.main and step == cfg.max_iters:

@@ -28,7 +28,9 @@ warm-up first trains CLIP alone, as the zero-shot segmenter ESC-Net's correlatio
 softmax cross-entropy over the training classes of exp(logit_scale) * cos(F_v, F_l), upsampled to
 the crop. It sees the same training images and classes (never the unseen ones), runs once at the
 start of a fresh run (a resumed run loads its checkpoint instead), and every process runs it
-identically on the whole warm-up batch, so no communication is needed.
+identically on the whole warm-up batch, so no communication is needed. Both phases run the one
+training loop, `run_steps` (escnet/engine/train.py), each with its own loss, optimizer, sample stream
+and log records.
 """
 from __future__ import annotations
 

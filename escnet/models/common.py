@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from escnet.data.vocab import display_name
 from escnet.models.tokenizer import tokenize
 
 # CLIP's pixel statistics on the 0..255 scale (docs/design.md).
@@ -26,11 +27,6 @@ def run_block(module: nn.Module, fn, *args, checkpoint_always: bool = False):
     return fn(*args)
 
 
-def first_synonym(name: str) -> str:
-    """'building, edifice' -> 'building' (docs/design.md: text features use the first synonym)."""
-    return name.split(",")[0].strip()
-
-
 class CLIPBackedModel(nn.Module):
     """Base of ESCNet and CATSeg. Subclasses set `self.cfg` (with clip, crop_size, template,
     clip_finetune), `self.clip`, and the `pixel_mean` / `pixel_std` buffers (1, 3, 1, 1)."""
@@ -39,7 +35,7 @@ class CLIPBackedModel(nn.Module):
         """class_names (T strings) -> L2-normalised text features F_l (T, D), template applied."""
         if not class_names:
             raise ValueError("encode_text needs at least one class name")
-        prompts = [self.cfg.template.format(first_synonym(n)) for n in class_names]
+        prompts = [self.cfg.template.format(display_name(n)) for n in class_names]
         device = next(self.clip.parameters()).device
         return F.normalize(self.clip.encode_text(tokenize(prompts).to(device)), dim=-1)
 

@@ -2,41 +2,48 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from escnet.data.datasets import (
-    BENCHMARKS, DatasetError, get_dataset, load_custom_dataset, read_class_file, read_label, vocabulary,
-)
+from escnet.data.datasets import GENERATED, LAYOUTS, DatasetError, get_dataset, load_custom_dataset, read_label
+from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary
 
 LENGTHS = {"coco171": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459, "voc20": 20, "voc20b": 59}
 
 
 @pytest.mark.parametrize("name,length", LENGTHS.items())
 def test_benchmark_vocabularies_have_their_lengths(name, length):
-    names = vocabulary(name)
+    names = benchmark_vocabulary(name)
     assert len(names) == length
     assert all(n.strip() == n and n for n in names)
 
 
 def test_vocabulary_spot_checks():
-    ade847 = vocabulary("ade847")
+    ade847 = benchmark_vocabulary("ade847")
     assert ade847[0] == "wall" and ade847[1] == "building, edifice"
     assert ade847[846] == "adding machine, totalizer, totaliser"
     assert [n.split(",")[0] for n in ade847].count("bag") == 3      # duplicates by first synonym are real
-    assert vocabulary("ade150")[7] == "bed" and vocabulary("ade150")[149] == "flag"
-    assert vocabulary("pc459")[0] == "accordion" and vocabulary("pc459")[-1] == "wool"
-    voc20b = vocabulary("voc20b")
-    assert voc20b[:20] == vocabulary("voc20") and sorted(voc20b) == sorted(vocabulary("pc59"))
+    assert benchmark_vocabulary("ade150")[7] == "bed" and benchmark_vocabulary("ade150")[149] == "flag"
+    assert benchmark_vocabulary("pc459")[0] == "accordion" and benchmark_vocabulary("pc459")[-1] == "wool"
+    voc20b = benchmark_vocabulary("voc20b")
+    assert voc20b[:20] == benchmark_vocabulary("voc20") and sorted(voc20b) == sorted(benchmark_vocabulary("pc59"))
 
 
-def test_every_benchmark_names_an_existing_vocabulary():
-    for spec in BENCHMARKS.values():
-        assert len(vocabulary(spec.vocab)) > 0
+def test_every_benchmark_name_has_one_layout():
+    assert sorted(LAYOUTS) == sorted(BENCHMARK_VOCABULARIES)
+
+
+@pytest.mark.parametrize("name", ["coco171", "coco", "COCO-Stuff", "coco-stuff"])
+def test_every_spelling_of_coco_stuff_finds_its_folders(name, tmp_path):
+    with pytest.raises(DatasetError, match=r"coco-stuff: label folder .*coco-stuff.annotations_detectron2.val2017"):
+        get_dataset(name, tmp_path)
 
 
 def test_unprepared_benchmark_points_to_escnet_prepare(tmp_path):
     with pytest.raises(DatasetError, match="escnet prepare ade150"):
         get_dataset("ade150", tmp_path)
-    with pytest.raises(DatasetError, match="unknown dataset"):
+    with pytest.raises(DatasetError) as caught:
         get_dataset("ade151", tmp_path)
+    assert str(caught.value) == (
+        "unknown dataset 'ade151'; known: coco-stuff (or coco171, coco), ade150, ade847, pc59, pc459, voc20, voc20b, "
+        f"{', '.join(GENERATED)}, or a folder with images/, labels/, classes.txt")
     with pytest.raises(DatasetError, match="no split 'train'"):
         get_dataset("ade150", tmp_path, split="train")
 
@@ -112,7 +119,7 @@ def test_custom_dataset_other_checks(tmp_path):
         load_custom_dataset(root)
     with pytest.raises(DatasetError, match="ignore label 1 is also class 1"):
         load_custom_dataset(_custom(tmp_path / "b"), ignore_label=1)
-    with pytest.raises(DatasetError, match="class file .*missing.txt not found"):
+    with pytest.raises(VocabularyError, match="class file .*missing.txt' not found"):
         load_custom_dataset(_custom(tmp_path / "c"), class_file=tmp_path / "missing.txt")
     root_e = _custom(tmp_path / "e")
     Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(root_e / "images" / "img0.png")
@@ -129,9 +136,11 @@ def test_read_label_keeps_16_bit_values(tmp_path):
     np.testing.assert_array_equal(read_label(tmp_path / "x.tif"), lab.astype(np.int64))
 
 
-def test_read_class_file_allows_duplicates_and_rejects_empty_synonyms(tmp_path):
-    (tmp_path / "a.txt").write_text("bag\nbag, handbag\n")
-    assert read_class_file(tmp_path / "a.txt") == ["bag", "bag, handbag"]
-    (tmp_path / "b.txt").write_text("sky\nbuilding,\n")
-    with pytest.raises(DatasetError, match="class 2"):
-        read_class_file(tmp_path / "b.txt")
+def test_custom_dataset_classes_are_read_as_vocabularies_are(tmp_path):
+    """escnet.data.vocab.read_class_file: synonyms kept, first synonyms may repeat, empty synonyms named."""
+    root = _custom(tmp_path / "a")
+    (root / "classes.txt").write_text("\ufeffbag\nbag,  handbag\ntree\n")
+    assert load_custom_dataset(root).class_names == ["bag", "bag, handbag", "tree"]
+    (root / "classes.txt").write_text("sky\nbuilding,\ntree\n")
+    with pytest.raises(VocabularyError, match="empty synonym in class 'building, ' at class 2 of class file"):
+        load_custom_dataset(root)

@@ -3,7 +3,8 @@ import numpy as np
 from PIL import Image
 
 from escnet.cli import main
-from escnet.data.datasets import get_dataset, vocabulary
+from escnet.data.datasets import get_dataset
+from escnet.data.vocab import benchmark_vocabulary
 from escnet.data.prepare_coco import COCO_STUFF_MAP_VALUES, coco_stuff_label
 
 # (stuffthingmaps value, train id) pairs read off CAT-Seg's COCO_CATEGORIES table (id -> trainId).
@@ -41,5 +42,5 @@ def test_coco_stuff_both_splits(tmp_path):
 
     val, train = get_dataset("coco-stuff", tmp_path), get_dataset("coco171", tmp_path, split="train")
     assert (len(val), len(train)) == (2, 1)
-    assert val.num_classes == 171 and val.class_names == vocabulary("coco171")
+    assert val.num_classes == 171 and val.class_names == benchmark_vocabulary("coco171")
     assert val.class_names[80] == "banner" and val.class_names[170] == "wood"

@@ -7,7 +7,8 @@ from PIL import Image
 
 from escnet.cli import main
 from escnet.data import prepare as P
-from escnet.data.datasets import get_dataset, vocabulary
+from escnet.data.datasets import get_dataset
+from escnet.data.vocab import benchmark_vocabulary
 from escnet.data.prepare_pascal import PC59_CATEGORY_IDS, rle_decode
 
 # COCO RLE strings produced by pycocotools.mask.encode for the masks built below.
@@ -100,7 +101,7 @@ def test_pc59_from_trainval_merged_json(tmp_path):
 
 
 def test_pc59_ids_name_the_pc59_classes_in_the_459_list():
-    pc459, pc59 = vocabulary("pc459"), vocabulary("pc59")
+    pc459, pc59 = benchmark_vocabulary("pc459"), benchmark_vocabulary("pc59")
     names = [pc459[i - 1] for i in PC59_CATEGORY_IDS]
     # PASCAL-Context 59 calls the 459-list's "table" "diningtable"; every other name is the same.
     assert [n if n != "table" else "diningtable" for n in names] == pc59
@@ -115,7 +116,7 @@ def test_pc459_from_mat_files(tmp_path):
     scipy_io.savemat(base / "trainval" / "2008_000002.mat", {"LabelMap": labelmap})
     scipy_io.savemat(base / "trainval" / "2008_000003.mat", {"LabelMap": labelmap})   # train: not listed
     (base / "pascalcontext_val.txt").write_text("2008_000002\n2008_000004\n")         # 000004 has no .mat
-    (base / "labels.txt").write_text("".join(f"{i + 1}: {n}\n" for i, n in enumerate(vocabulary("pc459"))))
+    (base / "labels.txt").write_text("".join(f"{i + 1}: {n}\n" for i, n in enumerate(benchmark_vocabulary("pc459"))))
 
     summary = P.prepare("pc459", tmp_path, workers=1)
     assert summary["labels"] == 1 and summary["val_ids_without_mat"] == 1 and "labels_txt_mismatches" not in summary
@@ -179,8 +180,8 @@ def test_voc20_and_voc20b(tmp_path, aug):
 
     voc20, voc20b = get_dataset("voc20", tmp_path), get_dataset("voc20b", tmp_path)
     assert (len(voc20), len(voc20b)) == (2, 3)
-    assert voc20.num_classes == 20 and voc20.class_names == vocabulary("voc20")
+    assert voc20.num_classes == 20 and voc20.class_names == benchmark_vocabulary("voc20")
     assert voc20b.num_classes == 21 and voc20b.class_names[-1] == "background" and voc20b.background_index == 20
-    assert len(voc20b.prompt_classes) == 59 and voc20b.prompt_classes[:20] == vocabulary("voc20")
+    assert len(voc20b.prompt_classes) == 59 and voc20b.prompt_classes[:20] == benchmark_vocabulary("voc20")
 
     assert P.prepare("voc", tmp_path)["status"] == "already prepared"

@@ -1,15 +1,28 @@
+import ast
+import builtins
 import json
+import pathlib
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+import escnet
 from escnet.data.vocab import (
     BENCHMARK_VOCABULARIES,
+    BENCHMARKS,
     VocabularyError,
+    benchmark,
     benchmark_vocabulary,
     display_name,
+    known_benchmarks,
     parse_vocabulary,
+    read_class_file,
 )
+
+PACKAGE = Path(escnet.__file__).resolve().parent
 
 
 def test_comma_string_gives_one_class_per_item():
@@ -73,9 +86,146 @@ def test_ade847_synonyms_are_kept():
     assert "building, edifice" in benchmark_vocabulary("ade847")
 
 
-def test_unknown_benchmark_name():
-    with pytest.raises(VocabularyError, match=r"unknown benchmark vocabulary 'ade151'; known: coco171, ade150"):
-        parse_vocabulary("ade151")
+def test_unknown_benchmark_name_lists_every_name_and_alias():
+    known = "coco-stuff (or coco171, coco), ade150, ade847, pc59, pc459, voc20, voc20b"
+    assert known_benchmarks() == known
+    for call in (parse_vocabulary, benchmark_vocabulary, benchmark):
+        with pytest.raises(VocabularyError) as caught:
+            call("ade151")
+        assert str(caught.value) == f"unknown benchmark vocabulary 'ade151'; known: {known}"
+
+
+@pytest.mark.parametrize("entry", BENCHMARKS, ids=lambda b: b.name)
+def test_every_alias_is_its_benchmark(entry):
+    classes = benchmark_vocabulary(entry.name)
+    for spelling in (entry.name, *entry.aliases):
+        for typed in (spelling, spelling.upper(), f" {spelling} "):
+            assert benchmark(typed) is entry
+            assert benchmark_vocabulary(typed) == classes
+            assert parse_vocabulary(typed) == classes
+
+
+def test_each_benchmark_is_listed_once_and_no_spelling_is_shared():
+    spellings = [s.lower() for b in BENCHMARKS for s in (b.name, *b.aliases)]
+    assert len(spellings) == len(set(spellings))
+    assert len({b.file for b in BENCHMARKS}) == len(BENCHMARKS)
+    assert BENCHMARK_VOCABULARIES == tuple(b.name for b in BENCHMARKS)
+    # the dataset name and the vocabulary name of COCO-Stuff are one entry
+    assert benchmark("coco-stuff") is benchmark("coco171") is benchmark("coco")
+    assert len(benchmark_vocabulary("coco-stuff")) == 171
+
+
+def test_read_class_file_reads_any_suffix_as_lines_and_json_as_a_list(tmp_path):
+    (tmp_path / "names.lst").write_text("bag\nbag, handbag\n\n")
+    assert read_class_file(tmp_path / "names.lst") == ["bag", "bag, handbag"]  # first synonyms may repeat
+    (tmp_path / "names.json").write_text('["sky", ["building", "edifice"]]')
+    assert read_class_file(tmp_path / "names.json") == ["sky", "building, edifice"]
+    with pytest.raises(VocabularyError, match=r"^class file '.*nope.txt' not found$"):
+        read_class_file(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(VocabularyError, match=r"empty vocabulary \(class file '.*empty.txt'\)"):
+        read_class_file(tmp_path / "empty.txt")
+
+
+def _escnet_caller() -> str:
+    """The package file (relative to escnet/) of the innermost escnet frame on the stack."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = Path(frame.f_code.co_filename).resolve()
+        if path.is_relative_to(PACKAGE):
+            return path.relative_to(PACKAGE).as_posix()
+        frame = frame.f_back
+    return "<outside escnet>"
+
+
+def test_every_class_file_is_read_by_vocab_alone(tmp_path, monkeypatch):
+    """Each way escnet gets classes from a file (benchmark names, --classes files, a dataset's
+    classes.txt, the synthetic benchmark's class lists, demo examples) opens it in vocab.py."""
+    from escnet.data.datasets import get_dataset, load_custom_dataset
+    from escnet.data.synthetic import prepare_synthetic
+    from escnet.data.train_dataset import resolve_dataset
+    from escnet.demo import example_rows
+
+    readers: dict[str, set[str]] = {}
+
+    def record(path):
+        path = Path(path)
+        if path.suffix in (".txt", ".json") and ("classes" in path.name or path.parent.name in ("vocab", "examples")):
+            readers.setdefault(path.name, set()).add(_escnet_caller())
+
+    real_path_open, real_open = pathlib.Path.open, builtins.open
+
+    def path_open(self, *args, **kwargs):
+        record(self)
+        return real_path_open(self, *args, **kwargs)
+
+    def plain_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)):
+            record(file)
+        return real_open(file, *args, **kwargs)
+
+    (tmp_path / "my_classes.json").write_text('["cat", "dog"]')
+    custom = tmp_path / "custom"
+    (custom / "images").mkdir(parents=True)
+    (custom / "labels").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(custom / "images" / "a.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(custom / "labels" / "a.png")
+    (custom / "classes.txt").write_text("sky\n")
+    ade = tmp_path / "ADEChallengeData2016"
+    for d in ("images/validation", "annotations_detectron2/validation"):
+        (ade / d).mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(ade / "images" / "validation" / "a.jpg")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(ade / "annotations_detectron2" / "validation" / "a.png")
+    prepare_synthetic(tmp_path, num_train=1, num_val=1, size=32)
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(examples / "x.png")
+    (examples / "x.txt").write_text("cat\ndog\n")
+
+    monkeypatch.setattr(pathlib.Path, "open", path_open)
+    monkeypatch.setattr(builtins, "open", plain_open)
+    assert len(parse_vocabulary("coco171")) == 171
+    assert parse_vocabulary(str(tmp_path / "my_classes.json")) == ["cat", "dog"]
+    assert load_custom_dataset(custom).class_names == ["sky"]
+    assert get_dataset("ade150", tmp_path).num_classes == 150
+    assert resolve_dataset("synthetic", tmp_path, "val").dataset.num_classes == 13
+    assert example_rows(examples) == [[str(examples / "x.png"), "cat; dog"]]
+    monkeypatch.undo()
+
+    expected = {"coco171.txt", "ade150.txt", "my_classes.json", "classes.txt", "train_classes.txt", "x.txt"}
+    assert set(readers) == expected
+    assert {name: callers for name, callers in readers.items() if callers != {"data/vocab.py"}} == {}
+
+
+def _code_nodes(tree: ast.AST):
+    """Every node except docstrings (the vocabulary files are named in prose elsewhere)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                first.value.value = None
+        yield node
+
+
+def test_no_other_module_knows_where_vocabularies_live_or_takes_a_first_synonym():
+    """Outside vocab.py: no path into escnet/assets/vocab, and no `name.split(",")[0]` (display_name is
+    the one first-synonym rule; the text encoder and the outputs use it)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "data" / "vocab.py":
+            continue
+        for node in _code_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', '?')}"
+            if ((isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+                 and isinstance(node.right, ast.Constant) and node.right.value == "vocab")
+                    or (isinstance(node, ast.Constant) and isinstance(node.value, str) and "assets/vocab" in node.value)):
+                found.append(f"{where} names the vocabulary folder")
+            if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call)
+                    and isinstance(node.value.func, ast.Attribute) and node.value.func.attr in ("split", "partition")
+                    and node.value.args and isinstance(node.value.args[0], ast.Constant)
+                    and node.value.args[0].value in (",", ", ")):
+                found.append(f"{where} takes a first synonym")
+    assert found == []
 
 
 @pytest.mark.parametrize("spec", ["", "  ", " , ", ";", []])
@@ -87,7 +237,7 @@ def test_empty_vocabulary(spec):
 def test_empty_vocabulary_file(tmp_path: Path):
     path = tmp_path / "none.txt"
     path.write_text("\n\n")
-    with pytest.raises(VocabularyError, match=r"empty vocabulary \('.*none.txt'\)"):
+    with pytest.raises(VocabularyError, match=r"empty vocabulary \(vocabulary file '.*none.txt'\)"):
         parse_vocabulary(str(path))
 
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from escnet.cli import main
-from escnet.data.datasets import DatasetError, SegDataset, load_custom_dataset, vocabulary
+from escnet.data.datasets import DatasetError, SegDataset, load_custom_dataset
+from escnet.data.vocab import benchmark_vocabulary
 from escnet.engine.evaluate import EvaluationError, evaluate
 from escnet.engine.metrics import compute_metrics
 
@@ -93,7 +94,7 @@ def _voc20b_dataset(root):
     (root / "labels").mkdir()
     Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "a.jpg")
     Image.fromarray(np.array([[20, 20, 0], [20, 4, 255]], np.uint8)).save(root / "labels" / "a.png")
-    prompt = vocabulary("voc20b")
+    prompt = benchmark_vocabulary("voc20b")
     return SegDataset("voc20b-mini", [(root / "images" / "a.jpg", root / "labels" / "a.png")],
                       prompt[:20] + ["background"], prompt, 255, background_index=20)
 

@@ -130,6 +130,56 @@ def test_train_builds_the_model_config_once(data_root, tmp_path, monkeypatch):
 # recipe pieces
 
 
+def test_both_phases_run_the_recipe_written_out_step_by_step(data_root, tmp_path):
+    """The CLIP warm-up and the main phase share one loop (train.run_steps); their logged losses
+    equal, bit for bit, the recipe written out as two plain loops (the code that loop replaced):
+    each phase its own sample stream, AdamW, cosine schedule, clipped gradients."""
+    import itertools
+
+    from escnet.data.train_dataset import StreamSampler, TrainDataset
+
+    cfg = _cfg(data_root, tmp_path, "clip_warmup_iters=3", "max_iters=2", "batch_size=2", "save_every=2")
+    train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = ([r["warmup_loss"] for r in records if "warmup_loss" in r], [r["loss"] for r in records if "loss" in r])
+
+    def batches(data, augment, seed, batch, n):
+        dataset = TrainDataset(data, augment, seed=seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=StreamSampler(len(dataset), batch, seed))
+        return itertools.islice(loader, n)
+
+    def run(loss_of, data, augment, seed, batch, n, optimizer, schedule):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        losses = []
+        for images, labels in batches(data, augment, seed, batch, n):
+            loss = loss_of(images, labels)
+            losses.append(loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+        return losses
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = train_mod.build_model(cfg).train()
+    data = resolve_dataset(cfg.dataset, cfg.data_root, "train").dataset
+    augment = train_mod.make_augmentation(cfg, model.cfg.crop_size, data.ignore_label)
+    model.clip.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.clip.parameters(), lr=cfg.clip_warmup_lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.clip_warmup_iters, cfg.warmup_iters))
+    warm = run(lambda x, y: train_mod.dense_clip_loss(model, x, y, data.prompt_classes, data.ignore_label),
+               data, augment, cfg.seed + 1, cfg.clip_warmup_batch, cfg.clip_warmup_iters, optimizer, schedule)
+    model.zero_grad(set_to_none=True)
+    model.set_finetune(model.cfg.clip_finetune)
+    optimizer, schedule = make_optimizer(model, cfg)
+    main_phase = run(Objective(model, data.prompt_classes, data.ignore_label), data, augment, cfg.seed,
+                     cfg.batch_size, cfg.max_iters, optimizer, schedule)
+    assert logged == (warm, main_phase)
+    assert len(warm) == 3 and len(main_phase) == 2
+
+
 def test_cosine_schedule():
     f = cosine_schedule(100)
     assert f(0) == 1.0 and abs(f(50) - 0.5) < 1e-12 and f(100) == 0.0
@@ -248,6 +298,21 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(data_root, tmp_path, monk
         train(_cfg(data_root, tmp_path, "max_iters=5", "save_every=2"))
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
     assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_nan_in_the_clip_warm_up_stops_naming_the_phase_and_step(data_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = train_mod.dense_clip_loss
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(train_mod, "dense_clip_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"^CLIP warm-up loss is nan at step 2; stopping$"):
+        train(_cfg(data_root, tmp_path, "max_iters=1"))
+    assert list_checkpoints(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------------------------
