@@ -29,15 +29,20 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(h, weight)
+        ctx.bias_dtype = bias.dtype
         return F.linear(F.gelu(h), weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        """Under autocast the forward ran in a lower precision than the fp32 weight (and backward runs
+        outside autocast): compute in grad's dtype, as autograd of the autocast linear does, and hand
+        each gradient back in its input's dtype."""
         h, weight = ctx.saved_tensors
-        g = F.gelu(h)
-        grad_h = torch.ops.aten.gelu_backward(grad @ weight, h)
-        grad_w = grad.reshape(-1, grad.shape[-1]).t() @ g.reshape(-1, g.shape[-1])
-        return grad_h, grad_w, grad.reshape(-1, grad.shape[-1]).sum(0)
+        dt = grad.dtype
+        g = F.gelu(h).to(dt).reshape(-1, h.shape[-1])
+        grad_h = torch.ops.aten.gelu_backward((grad @ weight.to(dt)).to(h.dtype), h)
+        grad2d = grad.reshape(-1, grad.shape[-1])
+        return grad_h, (grad2d.t() @ g).to(weight.dtype), grad2d.sum(0).to(ctx.bias_dtype)
 
 
 class TextClassAttention(nn.Module):
