@@ -290,7 +290,7 @@ def parity(official, esc, image: torch.Tensor, names: list[str]) -> tuple[dict, 
         "logits_abs_max": float(logits_off.abs().max()),
         "logits_std": float(logits_off.std()),
         "prob_max_abs": max_abs(prob_off, prob_esc),
-        "escnet_class_mode": esc.last_class_mode,
+        "escnet_truncation": esc.truncation(len(names)),  # None: every class scored
         "logits_shape": list(logits_off.shape),
     }
     return report, text_esc

@@ -167,8 +167,11 @@ def catseg_reference_gmacs(preset: str, t: int, views: int) -> float:
     - the class attention runs over all `pad_len` (256) tokens, padding included;
     - the Swin and class-attention q/k project concat(x, guidance) for every class (and pixel), where
       escnet projects the shared guidance once per image (per class for the text guidance);
-    - its Swin window attention is explicit `q @ k^T` and `attn @ v` matmuls, which fvcore counts.
+    - its Swin window attention is explicit `q @ k^T` and `attn @ v` matmuls, which fvcore counts;
+    - its decoder convolves concat(up(x), guidance) for every class, where escnet convolves the
+      guidance part once per image (the conv has no bias: the two parts add up).
     """
+    from escnet.models.catseg import Up
     from escnet.models.swin import ClassAttentionLayer, WindowAttention
 
     def run(classes: int) -> tuple[PaperCounter, nn.Module, int]:
@@ -183,7 +186,15 @@ def catseg_reference_gmacs(preset: str, t: int, views: int) -> float:
             if guidance is not None:
                 extra[0] += 2 * bg * (tt - 1) * nw * length * guidance.shape[-1] * c  # q and k, per class
 
+        def up(module, args, out):  # x (B, t, cin, h, w), guidance (B, g, 2h, 2w)
+            x, guidance = args
+            first = module.conv.double_conv[0]
+            b, tt = x.shape[:2]
+            k = first.kernel_size[0] * first.kernel_size[1]
+            extra[0] += b * (tt - 1) * guidance.shape[-2] * guidance.shape[-1] * first.out_channels * guidance.shape[1] * k
+
         hooks = [m.register_forward_hook(window) for m in model.modules() if isinstance(m, WindowAttention)]
+        hooks += [m.register_forward_hook(up) for m in model.modules() if isinstance(m, Up)]
         with torch.inference_mode(), paper:
             model(images, text)
         for h in hooks:

@@ -118,11 +118,20 @@ class Up(nn.Module):
         self.conv = DoubleConv(cin, cout)
 
     def forward(self, x: Tensor, guidance: Tensor) -> Tensor:
-        """x (B, t, cin, h, w), guidance (B, g, 2h, 2w) shared by the t classes -> (B, t, cout, 2h, 2w)."""
+        """x (B, t, cin, h, w), guidance (B, g, 2h, 2w) shared by the t classes -> (B, t, cout, 2h, 2w).
+
+        Exactly CAT-Seg's conv over concat(up(x), guidance), computed without the t copies of the
+        guidance: the first conv has no bias, so it is the sum of its x part (per class) and its
+        guidance part (once per image, broadcast). Channels-last inside (CPU convolutions, GroupNorm
+        and the transposed conv are faster in that layout); the result is a channels-last view."""
         b, t = x.shape[:2]
-        y = self.up(x.flatten(0, 1)).unflatten(0, (b, t))
-        y = torch.cat([y, guidance.unsqueeze(1).expand(b, t, *guidance.shape[1:])], dim=2)
-        return self.conv(y.flatten(0, 1)).unflatten(0, (b, t))
+        y = self.up(x.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        first = self.conv.double_conv[0]
+        c = y.shape[1]
+        z = F.conv2d(y, first.weight[:, :c], padding=1)  # (B*t, cout, 2h, 2w)
+        g = F.conv2d(guidance, first.weight[:, c:], padding=1)  # (B, cout, 2h, 2w)
+        z = (z.unflatten(0, (b, t)) + g.unsqueeze(1)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        return self.conv.double_conv[1:](z).unflatten(0, (b, t))
 
 
 class AggregatorLayer(nn.Module):
@@ -196,7 +205,7 @@ class Aggregator(nn.Module):
 
         def decode(c: slice) -> Tensor:
             y = self.decoder2(self.decoder1(x[:, c], dec_guidance[0]), dec_guidance[1])
-            return self.head(y.flatten(0, 1)).view(b, -1, *y.shape[-2:])
+            return self.head(y.flatten(0, 1)).reshape(b, -1, *y.shape[-2:])
 
         return run_block(self, _per_chunk, decode, chunks)
 

@@ -243,7 +243,7 @@ class SwinBlockPair(nn.Module):
         N / B rows of x (e.g. N = B*T classes of B images), or None -> (N, C, h, w)."""
         if (guidance is None) != (self.guidance_norm is None):
             raise ValueError("SwinBlockPair: guidance must be given exactly when guidance_dim > 0")
-        x = x.permute(0, 2, 3, 1)
+        x = x.permute(0, 2, 3, 1).contiguous()  # (N, h, w, C); no copy when x is channels-last in memory
         if guidance is not None:
             if guidance.shape[-2:] != x.shape[1:3]:
                 raise ValueError(f"SwinBlockPair: guidance grid {tuple(guidance.shape[-2:])} != x grid {tuple(x.shape[1:3])}")
@@ -306,12 +306,14 @@ class ClassAttentionLayer(nn.Module):
         return max(self.pad_len - num_classes, 0)
 
     def _pooled_tokens(self, x: Tensor) -> Tensor:
-        """x (B, t, C, h, w) -> pooled tokens (B, h', w', t, C)."""
+        """x (B, t, C, h, w) -> pooled tokens (B, t, h', w', C). A view without a copy when x is
+        channels-last in memory (as the Swin blocks leave it): every op here then works on
+        contiguous (..., C) rows, and only the linear-attention sums see the class axis."""
         pool = self.pool_train if self.training else self.pool_eval
         if pool != (1, 1):
             b = x.shape[0]
             x = F.avg_pool2d(x.flatten(0, 1), pool).unflatten(0, (b, -1))
-        return x.permute(0, 3, 4, 1, 2)
+        return x.permute(0, 1, 3, 4, 2)
 
     def state(self, x: Tensor, guidance: Tensor | None, length: int) -> LinearAttentionState:
         """Attention sums of one chunk of classes.
@@ -319,11 +321,11 @@ class ClassAttentionLayer(nn.Module):
         x (B, t, C, h, w); guidance (B, t, G) or None; length: the total number of tokens on the
         class axis (all chunks + `num_padding`). Returns kv (B, h', w', heads, d, d), ksum (B, h', w', heads, d).
         """
-        tokens = self.norm1(self._pooled_tokens(x))
-        g = guidance[:, None, None] if guidance is not None else None
-        k = self.attention.project(self.attention.k, tokens, g)
+        tokens = self.norm1(self._pooled_tokens(x))  # (B, t, h', w', C)
+        g = guidance[:, :, None, None] if guidance is not None else None
+        k = self.attention.project(self.attention.k, tokens, g)  # (B, t, h', w', heads, d)
         v = self.attention.project(self.attention.v, tokens, None)
-        return linear_attention_state(k, v, length)
+        return linear_attention_state(k.permute(0, 2, 3, 1, 4, 5), v.permute(0, 2, 3, 1, 4, 5), length)
 
     def padding_state(self, num_pad: int, length: int) -> LinearAttentionState:
         """Sums contributed by num_pad identical padding tokens: kv (heads, d, d), ksum (heads, d)."""
@@ -338,12 +340,13 @@ class ClassAttentionLayer(nn.Module):
         """Update one chunk of classes x (B, t, C, h, w) with guidance (B, t, G) or None, given the
         state summed over all chunks and padding -> (B, t, C, h, w)."""
         h, w = x.shape[-2:]
-        y = self._pooled_tokens(x)
-        g = guidance[:, None, None] if guidance is not None else None
-        q = self.attention.project(self.attention.q, self.norm1(y), g)
-        y = y + linear_attention_query(q, state, length).flatten(-2)
+        y = self._pooled_tokens(x)  # (B, t, h', w', C)
+        g = guidance[:, :, None, None] if guidance is not None else None
+        q = self.attention.project(self.attention.q, self.norm1(y), g)  # (B, t, h', w', heads, d)
+        out = linear_attention_query(q.permute(0, 2, 3, 1, 4, 5), state, length)  # (B, h', w', t, heads, d)
+        y = y + out.permute(0, 3, 1, 2, 4, 5).flatten(-2)
         y = y + self.MLP(self.norm2(y))
-        y = y.permute(0, 3, 4, 1, 2)  # (B, t, C, h', w')
+        y = y.permute(0, 1, 4, 2, 3)  # (B, t, C, h', w'), channels-last in memory
         if y.shape[-2:] != (h, w):
             b = y.shape[0]
             y = F.interpolate(y.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=True).unflatten(0, (b, -1))
