@@ -40,9 +40,9 @@ def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weigh
     Each group has a 'name'."""
     if sam_lr is not None and not (sam_lr > 0 and math.isfinite(sam_lr)):
         raise ValueError(f"sam_lr must be a positive learning rate, got {sam_lr!r}")
+    clip_ids = {id(p) for p in model.clip.parameters()}
     sam_ids = _pretrained_sam_params(model, sam_rule)
-    low_ids = {id(p) for p in model.clip.parameters()} | (sam_ids if sam_lr is None else set())
-    sam_ids = sam_ids if sam_lr is not None else set()
+    sam_kind = "low" if sam_lr is None else "sam"
     no_decay_ids = set()
     for m in model.modules():
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.BatchNorm2d)) or type(m).__name__ == "LayerNorm2d":
@@ -51,7 +51,7 @@ def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weigh
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        kind = "sam" if id(p) in sam_ids else "low" if id(p) in low_ids else "main"
+        kind = "low" if id(p) in clip_ids else sam_kind if id(p) in sam_ids else "main"
         decay = p.dim() > 1 and id(p) not in no_decay_ids
         key = f"{kind}_{'decay' if decay else 'no_decay'}"
         rate = {"sam": sam_lr, "low": low_lr, "main": lr}[kind]
