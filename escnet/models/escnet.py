@@ -170,22 +170,6 @@ class SAMLayers(nn.Module):
             for i in indices)
 
 
-def _fold(lin: nn.Linear, shared: Tensor, dense: DensePrompt, t: int) -> Tensor:
-    """lin(shared_b + W_c H_n + beta_n) for every class n of every image b, exactly, without
-    materialising the per-class sum: the shared part is projected once per image, and lin o W_c is
-    one small (out, m) map applied to the m-channel mask features (m = 16 at SAM's sizes vs 256).
-
-    shared (B, L, S); dense with H (N, L, m) or None and beta (N, S); N = B*t -> (N, L, out).
-    """
-    b, length, _ = shared.shape
-    out = lin(shared).unsqueeze(1)  # (B, 1, L, out)
-    offset = F.linear(dense.beta, lin.weight).view(b, t, 1, -1)
-    if dense.h is not None:
-        per_class = dense.h @ (lin.weight @ dense.w_c).transpose(0, 1)  # (N, L, out)
-        return (out + per_class.view(b, t, length, -1) + offset).flatten(0, 1)
-    return (out + offset).flatten(0, 1)
-
-
 @dataclass
 class DensePrompt:
     """A dense prompt per class in factored form: dense_n = H_n @ W_c^T + beta_n, where W_c (S, m) is
@@ -196,8 +180,17 @@ class DensePrompt:
     beta: Tensor
     w_c: Tensor
 
+    def factors(self, length: int) -> tuple[Tensor, Tensor]:
+        """dense_n = A_n @ D_n, rank m + 1 (17 at SAM's sizes, vs S = 256 channels): A (N, L, m + 1) =
+        [H_n, 1] and D (N, m + 1, S) = [W_c^T; beta_n]; without masks A = 1 (N, L, 1), D = beta_n."""
+        n = self.beta.shape[0]
+        if self.h is None:
+            return self.beta.new_ones(n, 1, 1).expand(n, length, 1), self.beta[:, None, :]
+        d = torch.cat([self.w_c.t().unsqueeze(0).expand(n, -1, -1), self.beta[:, None, :]], 1)
+        return torch.cat([self.h, self.h.new_ones(*self.h.shape[:2], 1)], 2), d
+
     def materialise(self) -> Tensor:
-        """-> (N, L, S)."""
+        """-> (N, L, S); (N, 1, S) without masks (the same for every position)."""
         if self.h is None:
             return self.beta[:, None, :]
         return self.h @ self.w_c.transpose(0, 1) + self.beta[:, None, :]
@@ -306,8 +299,12 @@ class SAMBlock(nn.Module):
 def _first_layer(layer: TwoWayAttentionBlock, tokens: Tensor, image: Tensor, pos: Tensor, dense: DensePrompt,
                  t: int) -> tuple[Tensor, Tensor]:
     """SAM's TwoWayAttentionBlock on keys_n = image_b + dense_n for the t classes of each image, equal to
-    `layer(tokens, keys, tokens, pos)` on the materialised keys, but with every projection of the keys
-    computed in the factored form of `_fold` (the image part once per image).
+    `layer(tokens, keys, tokens, pos)` on the materialised keys, without materialising them.
+
+    The dense prompt has rank r = m + 1 (`DensePrompt.factors`: dense_n = A_n D_n), so a projection of
+    the keys is the image's projection (once per image) plus A_n times a small per-class (r, out) map,
+    and both cross attentions' scores split the same way: an image part, one matmul per (image, head)
+    over all classes, plus a class part through A_n. The only (N, L, S) tensor made is the output.
 
     tokens (N, P, S) (also their positional encoding, as in SAM); image (B, L, S); pos (1, L, S).
     Returns queries (N, P, S) and the refined keys (N, L, S)."""
@@ -317,18 +314,48 @@ def _first_layer(layer: TwoWayAttentionBlock, tokens: Tensor, image: Tensor, pos
         queries = tokens + layer.self_attn(q=tokens + tokens, k=tokens + tokens, v=tokens)
     queries = layer.norm1(queries)
 
+    b, length, s = image.shape
+    n, p, _ = tokens.shape
+    a_n, d_n = dense.factors(length)  # (N, L, r), (N, r, S)
+    r = a_n.shape[2]
+
+    # token -> image: each class's P queries attend over its L keys; keys and values factored
     a = layer.cross_attn_token_to_image
-    k = _fold(a.k_proj, image + pos, dense, t)
-    v = _fold(a.v_proj, image, dense, t)
-    queries = layer.norm2(queries + a.attend(a.q_proj(queries + tokens), k, v))
+    heads = a.num_heads
+    dh = a.internal_dim // heads
+    q = (a.q_proj(queries + tokens) * dh ** -0.5).view(b, t, p, heads, dh)
+    k_img = a.k_proj(image + pos).view(b, length, heads, dh)  # its bias is every class's offset
+    v_img = a.v_proj(image).view(b, length, heads, dh)
+    dk = (d_n @ a.k_proj.weight.t()).view(b, t, r, heads, dh)
+    dv = (d_n @ a.v_proj.weight.t()).view(n, r, heads, dh)
+    scores = q.permute(0, 3, 1, 2, 4).reshape(b, heads, t * p, dh) @ k_img.permute(0, 2, 3, 1)  # (B, H, tP, L)
+    low = torch.einsum("btphd,btrhd->bthpr", q, dk).reshape(n, heads * p, r) @ a_n.transpose(1, 2)  # (N, HP, L)
+    scores.view(b, heads, t, p, length).add_(low.view(b, t, heads, p, length).transpose(1, 2))
+    attn = scores.softmax(-1)
+    out = (attn @ v_img.transpose(1, 2)).view(b, heads, t, p, dh).permute(0, 2, 3, 1, 4).reshape(n, p, heads, dh)
+    through = attn.view(b, heads, t, p, length).transpose(1, 2).reshape(n, heads * p, length) @ a_n  # (N, HP, r)
+    out = out + torch.einsum("nhpr,nrhd->nphd", through.view(n, heads, p, r), dv)
+    queries = layer.norm2(queries + a.out_proj(out.reshape(n, p, a.internal_dim)))
     queries = layer.norm3(queries + layer.mlp(queries))
 
+    # image -> token: each of a class's L key positions attends over that class's P tokens
     a = layer.cross_attn_image_to_token
-    q = _fold(a.q_proj, image + pos, dense, t)
-    attn = a.attend(q, a.k_proj(queries + tokens), a.v_proj(queries))  # (N, L, S)
-    b, length, s = image.shape
-    keys = (image.unsqueeze(1) + dense.materialise().view(b, t, -1, s)).flatten(0, 1)
-    return queries, layer.norm4(keys + attn)
+    q_img = (a.q_proj(image + pos) * dh ** -0.5).view(b, length, heads, dh)
+    dq = (d_n @ a.q_proj.weight.t() * dh ** -0.5).view(n, r, heads, dh)
+    k = a.k_proj(queries + tokens).view(n, p, heads, dh)
+    v = a.v_proj(queries).view(n, p, heads, dh)
+    # scores (N, H, P, L): the softmax runs over P with L contiguous (over a last axis of P = 11 it is
+    # ~15x slower on CPU)
+    img_part = k.view(b, t * p, heads, dh).transpose(1, 2) @ q_img.permute(0, 2, 3, 1)  # (B, H, tP, L)
+    scores = torch.einsum("nrhd,nphd->nhpr", dq, k).reshape(n, heads * p, r) @ a_n.transpose(1, 2)  # (N, HP, L)
+    scores.view(b, t, heads, p, length).add_(img_part.view(b, heads, t, p, length).transpose(1, 2))
+    attn = scores.view(n, heads, p, length).softmax(2).view(n, heads * p, length)
+    # keys_n + attention output = [attn_n^T, A_n] @ [V_n W_o; D_n] + image_b + out_proj's bias: one
+    # batched matmul accumulating onto the image (a view for one image, B copies of it for B)
+    vw = torch.einsum("nphd,shd->nhps", v, a.out_proj.weight.view(s, heads, dh)).reshape(n, heads * p, s)
+    base = (image + a.out_proj.bias).unsqueeze(1).expand(b, t, length, s).reshape(n, length, s)
+    keys = torch.baddbmm(base, torch.cat([attn.transpose(1, 2), a_n], 2), torch.cat([vw, d_n], 1))  # (N, L, S)
+    return queries, layer.norm4(keys)
 
 
 class ESCNet(CLIPBackedModel):

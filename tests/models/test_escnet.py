@@ -96,29 +96,37 @@ def test_merge_is_one_map_per_image_and_perclass_is_not():
 
 @pytest.mark.parametrize("reading", READINGS)
 @pytest.mark.parametrize("over", [{}, {"prompt_boxes": True, "sam_text_token": True}, {"mask_combine": "mean"},
-                                  {"sam_seed_layers": (1, 0)}])
-def test_folded_sam_layer_equals_plain(reading, over):
+                                  {"sam_seed_layers": (1, 0)}, {"prompt_masks": False}])
+@pytest.mark.parametrize("b", [1, 2])
+def test_folded_sam_layer_equals_plain(reading, over, b):
     """The SAM layer on the per-class keys in factored form == SAM's own TwoWayAttentionBlock on the
-    materialised keys image + dense prompt (max difference <= 1e-5)."""
+    materialised keys image + dense prompt (max difference <= 1e-5), with and without mask prompts,
+    for one image (the image is a broadcast view) and several; and so do the gradients of every input
+    and of the layer's parameters."""
     from escnet.models.escnet import _first_layer
 
-    model = _reading(reading, **over)
-    b, t, g = 2, 3, model.cfg.grid
+    model = _reading(reading, **over).double()
+    t, g = 3, model.cfg.grid
     gen = torch.Generator().manual_seed(5)
-    feats = torch.randn(b, model.cfg.clip.embed_dim, g, g, generator=gen)
-    corr = torch.randn(b * t, g, g, generator=gen)
-    text = torch.randn(t, model.cfg.clip.embed_dim, generator=gen).repeat(b, 1)
+    feats = torch.randn(b, model.cfg.clip.embed_dim, g, g, generator=gen, dtype=torch.float64)
+    corr = torch.randn(b * t, g, g, generator=gen, dtype=torch.float64)
+    text = torch.randn(t, model.cfg.clip.embed_dim, generator=gen, dtype=torch.float64).repeat(b, 1)
     for block in model.sam:
-        with torch.no_grad():
-            image = block.project_image(feats).flatten(2).transpose(1, 2)
-            tokens, dense = block.prompts(corr, text)
-            assert dense.h is not None and dense.h.abs().sum() > 0
-            pos = block.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
-            layer = block.transformer.layers[0]
-            q1, k1 = _first_layer(layer, tokens, image, pos, dense, t)
-            keys = (image.unsqueeze(1) + dense.materialise().view(b, t, g * g, -1)).flatten(0, 1)
-            q2, k2 = layer(queries=tokens, keys=keys, query_pe=tokens, key_pe=pos)
+        image = block.project_image(feats).flatten(2).transpose(1, 2)
+        tokens, dense = block.prompts(corr, text)
+        assert (dense.h is not None and dense.h.abs().sum() > 0) == over.get("prompt_masks", True)
+        pos = block.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+        layer = block.transformer.layers[0]
+        weights = torch.randn(b * t, g * g, model.cfg.sam_dim, generator=gen, dtype=torch.float64)
+        q1, k1 = _first_layer(layer, tokens, image, pos, dense, t)
+        keys = (image.unsqueeze(1) + dense.materialise().expand(b * t, g * g, -1).view(b, t, g * g, -1)).flatten(0, 1)
+        q2, k2 = layer(queries=tokens, keys=keys, query_pe=tokens, key_pe=pos)
         assert (q1 - q2).abs().max() <= 1e-5 and (k1 - k2).abs().max() <= 1e-5
+        params = [w for w in [*layer.parameters(), *block.image_proj.parameters()] if w.requires_grad]
+        g1 = torch.autograd.grad((k1 * weights).sum() + q1.sum(), params, allow_unused=True, retain_graph=True)
+        g2 = torch.autograd.grad((k2 * weights).sum() + q2.sum(), params, allow_unused=True)
+        for x, y in zip(g1, g2):
+            assert (x is None) == (y is None) and (x is None or torch.allclose(x, y, atol=1e-8))
 
 
 def test_dense_prompt_equals_sam_mask_embedding():
