@@ -304,7 +304,8 @@ def _first_layer(layer: TwoWayAttentionBlock, tokens: Tensor, image: Tensor, pos
     The dense prompt has rank r = m + 1 (`DensePrompt.factors`: dense_n = A_n D_n), so a projection of
     the keys is the image's projection (once per image) plus A_n times a small per-class (r, out) map,
     and both cross attentions' scores split the same way: an image part, one matmul per (image, head)
-    over all classes, plus a class part through A_n. The only (N, L, S) tensor made is the output.
+    over all classes, plus a class part through A_n. The only (N, L, S) tensor made is the output
+    (for B > 1 images also the copies of each image it accumulates onto).
 
     tokens (N, P, S) (also their positional encoding, as in SAM); image (B, L, S); pos (1, L, S).
     Returns queries (N, P, S) and the refined keys (N, L, S)."""
@@ -340,6 +341,8 @@ def _first_layer(layer: TwoWayAttentionBlock, tokens: Tensor, image: Tensor, pos
 
     # image -> token: each of a class's L key positions attends over that class's P tokens
     a = layer.cross_attn_image_to_token
+    heads = a.num_heads
+    dh = a.internal_dim // heads
     q_img = (a.q_proj(image + pos) * dh ** -0.5).view(b, length, heads, dh)
     dq = (d_n @ a.q_proj.weight.t() * dh ** -0.5).view(n, r, heads, dh)
     k = a.k_proj(queries + tokens).view(n, p, heads, dh)
