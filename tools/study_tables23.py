@@ -22,6 +22,12 @@ as mean and 95 % t interval over seeds. Written: <out>/study.json, <out>/study.m
 command with its wall time in <out>/commands.log. A finished run of the same command (its
 study_command.txt) is reused, so an interrupted study continues where it stopped; an unfinished
 or different run in the way is an error (remove its folder).
+
+`--import-metrics DIR` continues a study on another machine or checkout from the metrics kept in the
+repository (docs/studies/*/<reading>_seed<S>.metrics.jsonl, as this script's runs are committed):
+each finished file becomes <out>/<reading>/seed<S>/metrics.jsonl with the stamp of the command this
+invocation would run, so those runs are reused instead of trained again. The stamp then says "the
+same command", not "the same code": say so when mixing code versions.
 """
 from __future__ import annotations
 
@@ -138,7 +144,10 @@ def missing_keys(overrides: list[str], keys: set[str]) -> list[str]:
 
 def final_eval(run_dir: Path, max_iters: int) -> dict | None:
     """The evaluation at step max_iters in run_dir/metrics.jsonl, or None if the run has not finished."""
-    path = run_dir / "metrics.jsonl"
+    return _final_eval_of(run_dir / "metrics.jsonl", max_iters)
+
+
+def _final_eval_of(path: Path, max_iters: int) -> dict | None:
     if not path.exists():
         return None
     for line in reversed(path.read_text().splitlines()):
@@ -186,6 +195,28 @@ def owner_of(reading: str, seed: int, args: argparse.Namespace, keys: set[str]) 
 
     mine = sig(reading)
     return next(r for r in READINGS if not missing_keys(READINGS[r][2], keys) and sig(r) == mine)
+
+
+def import_metrics(folder: Path, args: argparse.Namespace) -> list[Path]:
+    """Copy every finished <reading>_seed<S>.metrics.jsonl of `folder` (a reading of READINGS, a seed
+    of --seeds) into its run folder under args.out with this invocation's stamp; a run folder that
+    already holds a run is left alone. Returns the run folders written."""
+    seeds = {int(s) for s in args.seeds.split(",")}
+    written = []
+    for path in sorted(Path(folder).glob("*_seed*.metrics.jsonl")):
+        reading, _, seed = path.name[: -len(".metrics.jsonl")].rpartition("_seed")
+        if reading not in READINGS or not seed.isdigit() or int(seed) not in seeds:
+            continue
+        cmd, run_dir = command(reading, int(seed), args)
+        if run_dir.exists():
+            continue
+        if _final_eval_of(path, args.max_iters) is None:
+            raise RuntimeError(f"{path}: no evaluation at step {args.max_iters}: not a finished run of this study")
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text(path.read_text())
+        (run_dir / "study_command.txt").write_text(shlex.join(cmd))
+        written.append(run_dir)
+    return written
 
 
 def run_study(args: argparse.Namespace) -> dict:
@@ -308,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run order: seed-major (default; partial studies keep their pairs) or reading-major")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--summarise-only", action="store_true", help="run nothing; tabulate the runs finished so far")
+    p.add_argument("--import-metrics", metavar="DIR", help="first reuse the finished runs whose metrics are kept in "
+                   "DIR as <reading>_seed<S>.metrics.jsonl (e.g. docs/studies/tables23_2026-12-02)")
     p.add_argument("extra", nargs="*", help="more key=value overrides for every run (e.g. eval_limit=100)")
     args = p.parse_args(argv)
     needs_sam = set(args.tables.split(",")) - set(TABLE_CONFIG)
@@ -317,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     args.sam = str(Path(args.sam).resolve()) if args.sam else None
     args.out = str(Path(args.out).resolve())
     args.config = str(Path(args.config).resolve() if Path(args.config).exists() else REPO / args.config)
+    if args.import_metrics:
+        for run_dir in import_metrics(Path(args.import_metrics), args):
+            print(f"imported {run_dir}")
     run_study(args)
     if not args.dry_run:
         print((Path(args.out) / "study.md").read_text())

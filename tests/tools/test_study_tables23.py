@@ -51,3 +51,30 @@ def test_readings_that_resolve_to_one_config_share_one_run():
     keys = study.available_keys()
     assert study.owner_of("t3d_point_mask", 0, args, keys) == "t2c_pretrained"  # also when only Table 3 is asked for
     assert study.owner_of("t3a_point", 0, args, keys) == "t3a_point"
+
+
+def test_import_metrics_makes_committed_runs_reusable(tmp_path):
+    """A finished run's metrics kept as <reading>_seed<S>.metrics.jsonl become that run's folder with
+    the stamp of this invocation's command, so the study reuses it; unfinished files are refused,
+    other seeds and unknown names skipped, an existing run folder left alone."""
+    import argparse
+    import shlex
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    done = '{"step": 10, "eval": {"seen_mIoU": 50.0, "unseen_mIoU": 10.0, "hIoU": 16.7, "mIoU": 40.0}}\n'
+    (kept / "t2a_no_sam_seed0.metrics.jsonl").write_text(done)
+    (kept / "t2a_no_sam_seed7.metrics.jsonl").write_text(done)  # seed not asked for
+    (kept / "nonsense_seed0.metrics.jsonl").write_text(done)
+    out = tmp_path / "out"
+    args = argparse.Namespace(sam="sam.pth", out=str(out), config=study.CONFIG, max_iters=10, threads=1, extra=[],
+                              seeds="0,1")
+    assert study.import_metrics(kept, args) == [out / "t2a_no_sam" / "seed0"]
+    cmd, run_dir = study.command("t2a_no_sam", 0, args)
+    assert (run_dir / "study_command.txt").read_text() == shlex.join(cmd)
+    assert study.final_eval(run_dir, 10)["hIoU"] == 16.7
+    assert study.import_metrics(kept, args) == []  # already there: left alone
+    (kept / "t2b_random_seed1.metrics.jsonl").write_text('{"step": 5, "eval": {"hIoU": 1.0}}\n')
+    with pytest.raises(RuntimeError, match="no evaluation at step 10"):
+        study.import_metrics(kept, args)
+    assert not (out / "t2b_random").exists()  # nothing half-written
