@@ -190,10 +190,10 @@ class DensePrompt:
         return torch.cat([self.h, self.h.new_ones(*self.h.shape[:2], 1)], 2), d
 
     def materialise(self) -> Tensor:
-        """-> (N, L, S); (N, 1, S) without masks (the same for every position)."""
-        if self.h is None:
-            return self.beta[:, None, :]
-        return self.h @ self.w_c.transpose(0, 1) + self.beta[:, None, :]
+        """-> (N, L, S); (N, 1, S) without masks (the same for every position). The product of
+        `factors`: one formula for the dense prompt (what the model uses is what tests compare)."""
+        a, d = self.factors(1 if self.h is None else self.h.shape[1])
+        return a @ d
 
 
 class SAMBlock(nn.Module):
