@@ -1,0 +1,7 @@
+cd /work/study
+export OMP_NUM_THREADS=1
+PY=/work/main/.venv/bin/python
+A="--sam output/sam_tiny/sam_tiny.pth --tables lr,seeds --out /work/main/output/study23"
+$PY tools/study_tables23.py $A --readings lr_sam_low,seed_00 --seeds 0,1,2
+$PY tools/study_tables23.py $A --readings lr_rule_attention --seeds 0
+echo P1 DONE

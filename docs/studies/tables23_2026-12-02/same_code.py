@@ -1,0 +1,57 @@
+"""Same-code comparisons for the SAM learning-rate and layer-seed rows of the Tables 2/3 miniature.
+
+The study's baseline for those rows (sam_lr_rule=all, sam_seed_layers=(0, 1)) is Table 2 (c)'s config,
+whose runs (`t2c_pretrained_seed*`) were made from older commits than the new rows (af6442f). Table 2 (c)
+was rerun at af6442f with the same config and seeds (`rerun_t2c_pretrained_seed*`, commands in
+`rerun_t2c_pretrained.commands.log`). This prints (1) how far such a rerun moves the result (same config,
+same seed, code that computes the same function up to float rounding) and (2) the new rows against the
+same-code baseline. Paired differences B - A over seeds, mean [95 % t interval], from the committed metrics:
+
+    python docs/studies/tables23_2026-12-02/same_code.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2] / "tools"))
+from study_tables23 import METRICS, paired_summary  # noqa: E402
+
+SEEDS = (0, 1, 2)
+# (A, B, label): report B - A
+PAIRS = [
+    ("t2c_pretrained", "rerun_t2c_pretrained", "Table 2 (c) rerun at af6442f - the study's Table 2 (c) run (same config)"),
+    ("rerun_t2c_pretrained", "lr_rule_attention", "SAM attention at low_lr, the rest at lr - all SAM at low_lr"),
+    ("rerun_t2c_pretrained", "lr_sam_low", "SAM at main/100 (3e-5) - all SAM at low_lr (1e-3)"),
+    ("rerun_t2c_pretrained", "lr_sam_main", "SAM at the main rate (3e-3) - all SAM at low_lr (1e-3)"),
+    ("lr_sam_low", "lr_sam_main", "SAM at the main rate (3e-3) - SAM at main/100 (3e-5)"),
+    ("rerun_t2c_pretrained", "seed_00", "blocks <- SAM layers (0, 0) - (0, 1)"),
+    ("rerun_t2c_pretrained", "seed_11", "blocks <- SAM layers (1, 1) - (0, 1)"),
+]
+
+
+def final_eval(reading: str, seed: int) -> dict:
+    """The last evaluation in <reading>_seed<seed>.metrics.jsonl."""
+    path = HERE / f"{reading}_seed{seed}.metrics.jsonl"
+    evals = [row["eval"] for row in map(json.loads, path.read_text().splitlines()) if "eval" in row]
+    if not evals:
+        raise SystemExit(f"{path}: no evaluation in it")
+    return evals[-1]
+
+
+def main() -> None:
+    print("| paired difference (B - A), seeds 0, 1, 2 | seen mIoU | unseen mIoU | hIoU |")
+    print("|---|---|---|---|")
+    for a, b, label in PAIRS:
+        cells = []
+        for m in METRICS:
+            s = paired_summary([final_eval(a, k)[m] for k in SEEDS], [final_eval(b, k)[m] for k in SEEDS])
+            per_seed = ", ".join(f"{d:+.1f}" for d in s["diffs"])
+            cells.append(f"{s['mean']:+.1f} [{s['low']:+.1f}, {s['high']:+.1f}] ({per_seed})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
