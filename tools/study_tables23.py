@@ -144,10 +144,11 @@ def missing_keys(overrides: list[str], keys: set[str]) -> list[str]:
 
 def final_eval(run_dir: Path, max_iters: int) -> dict | None:
     """The evaluation at step max_iters in run_dir/metrics.jsonl, or None if the run has not finished."""
-    return _final_eval_of(run_dir / "metrics.jsonl", max_iters)
+    return final_eval_of(run_dir / "metrics.jsonl", max_iters)
 
 
-def _final_eval_of(path: Path, max_iters: int) -> dict | None:
+def final_eval_of(path: Path, max_iters: int) -> dict | None:
+    """The evaluation at step max_iters in the metrics file `path`, or None if it has none."""
     if not path.exists():
         return None
     for line in reversed(path.read_text().splitlines()):
@@ -210,7 +211,7 @@ def import_metrics(folder: Path, args: argparse.Namespace) -> list[Path]:
         cmd, run_dir = command(reading, int(seed), args)
         if run_dir.exists():
             continue
-        if _final_eval_of(path, args.max_iters) is None:
+        if final_eval_of(path, args.max_iters) is None:
             raise RuntimeError(f"{path}: no evaluation at step {args.max_iters}: not a finished run of this study")
         run_dir.mkdir(parents=True)
         (run_dir / "metrics.jsonl").write_text(path.read_text())

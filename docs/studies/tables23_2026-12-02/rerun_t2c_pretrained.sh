@@ -1,4 +1,7 @@
-# usage: run_rerun.sh WAIT_FOR_LOG SEEDS...   (Table 2 (c) = t2c_pretrained rerun at the current commit)
+# usage: rerun_t2c_pretrained.sh WAIT_FOR_LOG SEEDS...   (Table 2 (c) = t2c_pretrained rerun at the current commit)
+# The record of what ran on 2026-12-02 (paths of that machine). Elsewhere the runner gives the same training
+# command, but with output_dir <out>/t2c_pretrained/seedS:
+#   python tools/study_tables23.py --sam SAM --tables 2 --readings t2c_pretrained --seeds 0,1,2 --out output/rerun_t2c
 log=$1; shift
 until grep -q "DONE" "$log"; do sleep 30; done
 cd /work/study

@@ -11,15 +11,15 @@ same-code baseline. Paired differences B - A over seeds, mean [95 % t interval],
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2] / "tools"))
-from study_tables23 import METRICS, paired_summary  # noqa: E402
+from study_tables23 import METRICS, final_eval_of, paired_summary  # noqa: E402
 
 SEEDS = (0, 1, 2)
+MAX_ITERS = 1000  # the study's run length: the evaluation at this step is the result
 # (A, B, label): report B - A
 PAIRS = [
     ("t2c_pretrained", "rerun_t2c_pretrained", "Table 2 (c) rerun at af6442f - the study's Table 2 (c) run (same config)"),
@@ -32,22 +32,26 @@ PAIRS = [
 ]
 
 
-def final_eval(reading: str, seed: int) -> dict:
-    """The last evaluation in <reading>_seed<seed>.metrics.jsonl."""
-    path = HERE / f"{reading}_seed{seed}.metrics.jsonl"
-    evals = [row["eval"] for row in map(json.loads, path.read_text().splitlines()) if "eval" in row]
-    if not evals:
-        raise SystemExit(f"{path}: no evaluation in it")
-    return evals[-1]
+def final_evals(reading: str) -> list[dict]:
+    """The evaluation at step MAX_ITERS of <reading>_seed<S>.metrics.jsonl, for each of SEEDS."""
+    evals = []
+    for seed in SEEDS:
+        path = HERE / f"{reading}_seed{seed}.metrics.jsonl"
+        found = final_eval_of(path, MAX_ITERS)
+        if found is None:
+            raise SystemExit(f"{path}: no evaluation at step {MAX_ITERS} (missing or unfinished run)")
+        evals.append(found)
+    return evals
 
 
 def main() -> None:
     print("| paired difference (B - A), seeds 0, 1, 2 | seen mIoU | unseen mIoU | hIoU |")
     print("|---|---|---|---|")
+    evals = {r: final_evals(r) for pair in PAIRS for r in pair[:2]}
     for a, b, label in PAIRS:
         cells = []
         for m in METRICS:
-            s = paired_summary([final_eval(a, k)[m] for k in SEEDS], [final_eval(b, k)[m] for k in SEEDS])
+            s = paired_summary([e[m] for e in evals[a]], [e[m] for e in evals[b]])
             per_seed = ", ".join(f"{d:+.1f}" for d in s["diffs"])
             cells.append(f"{s['mean']:+.1f} [{s['low']:+.1f}, {s['high']:+.1f}] ({per_seed})")
         print(f"| {label} | " + " | ".join(cells) + " |")
