@@ -193,3 +193,24 @@ def test_page_says_what_the_model_is_for_and_prefills_the_example_vocabulary(dem
         assert "What this model is for:" in body
         assert " ".join(description.split()[:8]) in " ".join(body.split())
         assert "knows nothing about real photos" in body
+
+
+def test_clicking_an_example_segments_it(demo_url, browser):
+    """The bundled examples reach the handler as Gradio's cached copies: the upload gate lets them in."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not example_rows():
+        pytest.skip("no bundled example images in this installation")
+    wait = WebDriverWait(browser, 60)
+    browser.get(demo_url["url"])
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#segment-button"))
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="dataset-cell-0-0"]').click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image-input img"))
+    browser.find_element(By.XPATH, "//*[@id='protocol']//label[contains(., 'single view')]").click()
+    browser.find_element(By.CSS_SELECTOR, "#segment-button").click()
+    wait.until(lambda d: d.execute_script(
+        "const img = document.querySelector('#overlay img'); return img && img.complete && img.naturalWidth > 0;")
+        or "uploaded through this page" in d.find_element(By.TAG_NAME, "body").text)
+    assert "uploaded through this page" not in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#legend .escnet-legend-name")
