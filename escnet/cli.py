@@ -5,7 +5,7 @@ sets ``func`` to a callable taking the parsed namespace and returning an exit co
 parser (`escnet --help`, `escnet COMMAND --help`, `escnet --version`) does not load torch: a command
 module imports what needs torch inside the function that runs the command, and where that code
 needs torch at import (training, benchmarking, exporting) the command has a module of its own
-beside it (escnet/engine/train_command.py beside escnet/engine/train.py).
+beside it (escnet/commands/train.py beside escnet/training/loop.py).
 
 An error ends the command with one line on stderr and exit status 1 (130 when interrupted); the
 traceback is shown only with ``--debug`` (before or after the command name) or ``ESCNET_DEBUG=1``.
@@ -18,12 +18,11 @@ import sys
 
 from escnet import demo
 from escnet.data import prepare
-from escnet.engine import (benchmark_command, catalog, convert, evaluate, export_command, info, pretrain_sam_command,
-                           segment, train_command)
+from escnet.commands import benchmark, convert, export, info, models, pretrain_sam, segment, train
+from escnet.evaluation import evaluate
 from escnet.errors import one_line
 
-COMMANDS = (prepare, evaluate, train_command, pretrain_sam_command, segment, info, benchmark_command, convert, catalog,
-            export_command, demo)
+COMMANDS = (prepare, evaluate, train, pretrain_sam, segment, info, benchmark, convert, models, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

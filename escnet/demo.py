@@ -39,7 +39,7 @@ from PIL import Image
 
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
-from escnet.engine.visualize import palette_for, shorten
+from escnet.inference.visualize import palette_for, shorten
 from escnet.errors import EscnetError, one_line
 from escnet.runtime import DEVICES
 
@@ -250,7 +250,7 @@ def _describe(segmenter, limits: DemoLimits) -> str:
 
 def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escnet demo",
                examples: Optional[list[list[str]]] = None):
-    """The demo page over `segmenter` (an escnet.engine.inference.Segmenter or anything with its
+    """The demo page over `segmenter` (an escnet.inference.segmenter.Segmenter or anything with its
     `segment(image, classes, protocol=...)`), queued with the limits' concurrency and size.
     examples: [image path, vocabulary] rows (default: the bundled ones, `example_rows()`).
     Launch it with `launch_demo`."""
@@ -357,7 +357,7 @@ def add_command(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from escnet.engine.inference import Segmenter, model_notice
+    from escnet.inference.segmenter import Segmenter, model_notice
     from escnet.runtime import set_threads
     from escnet.weights.common import WeightsError
 

@@ -17,7 +17,7 @@ from huggingface_hub import constants as hf_constants  # noqa: E402
 
 from escnet import hub, registry  # noqa: E402
 from escnet.cli import main  # noqa: E402
-from escnet.engine.inference import Segmenter  # noqa: E402
+from escnet.inference.segmenter import Segmenter  # noqa: E402
 from escnet.models.catseg import CATSeg, CATSegConfig  # noqa: E402
 from escnet.lifecycle import load_pretrained  # noqa: E402
 from escnet.models.factory import create_model  # noqa: E402

@@ -1,5 +1,5 @@
 """`escnet export --format onnx`: the model's forward pass as an ONNX graph, checked with ONNX Runtime
-(escnet.engine.export).
+(escnet.inference.export).
 
     escnet export --format onnx --model ckpt/ --classes "cat, dog, sky" --out catseg.onnx
     escnet export --format onnx --model ckpt/ --classes ade150 --text-input --out catseg.onnx
@@ -9,7 +9,7 @@ sigmoid probabilities (N, T, c, c). The vocabulary is baked in as precomputed te
 (default), or with --text-input the (T, D) text features are a second input, T fixed to the
 size of the vocabulary given at export (CAT-Seg's padding and top-k truncation depend on T).
 The protocol around the model (resizing, the sliding window's crops and their merge, the final
-argmax) is cheap array code and stays outside the graph: escnet.engine.inference's
+argmax) is cheap array code and stays outside the graph: escnet.inference.segmenter's
 `sliding_views` / `merge_sliding` say exactly what it does.
 
 ONNX needs `pip install 'escnet[export]'` (onnx, onnxruntime; torch's exporter also uses
@@ -18,7 +18,7 @@ Swin windows) is written out as MatMul/Softmax by `_attention`, as ONNX's own tr
 takes 4-D inputs. After writing, the graph runs in ONNX Runtime on CPU on a fresh random batch
 and the largest difference from PyTorch is printed (and must stay within --tolerance).
 
-ESC-Net does not export yet: see escnet.engine.export.ESCNET_LIMITATION.
+ESC-Net does not export yet: see escnet.inference.export.ESCNET_LIMITATION.
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
     from escnet.data.vocab import VocabularyError, parse_vocabulary
-    from escnet.engine.export import ExportError, check_onnx, export_onnx
-    from escnet.engine.inference import Segmenter
+    from escnet.inference.export import ExportError, check_onnx, export_onnx
+    from escnet.inference.segmenter import Segmenter
     from escnet.runtime import set_threads
     from escnet.weights.common import WeightsError
 

@@ -1,7 +1,7 @@
 """The ESC-Net / CAT-Seg training loop on one or many processes: `train(cfg)`.
 
 The recipe, the processes, the outputs and the dense CLIP warm-up are described with the command
-that runs them, `escnet train` (escnet/engine/train_command.py, or `escnet train --help`).
+that runs them, `escnet train` (escnet/commands/train.py, or `escnet train --help`).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from escnet.data.datasets import DatasetError, SegDataset
 from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, resolve_dataset
 from escnet.data.transforms import ColorJitter, TrainAugmentation
 from escnet.data.vocab import VocabularyError
-from escnet.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                      remove_stale_temporaries, save_checkpoint, set_rng_state)
-from escnet.engine.config import ConfigError, TrainConfig, config_from_dict
+from escnet.training.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                        remove_stale_temporaries, save_checkpoint, set_rng_state)
+from escnet.training.config import ConfigError, TrainConfig, config_from_dict
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError
 from escnet.fileio import atomic_write
@@ -117,7 +117,7 @@ def cosine_schedule(max_iters: int, warmup_iters: int = 0):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    from escnet.engine.optim import param_groups
+    from escnet.training.optim import param_groups
 
     groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule,
                           sam_lr=cfg.sam_lr or None)
@@ -298,10 +298,10 @@ def warm_up_clip(model: nn.Module, data, augment: TrainAugmentation, cfg: TrainC
 
 
 def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device: torch.device) -> dict:
-    """mIoU of the model on the evaluation split (escnet.engine.evaluate, sharded over processes);
+    """mIoU of the model on the evaluation split (escnet.evaluation.evaluate, sharded over processes);
     for the synthetic benchmark also seen / unseen class mIoU and their harmonic mean."""
-    from escnet.engine.evaluate import evaluate
-    from escnet.engine.inference import Segmenter
+    from escnet.evaluation.evaluate import evaluate
+    from escnet.inference.segmenter import Segmenter
 
     # the weights change every evaluation: their text features are not worth a file
     segmenter = Segmenter(model, device=device, protocol=cfg.eval_protocol, text_cache=False)

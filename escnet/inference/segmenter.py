@@ -6,7 +6,7 @@
     result.overlay().show()
     result.save("out/", name="photo")
 
-Protocols [CAT-Seg]: escnet/engine/protocol.py reproduces CAT-Seg's official evaluation step by
+Protocols [CAT-Seg]: escnet/inference/protocol.py reproduces CAT-Seg's official evaluation step by
 step (detectron2's test-time resize, padding, model-side resizes, crop geometry, sigmoid / averaging
 order); the Segmenter resizes its probabilities to the image bilinearly, in class chunks, and takes
 the argmax, the last step of detectron2's sem_seg_postprocess.
@@ -48,12 +48,12 @@ from PIL import Image
 
 from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
-from escnet.engine import visualize
-from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
-                                   TOP_K)
-from escnet.engine.protocol import PROTOCOL_STEPS, mapper_resize, resize_probs
+from escnet.inference import visualize
+from escnet.inference.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
+                                      TOP_K)
+from escnet.inference.protocol import PROTOCOL_STEPS, mapper_resize, resize_probs
 from escnet.models.catseg import FROM_CONFIG
-from escnet.engine.text_cache import TextCache, enabled_by_env
+from escnet.inference.text_cache import TextCache, enabled_by_env
 from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
@@ -198,10 +198,10 @@ class Segmenter:
     """Wraps a model (ESC-Net or CAT-Seg) for segmenting images with any vocabulary.
 
     protocol: "sliding" (default, CAT-Seg's evaluation) or "single"; resize: "official" (default,
-    CAT-Seg's exact resizes) or "antialias" (escnet.engine.protocol); class_mode: "exact" or "top256"; memory_budget_mb bounds per-class activation memory in exact mode (None: one pass);
+    CAT-Seg's exact resizes) or "antialias" (escnet.inference.protocol); class_mode: "exact" or "top256"; memory_budget_mb bounds per-class activation memory in exact mode (None: one pass);
     max_side: the large-image limit; half: float16 autocast on CUDA (bfloat16 on CPU).
     Text features are cached per vocabulary in memory, so a folder of images encodes its classes
-    once, and on disk (escnet.engine.text_cache), so the next process does not encode them again;
+    once, and on disk (escnet.inference.text_cache), so the next process does not encode them again;
     text_cache: False turns the disk cache off (None: on unless ESCNET_TEXT_CACHE=0).
     """
 

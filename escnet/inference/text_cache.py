@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from escnet.engine.options import TEXT_CACHE_ENV as ENV
+from escnet.inference.options import TEXT_CACHE_ENV as ENV
 from escnet.fileio import atomic_write
 from escnet.hub import cache_dir
 

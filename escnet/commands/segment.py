@@ -26,9 +26,9 @@ from PIL import Image
 
 from escnet.data.images import MAX_SIDE, load_image
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
-from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
-                                   TEXT_CACHE_HELP)
-from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
+from escnet.inference.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
+                                      TEXT_CACHE_HELP)
+from escnet.inference.outputs import FORMAT_HELP, parse_formats, save_outputs
 from escnet.errors import one_line
 from escnet.progress import note, progress
 from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
@@ -131,7 +131,7 @@ def _unique_names(files: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
-    from escnet.engine.inference import Segmenter, model_notice
+    from escnet.inference.segmenter import Segmenter, model_notice
     from escnet.weights.common import WeightsError
 
     try:

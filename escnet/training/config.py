@@ -28,7 +28,7 @@ CHOICES = {
     "precision": ("fp32", "bf16"),
     "eval_protocol": ("sliding", "single"),
     "reading": ("paper", "efficient", "legacy"),  # escnet.models.escnet.READINGS
-    "sam_lr_rule": ("all", "attention"),  # escnet.engine.optim.SAM_LR_RULES
+    "sam_lr_rule": ("all", "attention"),  # escnet.training.optim.SAM_LR_RULES
 }
 
 
@@ -253,7 +253,7 @@ def _set(values: dict, key: str, value, where: str, from_text: bool) -> None:
     hints = typing.get_type_hints(TrainConfig)
     top, _, sub = key.partition(".")
     if top not in hints:
-        raise ConfigError(f"{where}: unknown key {key!r} (see escnet/engine/config.py for the fields)")
+        raise ConfigError(f"{where}: unknown key {key!r} (see escnet/training/config.py for the fields)")
     if sub:
         if top not in ("model", "clip"):
             raise ConfigError(f"{where}: {key!r}: only [model] and [clip] take dotted keys")
@@ -274,7 +274,7 @@ def _set(values: dict, key: str, value, where: str, from_text: bool) -> None:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
     """TrainConfig from a TOML file (optional) and ``key=value`` overrides, validated for keys,
-    types and choices (not for files; see escnet.engine.train.check_config)."""
+    types and choices (not for files; see escnet.training.loop.check_config)."""
     values: dict = {}
     if path is not None:
         where = str(path)

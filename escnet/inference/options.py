@@ -2,10 +2,10 @@
 offer (`escnet segment`, `escnet evaluate`, `escnet demo`).
 
 Torch-free on purpose: building the command-line parser (`escnet --help`) imports this module, not
-the code that runs a model (escnet.engine.inference, escnet.engine.protocol, escnet.engine.text_cache).
+the code that runs a model (escnet.inference.segmenter, escnet.inference.protocol, escnet.inference.text_cache).
 """
-PROTOCOLS = ("sliding", "single")  # escnet.engine.protocol: CAT-Seg's sliding window, one view
-RESIZE_MODES = ("official", "antialias")  # escnet.engine.protocol: model-side image downscales
+PROTOCOLS = ("sliding", "single")  # escnet.inference.protocol: CAT-Seg's sliding window, one view
+RESIZE_MODES = ("official", "antialias")  # escnet.inference.protocol: model-side image downscales
 CLASS_MODES = ("exact", "top256")  # every class scored, or CAT-Seg's truncation to the TOP_K best
 TOP_K = 256
 DEFAULT_MEMORY_BUDGET_MB = 2048

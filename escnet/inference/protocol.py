@@ -38,7 +38,7 @@ CAT-Seg's `kernel` 384), r the CLIP input side (`cfg.clip.image_size`, CAT-Seg's
    the padding's share of the map is stretched into the output, exactly as the official code does.
 
 Output: both protocols return probabilities (T, h, w) that the caller resizes to (H, W) with a plain
-bilinear resize (escnet.engine.inference.upsample_argmax), the last step of `sem_seg_postprocess`.
+bilinear resize (escnet.inference.segmenter.upsample_argmax), the last step of `sem_seg_postprocess`.
 
 Resize modes: "official" is the above. "antialias" changes only the model-side image downscales
 (to S x S, the c x c global view and the single view) to antialiased ones, which alias less on large
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from escnet.data.images import resize_rgb
 from escnet.data.transforms import shortest_edge_size
-from escnet.engine.options import RESIZE_MODES
+from escnet.inference.options import RESIZE_MODES
 from escnet.models.catseg import FROM_CONFIG
 
 SLIDING_OVERLAP = 0.333  # inference_sliding_window(overlap=0.333); int(384 * (1 - 0.333)) = 256

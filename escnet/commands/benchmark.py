@@ -1,4 +1,4 @@
-"""`escnet benchmark`: ESC-Net vs CAT-Seg side by side in one run (escnet.engine.benchmark).
+"""`escnet benchmark`: ESC-Net vs CAT-Seg side by side in one run (escnet.benchmarks.benchmark).
 
 Sections (pick with --what):
   roofline  the machine's own matrix-multiply throughput (large square torch.mm, best of a few; fp32
@@ -42,20 +42,20 @@ import json
 import sys
 import time
 
-from escnet.engine.options import PROTOCOLS
+from escnet.inference.options import PROTOCOLS
 
 QUICK = {"what": ["flops", "ppg"], "sizes": ["vitb16"], "classes": [150]}
 FULL = {"what": ["ppg", "models", "vocab"], "sizes": ["vitb16", "vitl14"], "classes": [20, 59, 150, 171]}
 FULL_COMMAND = (f"escnet benchmark --what {' '.join(FULL['what'])} --sizes {' '.join(FULL['sizes'])} "
                 f"--classes {' '.join(map(str, FULL['classes']))}")
-DTYPES = ("fp32", "bf16")  # escnet.engine.benchmark.DTYPES's names
+DTYPES = ("fp32", "bf16")  # escnet.benchmarks.benchmark.DTYPES's names
 
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
     import torch
 
-    from escnet.engine import benchmark as bench
+    from escnet.benchmarks import benchmark as bench
     from escnet.runtime import resolve_device, set_threads
 
     defaults = FULL if args.what else QUICK

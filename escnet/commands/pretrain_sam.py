@@ -1,4 +1,4 @@
-"""`escnet pretrain-sam`: pretrain a tiny SAM on synthetic promptable segmentation (escnet.engine.pretrain_sam);
+"""`escnet pretrain-sam`: pretrain a tiny SAM on synthetic promptable segmentation (escnet.training.pretrain_sam);
 save it in the official SAM layout.
 
     escnet pretrain-sam --config configs/sam_tiny_synthetic.toml [key=value ...]
@@ -39,8 +39,8 @@ from pathlib import Path
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: it loads torch, which building the parser (`escnet --help`) must not
-    from escnet.engine.config import ConfigError
-    from escnet.engine.pretrain_sam import WEIGHTS_NAME, format_eval, load_config, pretrain
+    from escnet.training.config import ConfigError
+    from escnet.training.pretrain_sam import WEIGHTS_NAME, format_eval, load_config, pretrain
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -1,11 +1,11 @@
 """`escnet evaluate`: mIoU of a model on a benchmark or a user folder, the paper's Table 1 protocol.
 
-One confusion matrix is accumulated over the whole set (escnet.engine.metrics) and every number is
+One confusion matrix is accumulated over the whole set (escnet.evaluation.metrics) and every number is
 computed from it: mIoU under both formulas in use (detectron2 main: the default; detectron2 v0.6 /
 mmseg), fwIoU, mACC, pACC and a per-class table. ``results.json`` and ``confusion_matrix.npy`` are
-written so the numbers can be recomputed (`escnet.engine.metrics.compute_metrics`).
+written so the numbers can be recomputed (`escnet.evaluation.metrics.compute_metrics`).
 
-Images go through CAT-Seg's official evaluation protocol (escnet/engine/protocol.py) unless
+Images go through CAT-Seg's official evaluation protocol (escnet/inference/protocol.py) unless
 ``--resize antialias`` is given; results.json records the protocol, the resize mode and the class
 mode. For more than 256 classes ``--class-mode top256`` (CAT-Seg's truncation) is the mode that
 reproduces CAT-Seg's published ADE-847 / PC-459 numbers; the default ``exact`` scores every class.
@@ -27,7 +27,7 @@ import numpy as np
 
 from escnet.data.datasets import GENERATED, DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.data.vocab import VocabularyError, known_benchmarks
-from escnet.engine.options import CLASS_MODES, PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP, TOP_K
+from escnet.inference.options import CLASS_MODES, PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP, TOP_K
 from escnet.errors import EscnetError, one_line
 from escnet.progress import progress as progress_of
 from escnet.runtime import DEVICES, THREADS_HELP, set_threads, setup_runtime
@@ -40,7 +40,7 @@ CLASS_MODE_NOTES = {
               "aggregated, the rest get logit -100; reproduces CAT-Seg's published ADE-847 / PC-459 numbers",
 }
 RESIZE_NOTES = {
-    "official": "CAT-Seg's official evaluation protocol (escnet/engine/protocol.py)",
+    "official": "CAT-Seg's official evaluation protocol (escnet/inference/protocol.py)",
     "antialias": "CAT-Seg's protocol with antialiased model-side image downscales (not the official numbers)",
 }
 
@@ -85,7 +85,7 @@ def evaluate(
 
     Returns the results dict (the same on every rank): `compute_metrics` fields plus run info.
     """
-    from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics
+    from escnet.evaluation.metrics import ConfusionMatrix, LabelRangeError, compute_metrics
 
     rank, world = _rank_world()
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -175,8 +175,8 @@ def load_dataset(spec: str, root: str | None = None, split: str = "val", classes
 
 def _run(args: argparse.Namespace) -> int:
     # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
-    from escnet.engine.inference import Segmenter, model_notice
-    from escnet.engine.metrics import format_table
+    from escnet.inference.segmenter import Segmenter, model_notice
+    from escnet.evaluation.metrics import format_table
     from escnet.weights.common import WeightsError
 
     rt = setup_runtime(args.device)

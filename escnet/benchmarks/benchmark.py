@@ -1,6 +1,6 @@
 """ESC-Net vs CAT-Seg side by side: the sections of `escnet benchmark` (bench_flops, bench_models,
 bench_profile, bench_ppg, bench_vocab, bench_text_cache, bench_train, bench_roofline) and their tables.
-What each section measures and how is described with the command (escnet/engine/benchmark_command.py,
+What each section measures and how is described with the command (escnet/commands/benchmark.py,
 or `escnet benchmark --help`).
 """
 from __future__ import annotations
@@ -206,8 +206,8 @@ def _in_subprocess(target, *args) -> dict:
 def bench_flops(presets, classes, protocols, readings=("paper", "efficient", "legacy")) -> list[dict]:
     """Forward cost side by side, on the meta device: ESC-Net in each reading, CAT-Seg as escnet runs
     it, and CAT-Seg as its official code runs it (paper unit only); torch FLOPs and the paper's unit
-    (escnet.engine.flops: fvcore-convention multiply-adds, the unit of both papers' tables)."""
-    from escnet.engine.flops import catseg_reference_gmacs, count_costs
+    (escnet.benchmarks.flops: fvcore-convention multiply-adds, the unit of both papers' tables)."""
+    from escnet.benchmarks.flops import catseg_reference_gmacs, count_costs
 
     rows = []
     for preset in presets:
@@ -318,7 +318,7 @@ def bench_ppg(t: int = 150, grid: int = 24, regions: int = 5, iters: int = 10, r
 
 def _vocab_job(t: int, budget_mb: int, device: str, q) -> None:
     try:
-        from escnet.engine.inference import Segmenter
+        from escnet.inference.segmenter import Segmenter
         from escnet.models.factory import create_model
 
         torch.manual_seed(0)
@@ -348,7 +348,7 @@ def _batch_job(arch: str, preset: str, t: int, protocol: str, device: str, batch
     try:
         import numpy as np
 
-        from escnet.engine.inference import Segmenter
+        from escnet.inference.segmenter import Segmenter
 
         torch.manual_seed(0)
         model = _build(arch, preset)
@@ -409,7 +409,7 @@ def bench_text_cache(preset: str = "vitb16", vocabulary: str = "ade847", device:
     import tempfile
 
     from escnet.data.vocab import benchmark_vocabulary
-    from escnet.engine.inference import Segmenter
+    from escnet.inference.segmenter import Segmenter
     from escnet.models.factory import create_model
 
     torch.manual_seed(0)
@@ -459,8 +459,8 @@ def _train_job(arch: str, preset: str, t: int, batch: int, steps: int, warmup: i
     """One configuration of the training benchmark, in a child process (its own peak memory)."""
     try:
         from escnet.data.vocab import benchmark_vocabulary
-        from escnet.engine.config import TrainConfig
-        from escnet.engine.train import Objective, make_optimizer
+        from escnet.training.config import TrainConfig
+        from escnet.training.loop import Objective, make_optimizer
 
         torch.manual_seed(0)
         model = _build(arch, preset, grad_checkpointing=checkpointing).to(device).train().requires_grad_(True)

@@ -1,7 +1,7 @@
 """The model's forward pass as an ONNX graph (`export_onnx`), checked with ONNX Runtime (`check_onnx`).
 
 What is exported, what it needs and what cannot be exported yet are described with the command,
-`escnet export` (escnet/engine/export_command.py, or `escnet export --help`).
+`escnet export` (escnet/commands/export.py, or `escnet export --help`).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def _require_onnx() -> None:
 def export_onnx(model: nn.Module, text: torch.Tensor, path, text_input: bool = False,
                 example_views: int = 2) -> Path:
     """Write `model` (ESC-Net or CAT-Seg, eval mode, CPU) with vocabulary features text (T, D)
-    to path as ONNX (what the graph takes and gives: escnet/engine/export_command.py); the batch axis N is dynamic."""
+    to path as ONNX (what the graph takes and gives: escnet/commands/export.py); the batch axis N is dynamic."""
     _require_onnx()
     if getattr(model.cfg, "arch", None) == "escnet" and getattr(model.cfg, "use_sam", False):
         raise ExportError(ESCNET_LIMITATION)

@@ -1,6 +1,6 @@
 """Pretrain a tiny SAM on synthetic promptable segmentation; save it in the official SAM layout:
 `pretrain(cfg)`. The model, the data, the training and the evaluation are described with the
-command that runs them, `escnet pretrain-sam` (escnet/engine/pretrain_sam_command.py, or
+command that runs them, `escnet pretrain-sam` (escnet/commands/pretrain_sam.py, or
 `escnet pretrain-sam --help`).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from escnet.engine.config import ConfigError, _read_toml, coerce, parse_text
+from escnet.training.config import ConfigError, _read_toml, coerce, parse_text
 from escnet.fileio import atomic_write
 from escnet.models.sam_model import SAM, SAMConfig
 
@@ -272,7 +272,7 @@ def _augment(images: np.ndarray, instances: np.ndarray, rng: np.random.Generator
 def pretrain(cfg: PretrainSAMConfig, log=print) -> dict:
     """Train, evaluate, save `output_dir`/sam_tiny.pth (plain state dict, official SAM names) and
     metrics.json. Returns the metrics."""
-    from escnet.engine.train import cosine_schedule
+    from escnet.training.loop import cosine_schedule
     from escnet.runtime import set_threads
 
     set_threads(cfg.threads)

@@ -1,4 +1,4 @@
-"""`escnet train`: the ESC-Net / CAT-Seg training recipe on one or many processes (escnet.engine.train).
+"""`escnet train`: the ESC-Net / CAT-Seg training recipe on one or many processes (escnet.training.loop).
 
     escnet train --config configs/escnet_vitb16_coco.toml [key=value ...]
     torchrun --nproc_per_node 8 -m escnet train --config configs/escnet_vitb16_coco.toml
@@ -6,12 +6,12 @@
 
 Recipe (docs/design.md "Training recipe", CAT-Seg's configs): AdamW with two learning rates (CLIP q/v
 weights and the pretrained SAM pieces at `low_lr` (`sam_lr_rule`), the rest at `lr`; no weight decay on norms, biases and
-embeddings; escnet.engine.optim.param_groups), cosine decay to 0 over `max_iters` (optional
+embeddings; escnet.training.optim.param_groups), cosine decay to 0 over `max_iters` (optional
 linear warm-up), global gradient-norm clip, the augmentations of escnet.data.transforms, and
 CAT-Seg's loss: sigmoid binary cross-entropy between the logits (B, T, H, W) and one-hot targets,
 averaged over every image, class and pixel, with ignored pixels counted as negatives for every
 class (so each image weighs the same, which also makes W processes x B/W images equal one
-process x B images). Optional bf16 autocast; periodic evaluation with escnet.engine.evaluate.
+process x B images). Optional bf16 autocast; periodic evaluation with escnet.evaluation.evaluate.
 
 Processes: under torchrun every process trains a DistributedDataParallel replica (NCCL on GPUs,
 gloo on CPU) on its share of each global batch (escnet.data.train_dataset.StreamSampler); rank 0
@@ -29,7 +29,7 @@ softmax cross-entropy over the training classes of exp(logit_scale) * cos(F_v, F
 the crop. It sees the same training images and classes (never the unseen ones), runs once at the
 start of a fresh run (a resumed run loads its checkpoint instead), and every process runs it
 identically on the whole warm-up batch, so no communication is needed. Both phases run the one
-training loop, `run_steps` (escnet/engine/train.py), each with its own loss, optimizer, sample stream
+training loop, `run_steps` (escnet/training/loop.py), each with its own loss, optimizer, sample stream
 and log records.
 """
 from __future__ import annotations
@@ -45,9 +45,9 @@ from escnet.errors import one_line
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: training loads torch, which building the parser (`escnet --help`) must not
     from escnet.data.datasets import DatasetError
-    from escnet.engine.checkpoint import CheckpointError
-    from escnet.engine.config import ConfigError, load_config
-    from escnet.engine.train import TrainingError, train
+    from escnet.training.checkpoint import CheckpointError
+    from escnet.training.config import ConfigError, load_config
+    from escnet.training.loop import TrainingError, train
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -67,7 +67,7 @@ def add_command(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="TOML config (configs/*.toml); keys are escnet.engine.config.TrainConfig")
+    p.add_argument("--config", default=None, help="TOML config (configs/*.toml); keys are escnet.training.config.TrainConfig")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the newest checkpoint in output_dir, or from the given checkpoint file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
