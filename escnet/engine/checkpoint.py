@@ -1,0 +1,4 @@
+"""Deprecated: moved to escnet.training.checkpoint (see escnet/engine/__init__.py); this path goes away in the next release."""
+from escnet.engine import moved
+
+moved(__name__)

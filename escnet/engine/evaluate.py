@@ -1,0 +1,4 @@
+"""Deprecated: moved to escnet.evaluation.evaluate (see escnet/engine/__init__.py); this path goes away in the next release."""
+from escnet.engine import moved
+
+moved(__name__)
