@@ -10,6 +10,10 @@ import pytest
 from escnet.engine import MOVED
 
 ROOT = Path(__file__).resolve().parents[1]
+# the escnet.engine.X that README.md, docs/, tests/ and tools/ named when escnet.engine was split
+NAMED_AT_THE_SPLIT = ("benchmark", "benchmark_command", "checkpoint", "config", "evaluate", "export", "inference",
+                      "metrics", "optim", "outputs", "pretrain_sam", "protocol", "segment", "text_cache", "train",
+                      "visualize")
 
 
 def documented_old_paths() -> set[str]:
@@ -26,8 +30,9 @@ def documented_old_paths() -> set[str]:
 
 def test_every_documented_old_path_has_a_stand_in():
     documented = documented_old_paths()
-    assert {"inference", "outputs", "text_cache", "evaluate", "protocol", "benchmark"} <= documented
-    assert documented <= set(MOVED), f"documented but gone: {sorted(documented - set(MOVED))}"
+    assert {"outputs", "text_cache", "evaluate", "protocol", "benchmark"} <= documented  # the scan finds them
+    named = documented | set(NAMED_AT_THE_SPLIT)
+    assert named <= set(MOVED), f"documented but gone: {sorted(named - set(MOVED))}"
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
