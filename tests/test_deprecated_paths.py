@@ -46,7 +46,10 @@ def test_old_path_imports_warns_and_is_the_new_module(old):
 
 
 def test_from_engine_import_form_reaches_the_new_module():
+    import escnet.engine
+
     sys.modules.pop("escnet.engine.text_cache", None)
+    vars(escnet.engine).pop("text_cache", None)  # as in a fresh process
     with pytest.warns(DeprecationWarning, match="escnet.inference.text_cache"):
         from escnet.engine import text_cache
     from escnet.inference import text_cache as new
