@@ -18,7 +18,7 @@ from escnet.models.factory import PRESETS
 def run(args) -> int:
     from escnet.lifecycle import build_init, load_pretrained, save_pretrained
     from escnet.models.factory import count_parameters, make_config
-    from escnet.registry import resolve_model_path, resolve_weights_path
+    from escnet.hub import resolve_model_path, resolve_weights_path
 
     if args.catseg:
         if args.clip or args.sam:

@@ -12,7 +12,7 @@ def run(args) -> int:
 
     from escnet.lifecycle import load_pretrained
     from escnet.models.factory import count_parameters, create_model
-    from escnet.registry import resolve_model_path
+    from escnet.hub import resolve_model_path
 
     rows = []
     if args.model in PRESETS:

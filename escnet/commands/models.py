@@ -35,17 +35,10 @@ def list_models(out=None) -> None:
 
 
 def fetch(name: str, trust_new: bool = False):
-    """Fetch (and convert) a registry entry now; returns the local path."""
+    """Fetch (and convert) a registry entry now; returns the local path (escnet.hub.resolve)."""
     from escnet import hub
 
-    entry = registry.get_entry(name)
-    if entry is None:
-        raise registry.ModelNotFoundError(f"unknown model {name!r}; `escnet models` lists the names")
-    if entry.kind == "bundled":
-        return registry.bundled_path(entry, name)
-    if entry.kind in ("clip", "sam"):
-        return hub.fetch_folder(entry, trust_new)
-    return hub.fetch_model(entry, trust_new)
+    return hub.resolve(name, None, trust_new)
 
 
 def _run_models(args: argparse.Namespace) -> int:

@@ -54,7 +54,8 @@ from escnet.inference.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN
 from escnet.inference.protocol import PROTOCOL_STEPS, mapper_resize, resize_probs
 from escnet.models.catseg import FROM_CONFIG
 from escnet.inference.text_cache import TextCache, enabled_by_env
-from escnet.registry import ModelNotFoundError, resolve_model_path  # noqa: F401 - part of this module's API
+from escnet.hub import resolve_model_path  # noqa: F401 - part of this module's API
+from escnet.registry import ModelNotFoundError  # noqa: F401 - part of this module's API
 from escnet.errors import sanitize
 from escnet.fileio import atomic_write_all
 from escnet.runtime import resolve_device

@@ -78,7 +78,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1, resume: bool = False) ->
 def _resolve_init(cfg: TrainConfig, key: str) -> str:
     """A path, registry name (clip-vitb16, sam-vitb, catseg-vitl14, ...) or Hub id -> a local path,
     fetched once into the Hugging Face cache; the config keeps the name as written."""
-    from escnet.registry import resolve_model_path, resolve_weights_path
+    from escnet.hub import resolve_model_path, resolve_weights_path
 
     value = getattr(cfg, key)
     try:
