@@ -174,6 +174,31 @@ def example_rows(folder: Optional[Path] = None) -> list[list[str]]:
     return rows
 
 
+NOT_UPLOADED = "the image must be uploaded through this page"
+
+
+class UploadGate:
+    """Which server files a request may name: files inside the demo's upload folder and the bundled
+    example images, judged on the resolved path (so neither `..` nor a symlink leads out). A payload
+    naming anything else is refused with one message that does not say whether the file exists, so
+    the API can neither read nor probe the server's files."""
+
+    def __init__(self, roots: list, files: tuple = ()):
+        self.roots = [Path(os.path.realpath(root)) for root in roots]
+        self.files = {Path(os.path.realpath(f)) for f in files}
+
+    def check(self, path: Any) -> str:
+        """The resolved path of an allowed file, else DemoInputError(NOT_UPLOADED)."""
+        try:
+            resolved = Path(os.path.realpath(os.fspath(path)))
+        except (TypeError, ValueError, OSError):
+            raise DemoInputError(NOT_UPLOADED) from None
+        inside = any(resolved != root and resolved.is_relative_to(root) for root in self.roots)
+        if not (inside or resolved in self.files):
+            raise DemoInputError(NOT_UPLOADED)
+        return str(resolved)
+
+
 class _ResultFolders:
     """Per-request output folders under one temporary root, keeping only the newest few: Gradio
     copies returned files into its own cache, so older folders are no longer needed."""
@@ -196,18 +221,20 @@ class _ResultFolders:
 
 
 def segment_request(segmenter, upload: Any, vocabulary: Optional[str], protocol: Optional[str],
-                    limits: DemoLimits, folders: _ResultFolders):
+                    limits: DemoLimits, folders: _ResultFolders, gate: UploadGate):
     """One page request -> (overlay image, legend HTML, [label PNG, overlay PNG, JSON] paths).
 
-    upload: Gradio's file payload ({"path": ..., "orig_name": ...}) or a plain path. User
-    mistakes raise DemoInputError / VocabularyError with a readable message."""
+    upload: Gradio's file payload ({"path": ..., "orig_name": ...}) or a plain path; the path is a
+    client's claim, so only what `gate` allows is opened. User mistakes raise DemoInputError /
+    VocabularyError with a readable message."""
     if isinstance(upload, dict):
         path, display = upload.get("path"), upload.get("orig_name")
     else:
         path, display = upload, None
     if not path:
         raise DemoInputError("no image: upload an image or pick an example")
-    display = Path(display or path).name
+    path = gate.check(path)
+    display = Path(str(display or path)).name
     valid = [value for _, value in PROTOCOL_CHOICES]
     if protocol not in valid:
         raise DemoInputError(f"unknown protocol {protocol!r}; choose one of {', '.join(valid)}")
@@ -261,10 +288,13 @@ def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escne
     sizes = {name: len(benchmark_vocabulary(name)) for name in BENCHMARK_VOCABULARIES}
     presets = [(f"{name} ({size} classes)", name) for name, size in sizes.items() if size <= limits.max_classes]
     default_protocol = getattr(segmenter, "protocol", "sliding")
+    examples = example_rows() if examples is None else examples
+    # Gradio stores uploads (and copies of the examples it serves) in its upload folder.
+    gate = UploadGate([gr.utils.get_upload_folder()], tuple(row[0] for row in examples))
 
     def segment(upload, vocabulary, protocol):
         try:
-            return segment_request(segmenter, upload, vocabulary, protocol, limits, folders)
+            return segment_request(segmenter, upload, vocabulary, protocol, limits, folders, gate)
         except (DemoInputError, VocabularyError, ImageError) as exc:
             raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
         except (torch.OutOfMemoryError, MemoryError):
@@ -285,7 +315,6 @@ def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escne
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image-input")
-                examples = example_rows() if examples is None else examples
                 vocabulary = gr.Textbox(
                     # the first example's vocabulary: the bundled model knows only its synthetic classes
                     label="Classes", value=examples[0][1] if examples else DEFAULT_CLASSES, lines=3, max_lines=8, elem_id="vocabulary",

@@ -283,3 +283,59 @@ def test_page_states_the_model_purpose_and_prefills_the_example_vocabulary():
     assert "dark red" in vocabulary.value and "sky" not in vocabulary.value
     text = " ".join(str(getattr(b, "value", "")) for b in blocks if type(b).__name__ == "Markdown")
     assert "What this model is for:" in text and "knows nothing about real photos" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The API opens only what was uploaded
+
+
+def test_upload_gate_allows_only_files_inside_its_roots(tmp_path):
+    from escnet.demo import NOT_UPLOADED, UploadGate
+
+    uploads, outside = tmp_path / "uploads", tmp_path / "outside"
+    (uploads / "abc").mkdir(parents=True)
+    outside.mkdir()
+    inside = write_image(uploads / "abc" / "photo.png", 8, 8, seed=0)
+    secret = write_image(outside / "secret.png", 8, 8, seed=1)
+    example = write_image(outside / "example.png", 8, 8, seed=2)
+    (uploads / "link.png").symlink_to(secret)
+    gate = UploadGate([uploads], (str(example),))
+
+    assert gate.check(str(inside)) == str(inside.resolve())
+    assert gate.check(str(example)) == str(example.resolve())
+    for hostile in [str(secret), str(outside / "missing.png"), str(uploads / "abc" / ".." / ".." / "outside" / "secret.png"),
+                    str(uploads / "link.png"), str(uploads), "/etc/passwd", "relative.png", "bad\0name", 12345]:
+        with pytest.raises(DemoInputError) as caught:
+            gate.check(hostile)
+        assert str(caught.value) == NOT_UPLOADED  # one message: says nothing of whether the file exists
+
+
+def _raw_call(server, payload):
+    """POST the segment API with a hand-made file payload (no upload), as any HTTP client can;
+    returns the event stream's text."""
+    import httpx
+
+    start = httpx.post(server["url"] + "gradio_api/call/segment", json={"data": [payload, "cat, dog", "single"]}, timeout=60)
+    assert start.status_code == 200, start.text
+    event = start.json()["event_id"]
+    return httpx.get(server["url"] + f"gradio_api/call/segment/{event}", timeout=120).text
+
+
+def test_api_refuses_server_paths_that_were_not_uploaded(server, tmp_path):
+    from escnet.demo import NOT_UPLOADED
+
+    secret = write_image(tmp_path / "secret.png", 24, 24, seed=5)  # a real image: on old code it was segmented
+    before = server["segmenter"].calls
+    for path in [str(secret), str(tmp_path / "no_such.png"), "/etc/hostname"]:
+        # A bare {"path": ...} reaches the handler untouched (preprocess=False): the gate must refuse it.
+        stream = _raw_call(server, {"path": path, "orig_name": "x.png"})
+        assert "event: error" in stream and NOT_UPLOADED in stream, stream
+        assert "secret" not in stream.split("event: error", 1)[1]
+        # Marked as Gradio file data, Gradio refuses it before the handler; either way no file is read.
+        stream = _raw_call(server, {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"})
+        assert "event: error" in stream and "event: complete" not in stream, stream
+    assert server["segmenter"].calls == before  # nothing reached the model
+
+    # An upload through the page still works.
+    good = write_image(server["images"] / "uploaded.png", 24, 24, seed=6)
+    check_answer(predict(server, good, "cat, dog"), good, ["cat", "dog"])
