@@ -42,6 +42,7 @@ import json
 import sys
 import time
 
+from escnet.commands.policy import EXIT_CANNOT_START, fail
 from escnet.inference.options import PROTOCOLS
 
 QUICK = {"what": ["flops", "ppg"], "sizes": ["vitb16"], "classes": [150]}
@@ -68,12 +69,10 @@ def run(args: argparse.Namespace) -> int:
         device = str(resolve_device(args.device))
         threads = set_threads(args.threads)
     except ValueError as e:
-        print(f"escnet benchmark: {e}", file=sys.stderr)
-        return 2
+        return fail("benchmark", e, EXIT_CANNOT_START)
     if any(b < 1 for b in args.batch_sizes) or args.batch_images < 1:
-        print(f"escnet benchmark: --batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and "
-              f"{args.batch_images}", file=sys.stderr)
-        return 2
+        return fail("benchmark", f"--batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and "
+                                 f"{args.batch_images}", EXIT_CANNOT_START)
     out: dict = {"device": device, "torch": torch.__version__, "threads": threads, "dtype": args.dtype,
                  "compile": args.compile, "date": time.strftime("%Y-%m-%d")}
     if device.startswith("cuda"):

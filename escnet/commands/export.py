@@ -26,6 +26,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from escnet.commands.arguments import MODEL_HELP, add_runtime_options
+from escnet.commands.policy import EXIT_CANNOT_START, EXIT_FAILED, fail, load_segmenter
+
 FORMATS = ("onnx",)
 
 
@@ -34,14 +37,14 @@ def add_command(subparsers) -> None:
         "export", help="export a model to ONNX (CAT-Seg; needs escnet[export])",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default %(default)s)")
-    parser.add_argument("--model", default=None, help="checkpoint folder or file (default: the bundled model)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--classes", required=True, help="the vocabulary to bake in (as `escnet segment --classes`)")
     parser.add_argument("--text-input", action="store_true",
                         help="make the (T, D) text features a graph input instead of constants")
     parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest ONNX Runtime vs PyTorch difference accepted (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: see `escnet segment --help`)")
+    add_runtime_options(parser, device=False)
     parser.set_defaults(func=run)
 
 
@@ -49,23 +52,19 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
     from escnet.data.vocab import VocabularyError, parse_vocabulary
     from escnet.inference.export import ExportError, check_onnx, export_onnx
-    from escnet.inference.segmenter import Segmenter
     from escnet.runtime import set_threads
-    from escnet.weights.common import WeightsError
 
     set_threads(args.threads)
     try:
         entries = parse_vocabulary(args.classes)
-        segmenter = Segmenter.from_pretrained(args.model, device="cpu")
+        segmenter = load_segmenter("export", args.model, notice=False, device="cpu")
         text = segmenter.text_features(entries)
         path = export_onnx(segmenter.model, text, args.out, text_input=args.text_input)
         error = check_onnx(path, segmenter.model, text, text_input=args.text_input)
-    except (ExportError, VocabularyError, FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet export: error: {exc}", file=sys.stderr)
-        return 2
+    except (ExportError, VocabularyError, FileNotFoundError, ValueError, OSError) as exc:
+        return fail("export", exc, EXIT_CANNOT_START)
     print(f"wrote {path} ({len(entries)} classes, {'text input' if args.text_input else 'vocabulary baked in'}); "
           f"ONNX Runtime vs PyTorch on CPU: max |difference| {error:.2e}", file=sys.stderr)
     if error > args.tolerance:
-        print(f"escnet export: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
-        return 1
+        return fail("export", f"the difference exceeds --tolerance {args.tolerance:g}", EXIT_FAILED)
     return 0

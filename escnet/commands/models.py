@@ -1,8 +1,7 @@
-"""`escnet models` (the registry of named models; fetch one now) and `escnet push` (share a model).
+"""`escnet models`: the registry of named models; fetch one now.
 
     escnet models                          # name, kind, where it comes from, pinned or trust-on-first-use, cached
     escnet models --fetch catseg-vitl14    # download, verify and convert now (then usable offline)
-    escnet push output/run/model me/escnet-vitb16-coco   # upload a model in escnet's format with its card
 """
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import argparse
 import sys
 
 from escnet import registry
+from escnet.commands.policy import EXIT_CANNOT_START, fail
 
 
 def _cached(entry) -> str:
@@ -48,21 +48,8 @@ def _run_models(args: argparse.Namespace) -> int:
     try:
         path = fetch(args.fetch, args.trust_new)
     except (FileNotFoundError, ValueError, OSError) as exc:  # WeightsError is a ValueError
-        print(f"escnet models: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("models", exc, EXIT_CANNOT_START)
     print(f"{args.fetch}: {path}")
-    return 0
-
-
-def _run_push(args: argparse.Namespace) -> int:
-    from escnet import hub
-
-    try:
-        info = hub.push_to_hub(args.model_dir, args.repo_id, private=args.private)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        print(f"escnet push: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"uploaded {args.model_dir} to {getattr(info, 'commit_url', args.repo_id)}")
     return 0
 
 
@@ -72,8 +59,3 @@ def add_command(sub) -> None:
     p.add_argument("--trust-new", action="store_true",
                    help="accept a file whose sha256 differs from the one recorded at its first download")
     p.set_defaults(func=_run_models)
-    p = sub.add_parser("push", help="upload a model in escnet's format (with its model card) to the Hugging Face Hub")
-    p.add_argument("model_dir", help="folder with config.json + model.safetensors")
-    p.add_argument("repo_id", help="Hub model repository, e.g. me/escnet-vitb16-coco (created if missing)")
-    p.add_argument("--private", action="store_true")
-    p.set_defaults(func=_run_push)

@@ -18,40 +18,18 @@ is in the --classes help).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from PIL import Image
 
-from escnet.data.images import MAX_SIDE, load_image
+from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
+from escnet.commands.policy import EXIT_CANNOT_START, EXIT_FAILED, fail, load_segmenter
+from escnet.data.images import load_image
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
-from escnet.inference.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
-                                      TEXT_CACHE_HELP)
 from escnet.inference.outputs import FORMAT_HELP, parse_formats, save_outputs
-from escnet.errors import one_line
 from escnet.progress import note, progress
-from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _max_side(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < MIN_MAX_SIDE:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_MAX_SIDE} pixels, got {value}")
-    return value
+from escnet.runtime import resolve_device, set_threads
 
 
 def add_command(subparsers) -> None:
@@ -63,28 +41,13 @@ def add_command(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     parser.add_argument("--classes", required=True, help=f"the vocabulary (see above); benchmark names: {known_benchmarks()}")
-    parser.add_argument("--model", default=None, help="checkpoint folder or file, a named model (`escnet models`, e.g. catseg-vitl14: "
-                             "fetched from the Hugging Face Hub once) or a Hub id (default: the bundled model)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
-                        help="sliding: CAT-Seg's 4 crops + global view (default); single: one resized view")
-    parser.add_argument("--resize", choices=RESIZE_MODES, default="official",
-                        help="official: CAT-Seg's evaluation resizes exactly (default); antialias: antialiased downscales")
-    parser.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
-                        help="exact: score every class (default); top256: CAT-Seg's truncation (CAT-Seg models)")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--half", action="store_true",
-                        help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
-    parser.add_argument("--memory-budget", type=_positive_float, default=DEFAULT_MEMORY_BUDGET_MB, metavar="MB",
-                        help="per-class activation memory for exact mode; sets the class chunk (default %(default)s)")
-    parser.add_argument("--max-side", type=_max_side, default=MAX_SIDE,
-                        help="images with a longer side are processed at this size and their labels "
-                             "upsampled back (default %(default)s)")
+    add_inference_options(parser, precision=True)
+    add_runtime_options(parser)
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images whose views go through the model together (default %(default)s)")
     parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
-    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    parser.add_argument("--no-text-cache", action="store_true", help=TEXT_CACHE_HELP)
     parser.set_defaults(func=run)
 
 
@@ -130,10 +93,6 @@ def _unique_names(files: list[Path]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
-    from escnet.inference.segmenter import Segmenter, model_notice
-    from escnet.weights.common import WeightsError
-
     try:
         vocabulary = parse_vocabulary(args.classes)
         device = resolve_device(args.device)
@@ -142,27 +101,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         set_threads(args.threads)
     except (VocabularyError, ValueError) as exc:
-        print(f"escnet segment: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return fail("segment", exc, EXIT_CANNOT_START)
     files, failures = _collect(args.inputs, args.out)
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
     if not files:
-        print("escnet segment: error: no images to segment", file=sys.stderr)
-        return 1
-    try:
-        segmenter = Segmenter.from_pretrained(
-            args.model, device=device, half=args.half, protocol=args.protocol, resize=args.resize,
-            class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
-            text_cache=False if args.no_text_cache else None,
-        )
-    except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet segment: error: cannot use model: {one_line(exc)}", file=sys.stderr)
-        return 2
-
-    notice = model_notice(segmenter)
-    if notice:
-        print(notice, file=sys.stderr)
+        return fail("segment", "no images to segment", EXIT_FAILED)
+    # loads torch, which building the parser (`escnet --help`) must not
+    segmenter = load_segmenter("segment", args.model, device=device, **segmenter_options(args))
 
     def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
         message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
@@ -196,5 +142,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for problem in failures:
             print(f"  {problem}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0

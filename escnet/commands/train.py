@@ -37,9 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-from escnet.errors import one_line
+from escnet.commands.policy import EXIT_FAILED, fail
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         summary = train(cfg, resume=True if args.resume == "latest" else (args.resume or False))
     except (ConfigError, CheckpointError, TrainingError, DatasetError) as exc:
-        print(f"escnet train: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        return fail("train", exc, EXIT_FAILED)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
     return 0

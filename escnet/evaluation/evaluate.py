@@ -1,4 +1,4 @@
-"""`escnet evaluate`: mIoU of a model on a benchmark or a user folder, the paper's Table 1 protocol.
+"""Evaluation (`escnet evaluate`, escnet/commands/evaluate.py): mIoU of a model on a benchmark or a user folder, the paper's Table 1 protocol.
 
 One confusion matrix is accumulated over the whole set (escnet.evaluation.metrics) and every number is
 computed from it: mIoU under both formulas in use (detectron2 main: the default; detectron2 v0.6 /
@@ -16,21 +16,16 @@ identical to a single-process run because the matrix is a sum of per-image count
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from escnet.data.datasets import GENERATED, DatasetError, SegDataset, get_dataset, load_custom_dataset
-from escnet.data.vocab import VocabularyError, known_benchmarks
-from escnet.inference.options import CLASS_MODES, PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP, TOP_K
-from escnet.errors import EscnetError, one_line
+from escnet.errors import EscnetError
 from escnet.progress import progress as progress_of
-from escnet.runtime import DEVICES, THREADS_HELP, set_threads, setup_runtime
 
 # results.json says which large-vocabulary mode ran and what it reproduces
 CLASS_MODE_NOTES = {
@@ -156,7 +151,7 @@ def group_metrics(per_class: list[dict], groups: dict[str, list[int]]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI
+# Datasets by name (the command is escnet/commands/evaluate.py)
 
 
 def load_dataset(spec: str, root: str | None = None, split: str = "val", classes: str | None = None,
@@ -171,79 +166,3 @@ def load_dataset(spec: str, root: str | None = None, split: str = "val", classes
         info = resolve_dataset(spec, root, split)
         return info.dataset, info.groups
     return get_dataset(spec, root, split), None
-
-
-def _run(args: argparse.Namespace) -> int:
-    # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
-    from escnet.inference.segmenter import Segmenter, model_notice
-    from escnet.evaluation.metrics import format_table
-    from escnet.weights.common import WeightsError
-
-    rt = setup_runtime(args.device)
-    rank = rt.rank
-    try:
-        dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
-        set_threads(args.threads)
-        segmenter = Segmenter.from_pretrained(args.model, device=rt.device, protocol=args.protocol,
-                                              class_mode=args.class_mode, resize=args.resize,
-                                              text_cache=False if args.no_text_cache else None)
-        if rank == 0 and model_notice(segmenter):
-            print(model_notice(segmenter), file=sys.stderr)
-        output = args.output or str(Path("eval") / (Path(args.dataset).name or "dataset"))
-        truncated = args.class_mode == "top256" and len(dataset.prompt_classes) > TOP_K
-        meta = {"model": str(args.model), "protocol": args.protocol, "resize": args.resize,
-                "resize_note": RESIZE_NOTES[args.resize], "class_mode": args.class_mode,
-                "class_mode_note": CLASS_MODE_NOTES[args.class_mode], "classes_truncated": truncated,
-                "split": args.split}
-        if rank == 0 and args.class_mode == "exact" and len(dataset.prompt_classes) > TOP_K \
-                and hasattr(segmenter.model.cfg, "class_truncation"):
-            print(f"escnet evaluate: note: {len(dataset.prompt_classes)} classes scored exactly; CAT-Seg's published "
-                  f"numbers for this many classes use --class-mode top256", file=sys.stderr)
-        results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
-    except (DatasetError, VocabularyError, EvaluationError, FileNotFoundError, WeightsError) as exc:
-        print(f"escnet evaluate: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    finally:
-        rt.close()
-    if rank == 0:
-        print(format_table(results))
-        for name, value in results.get("groups", {}).items():
-            print(f"{name}: {'-' if value is None else f'{value:.2f}'}")
-        print(f"images: {results['num_images']}  results: {Path(output) / 'results.json'}  "
-              f"matrix: {Path(output) / 'confusion_matrix.npy'}")
-    return 0
-
-
-def add_command(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="mIoU (both formulas), fwIoU, mACC, pACC of a model on a benchmark or folder",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True,
-                   help="model folder in escnet's format (config.json + model.safetensors) or a CAT-Seg .pth checkpoint")
-    p.add_argument("--dataset", required=True,
-                   help=f"{known_benchmarks()}, {', '.join(GENERATED)} (seen / unseen mIoU too), "
-                        "or a folder with images/, labels/, classes.txt")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
-                   help="sliding: CAT-Seg's 640 resize, 384 crops + global view (paper); single: one 384 view")
-    p.add_argument("--resize", choices=RESIZE_MODES, default="official",
-                   help="official: CAT-Seg's evaluation protocol exactly (default); antialias: antialiased "
-                        "model-side image downscales")
-    p.add_argument("--class-mode", choices=CLASS_MODES, default="exact",
-                   help="exact: score every class (bounded memory); top256: CAT-Seg's truncation for "
-                        "large vocabularies, the mode that reproduces its published ADE-847 / PC-459 "
-                        "numbers; needs a CAT-Seg model")
-    p.add_argument("--split", default="val", help="benchmark split (coco-stuff also has 'train')")
-    p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
-    p.add_argument("--classes", default=None, help="class file of a custom dataset (default: <folder>/classes.txt)")
-    p.add_argument("--ignore-label", type=int, default=255, help="ignore value of a custom dataset's labels")
-    p.add_argument("--output", default=None,
-                   help="folder for results.json and confusion_matrix.npy (default: eval/<--dataset's last path "
-                        "part>, e.g. eval/ade150, eval/synthetic)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available, else mps, else cpu")
-    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    p.add_argument("--no-text-cache", action="store_true", help=TEXT_CACHE_HELP)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.set_defaults(func=_run)
