@@ -26,6 +26,7 @@ from escnet.data.vocab import VocabularyError
 from escnet.training.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                         remove_stale_temporaries, save_checkpoint, set_rng_state)
 from escnet.training.config import ConfigError, TrainConfig, config_from_dict
+from escnet.training.optim import cosine_schedule, make_optimizer  # noqa: F401 - also this module's API
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError
 from escnet.fileio import atomic_write
@@ -103,27 +104,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     init_clip = _resolve_init(cfg, "init_clip") if cfg.init_clip else None
     init_sam = _resolve_init(cfg, "init_sam") if cfg.init_sam else None
     return lifecycle.build_init(cfg.model_config, init_clip, init_sam)
-
-
-def cosine_schedule(max_iters: int, warmup_iters: int = 0):
-    """LR multiplier of step s: linear warm-up, then 0.5 (1 + cos(pi s / max_iters)) (detectron2's WarmupCosineLR)."""
-    def factor(step: int) -> float:
-        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, max_iters) / max_iters))
-        if step < warmup_iters:
-            return cosine * (step + 1) / warmup_iters
-        return cosine
-
-    return factor
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    from escnet.training.optim import param_groups
-
-    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule,
-                          sam_lr=cfg.sam_lr or None)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.max_iters, cfg.warmup_iters))
-    return optimizer, scheduler
 
 
 def make_augmentation(cfg: TrainConfig, crop: int, ignore_label: int) -> TrainAugmentation:

@@ -1,10 +1,16 @@
-"""Optimiser parameter groups: the paper's two learning rates (CLIP and the pretrained SAM pieces
-at the low rate, the rest at the main rate) and no weight decay on norms, biases and embeddings."""
+"""The optimiser and its schedule: parameter groups with the paper's two learning rates (CLIP and the
+pretrained SAM pieces at the low rate, the rest at the main rate) and no weight decay on norms,
+biases and embeddings; AdamW; the warm-up + cosine learning-rate schedule."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from escnet.training.config import TrainConfig
 
 SAM_LR_RULES = ("all", "attention")
 _PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens")
@@ -60,3 +66,22 @@ def param_groups(model: nn.Module, lr: float = 2e-4, low_lr: float = 2e-6, weigh
         g["params"].append(p)
         g["param_names"].append(name)
     return [groups[k] for k in sorted(groups)]
+
+
+def cosine_schedule(max_iters: int, warmup_iters: int = 0):
+    """LR multiplier of step s: linear warm-up, then 0.5 (1 + cos(pi s / max_iters)) (detectron2's WarmupCosineLR)."""
+    def factor(step: int) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, max_iters) / max_iters))
+        if step < warmup_iters:
+            return cosine * (step + 1) / warmup_iters
+        return cosine
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: "TrainConfig") -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule,
+                          sam_lr=cfg.sam_lr or None)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.max_iters, cfg.warmup_iters))
+    return optimizer, scheduler

@@ -272,7 +272,7 @@ def _augment(images: np.ndarray, instances: np.ndarray, rng: np.random.Generator
 def pretrain(cfg: PretrainSAMConfig, log=print) -> dict:
     """Train, evaluate, save `output_dir`/sam_tiny.pth (plain state dict, official SAM names) and
     metrics.json. Returns the metrics."""
-    from escnet.training.loop import cosine_schedule
+    from escnet.training.optim import cosine_schedule
     from escnet.runtime import set_threads
 
     set_threads(cfg.threads)
