@@ -22,8 +22,8 @@ def documented_old_paths() -> set[str]:
     found = set()
     for path in texts:
         text = path.read_text(errors="replace")
-        found.update(re.findall(r"escnet\.engine\.(\w+)", text))
-        for names in re.findall(r"from escnet\.engine import \(?([\w ,]+)", text):
+        found.update(re.findall(r"escnet\.engine\.([a-z_]+)", text))
+        for names in re.findall(r"from escnet\.engine import \(?([a-z_ ,]+)", text):
             found.update(n.split(" as ")[0].strip() for n in names.split(",") if n.strip())
     return found
 
