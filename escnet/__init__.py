@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Segmenter": "escnet.engine.inference",
-    "SegmentationResult": "escnet.engine.inference",
+    "Segmenter": "escnet.inference.segmenter",
+    "SegmentationResult": "escnet.inference.segmenter",
     "create_model": "escnet.models.factory",
     "load_pretrained": "escnet.lifecycle",
     "save_pretrained": "escnet.lifecycle",

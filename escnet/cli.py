@@ -1,11 +1,12 @@
-"""`escnet` command line: a thin shell; each sub-command lives beside the code it drives.
+"""`escnet` command line: a thin shell; each sub-command is one module of escnet/commands/.
 
 Every module in `COMMANDS` defines ``add_command(subparsers)``, which registers its parser and
 sets ``func`` to a callable taking the parsed namespace and returning an exit code. Building the
 parser (`escnet --help`, `escnet COMMAND --help`, `escnet --version`) does not load torch: a command
 module imports what needs torch inside the function that runs the command, and where that code
-needs torch at import (training, benchmarking, exporting) the command has a module of its own
-beside it (escnet/engine/train_command.py beside escnet/engine/train.py).
+needs torch at import (training, benchmarking, exporting) that code lives in its own room
+(escnet/commands/train.py drives escnet/training/loop.py). The shared argument groups are
+escnet/commands/arguments.py, the error and exit policy escnet/commands/policy.py.
 
 An error ends the command with one line on stderr and exit status 1 (130 when interrupted); the
 traceback is shown only with ``--debug`` (before or after the command name) or ``ESCNET_DEBUG=1``.
@@ -16,14 +17,12 @@ import argparse
 import os
 import sys
 
-from escnet import demo
-from escnet.data import prepare
-from escnet.engine import (benchmark_command, catalog, convert, evaluate, export_command, info, pretrain_sam_command,
-                           segment, train_command)
+from escnet.commands import (benchmark, convert, demo, evaluate, export, info, models, prepare, pretrain_sam, push,
+                             segment, train)
+from escnet.commands.policy import EXIT_FAILED, EXIT_INTERRUPTED, CommandFailed
 from escnet.errors import one_line
 
-COMMANDS = (prepare, evaluate, train_command, pretrain_sam_command, segment, info, benchmark_command, convert, catalog,
-            export_command, demo)
+COMMANDS = (prepare, evaluate, train, pretrain_sam, segment, info, benchmark, convert, models, push, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,16 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("ESCNET_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
+    except CommandFailed as exc:  # reported by the command (escnet.commands.policy)
+        return exc.code
     except KeyboardInterrupt:
         if debug:
             raise
         print("escnet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place errors become a message and an exit status
         if debug:
             raise
         print(f"escnet: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

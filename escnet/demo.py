@@ -1,4 +1,4 @@
-"""`escnet demo`: a web page over `Segmenter`, built with Gradio (optional extra: escnet[demo]).
+"""The web demo (`escnet demo`, escnet/commands/demo.py): a web page over `Segmenter`, built with Gradio (optional extra: escnet[demo]).
 
     escnet demo                                  # bundled model, http://127.0.0.1:7860
     escnet demo --model ckpt/ --port 8080        # any checkpoint escnet loads
@@ -19,13 +19,11 @@ page loads is served by the demo itself (fonts included), so it works offline.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import weakref
@@ -39,9 +37,8 @@ from PIL import Image
 
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
-from escnet.engine.visualize import palette_for, shorten
-from escnet.errors import EscnetError, one_line
-from escnet.runtime import DEVICES
+from escnet.inference.visualize import palette_for, shorten
+from escnet.errors import EscnetError
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +274,7 @@ def _describe(segmenter, limits: DemoLimits) -> str:
 
 def build_demo(segmenter, limits: DemoLimits = DemoLimits(), title: str = "escnet demo",
                examples: Optional[list[list[str]]] = None):
-    """The demo page over `segmenter` (an escnet.engine.inference.Segmenter or anything with its
+    """The demo page over `segmenter` (an escnet.inference.segmenter.Segmenter or anything with its
     `segment(image, classes, protocol=...)`), queued with the limits' concurrency and size.
     examples: [image path, vocabulary] rows (default: the bundled ones, `example_rows()`).
     Launch it with `launch_demo`."""
@@ -348,77 +345,3 @@ def launch_demo(demo, limits: DemoLimits = DemoLimits(), host: str = "127.0.0.1"
     Blocks.launch (e.g. prevent_thread_lock=True, quiet=True)."""
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=limits.max_file_bytes,
                        show_error=False, **options)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command
-
-
-def add_command(subparsers) -> None:
-    defaults = DemoLimits()
-    parser = subparsers.add_parser(
-        "demo",
-        help=f"web demo in the browser (needs {INSTALL_HINT})",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", default=None, help="checkpoint folder or file (default: the bundled model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
-    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (needs internet)")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--half", action="store_true", help="half-precision autocast (float16 on CUDA, bfloat16 on CPU)")
-    parser.add_argument("--protocol", choices=[value for _, value in PROTOCOL_CHOICES], default="sliding",
-                        help="protocol selected when the page opens (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for PyTorch (default: the CPUs this process may use)")
-    parser.add_argument("--concurrency", type=int, default=defaults.concurrency,
-                        help="requests segmented at once (default %(default)s)")
-    parser.add_argument("--queue-size", type=int, default=defaults.queue_size,
-                        help="requests allowed to wait (default %(default)s)")
-    parser.add_argument("--max-file-mb", type=float, default=defaults.max_file_mb,
-                        help="largest upload in MB (default %(default)s)")
-    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                        help="largest image in pixels (default %(default)s)")
-    parser.add_argument("--max-classes", type=int, default=defaults.max_classes,
-                        help="largest vocabulary (default %(default)s)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from escnet.engine.inference import Segmenter, model_notice
-    from escnet.runtime import set_threads
-    from escnet.weights.common import WeightsError
-
-    try:
-        import_gradio()
-    except ImportError as exc:
-        print(f"escnet demo: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    for name in ("concurrency", "queue_size", "max_file_mb", "max_pixels", "max_classes"):
-        if getattr(args, name) <= 0:
-            print(f"escnet demo: error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
-            return 2
-    try:
-        set_threads(args.threads)
-    except ValueError as exc:
-        print(f"escnet demo: error: {exc}", file=sys.stderr)
-        return 2
-    limits = DemoLimits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_classes=args.max_classes,
-                        concurrency=args.concurrency, queue_size=args.queue_size)
-    try:
-        segmenter = Segmenter.from_pretrained(args.model, device=args.device, half=args.half, protocol=args.protocol)
-    except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet demo: error: cannot load model: {exc}", file=sys.stderr)
-        return 2
-    notice = model_notice(segmenter)
-    if notice:
-        print(notice, file=sys.stderr)
-    demo = build_demo(segmenter, limits)
-    # quiet: Gradio's own banner advises "share=True in launch()", which is no use from the CLI.
-    _, local_url, share_url = launch_demo(demo, limits, host=args.host, port=args.port, share=args.share,
-                                          quiet=True, prevent_thread_lock=True)
-    print(f"escnet demo: serving on {local_url}" + (f" and {share_url}" if share_url else "") +
-          ("" if args.share else " (add --share for a public link)") + "; Ctrl+C stops it", file=sys.stderr)
-    demo.block_thread()
-    return 0

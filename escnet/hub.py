@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from escnet.fileio import atomic_write
+from escnet import registry
 from escnet.registry import ModelEntry, ModelNotFoundError
 from escnet.weights.common import WeightsError
 
@@ -280,3 +281,78 @@ def push_to_hub(model_dir: Union[str, os.PathLike], repo_id: str, *, private: bo
         allow_patterns=[*MODEL_FILES, CARD_NAME],
         commit_message=commit_message or f"Upload escnet {config.get('arch', 'model')}",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Names -> local paths: the one place (escnet.registry holds the table, this module fetches)
+
+
+def _choices(kinds) -> str:
+    return ", ".join(sorted(n for n, e in registry.MODELS.items() if e.kind in kinds))
+
+
+def fetch_entry(entry: ModelEntry, name: str, trust_new: bool = False, weights: bool = False) -> Path:
+    """The local path of a registry entry, fetched (and converted) now if needed: the bundled
+    folder; a CLIP / SAM folder; a CAT-Seg file as initialisation weights (weights=True) or as a
+    model converted to escnet's format; an escnet-format folder."""
+    if entry.kind == "bundled":
+        return registry.bundled_path(entry, name)
+    if weights and entry.kind == "catseg":
+        return fetch_file(entry, trust_new)
+    if entry.kind in ("clip", "sam"):
+        return fetch_folder(entry, trust_new)
+    return fetch_model(entry, trust_new)
+
+
+def resolve(path_or_name: Union[str, os.PathLike, None], want: Optional[str] = "model", trust_new: bool = False) -> Path:
+    """A local path for what `want` names: "model" (a segmentation model: an existing checkpoint
+    path, a registry name, None = "default", or the Hub id of a model in escnet's format), "clip" /
+    "sam" (initialisation weights: an existing file or folder, a registry name, or the Hub id of a
+    Hugging Face CLIPModel / SamModel), or None (a registry name of any kind, as `escnet models
+    --fetch` takes it). Hub files are fetched on first use, then read from the cache."""
+    if want is None:
+        entry = registry.get_entry(path_or_name)
+        if entry is None:
+            raise ModelNotFoundError(f"unknown model {path_or_name!r}; `escnet models` lists the names")
+        return fetch_entry(entry, path_or_name, trust_new)
+    name = "default" if path_or_name is None and want == "model" else os.fspath(path_or_name)
+    path = Path(name)
+    if path.exists():
+        return path
+    kinds = registry.SEGMENTER_KINDS if want == "model" else registry.INIT_KINDS[want]
+    entry = registry.get_entry(name)
+    if entry is not None:
+        if entry.kind in kinds:
+            return fetch_entry(entry, name, trust_new, weights=want != "model")
+        if want == "model":
+            raise ModelNotFoundError(f"{name!r} is {entry.kind.upper()} initialisation weights, not a segmentation "
+                                     f"model; use one of {_choices(kinds)}")
+        raise ModelNotFoundError(f"{name!r} is a {entry.kind} entry, not {want.upper()} weights; "
+                                 f"use one of {_choices(kinds)}")
+    repo = registry.hub_id(name)
+    if repo is not None:
+        if want == "model":
+            entry = ModelEntry(repo, "escnet", "escnet-format model on the Hub", "see its model card", repo_id=repo,
+                               files=("config.json", "model.safetensors"))
+        else:
+            entry = ModelEntry(repo, want, f"{want.upper()} weights on the Hub", "see its model card", repo_id=repo,
+                               files=("model.safetensors", "pytorch_model.bin"))
+        try:
+            return fetch_entry(entry, name, trust_new, weights=want != "model")
+        except ModelNotFoundError as exc:
+            raise type(exc)(f"{name!r} is no local path, and as a Hub id: {exc}") from None
+    if want == "model":
+        raise ModelNotFoundError(f"model path {name!r} does not exist (named models: {_choices(kinds)}; "
+                                 "`escnet models` lists them)")
+    raise ModelNotFoundError(f"{want.upper()} weights {name!r}: no such file or folder, registry name "
+                             f"({_choices(kinds)}) or Hub id")
+
+
+def resolve_model_path(path_or_name: Union[str, os.PathLike, None]) -> Path:
+    """A segmentation model's local path: `resolve(path_or_name, "model")`."""
+    return resolve(path_or_name, "model")
+
+
+def resolve_weights_path(path_or_name: Union[str, os.PathLike], kind: str) -> Path:
+    """Initialisation weights' ("clip" or "sam") local path: `resolve(path_or_name, kind)`."""
+    return resolve(path_or_name, kind)

@@ -47,7 +47,7 @@ def render_model_card(
     name: Optional[str] = None,
 ) -> str:
     """The card's text. config: the model config as saved in config.json; training: the
-    training config (escnet.engine.config.TrainConfig.to_dict()) when known; metrics: evaluation
+    training config (escnet.training.config.TrainConfig.to_dict()) when known; metrics: evaluation
     results {name: value}; source: where the weights come from; licence: an SPDX id for the
     metadata block (e.g. "mit"), None when the terms are mixed (then only the note says them)."""
     arch = config.get("arch", "model")

@@ -1,7 +1,10 @@
 """Named models: one table saying what each name is and where its files come from.
 
-    resolve_model_path("catseg-vitl14")        # -> a folder in escnet's format (fetched and converted once)
-    resolve_weights_path("clip-vitb16", "clip") # -> a Hugging Face CLIPModel folder, for `escnet convert --clip`
+This module is data and imports nothing that downloads; turning a name into a local path (and
+fetching it) is escnet.hub's, the one module that does it:
+
+    hub.resolve_model_path("catseg-vitl14")        # -> a folder in escnet's format (fetched and converted once)
+    hub.resolve_weights_path("clip-vitb16", "clip") # -> a Hugging Face CLIPModel folder, for `escnet convert --clip`
 
 `MODELS` is data, not code: a name maps to a `ModelEntry`. Kinds:
 
@@ -25,12 +28,11 @@ accepts it. Pin `revision` to a commit id and fill `sha256` to make an entry rep
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 from escnet.errors import EscnetError
 
 KINDS = ("bundled", "catseg", "escnet", "clip", "sam")
@@ -129,17 +131,6 @@ def hub_id(text: str) -> Optional[str]:
     return match.group(1)
 
 
-def _from_hub(name: str, fetch, entry: ModelEntry) -> Path:
-    try:
-        return fetch(entry)
-    except ModelNotFoundError as exc:
-        raise type(exc)(f"{name!r} is no local path, and as a Hub id: {exc}") from None
-
-
-def _choices(kinds) -> str:
-    return ", ".join(sorted(n for n, e in MODELS.items() if e.kind in kinds))
-
-
 def bundled_path(entry: ModelEntry, name: str) -> Path:
     bundled = resources.files("escnet") / "assets" / "models" / entry.folder
     if not bundled.is_dir():
@@ -148,59 +139,3 @@ def bundled_path(entry: ModelEntry, name: str) -> Path:
             "pass a checkpoint path instead"
         )
     return Path(str(bundled))
-
-
-def resolve_model_path(path_or_name: Union[str, os.PathLike, None]) -> Path:
-    """An existing checkpoint path (folder with config.json + model.safetensors, or a file), a
-    registry name (None = "default"), or a Hub id of a model in escnet's format -> a local path.
-    Hub models are fetched (and CAT-Seg files converted) on first use, then read from the cache."""
-    name = "default" if path_or_name is None else os.fspath(path_or_name)
-    path = Path(name)
-    entry = get_entry(name)
-    if entry is not None and not path.exists():
-        if entry.kind == "bundled":
-            return bundled_path(entry, name)
-        if entry.kind not in SEGMENTER_KINDS:
-            raise ModelNotFoundError(f"{name!r} is {entry.kind.upper()} initialisation weights, not a segmentation "
-                                     f"model; use one of {_choices(SEGMENTER_KINDS)}")
-        from escnet import hub
-
-        return hub.fetch_model(entry)
-    if path.exists():
-        return path
-    repo = hub_id(name)
-    if repo is not None:
-        from escnet import hub
-
-        return _from_hub(name, hub.fetch_model, ModelEntry(repo, "escnet", "escnet-format model on the Hub",
-                                                           "see its model card", repo_id=repo,
-                                                           files=("config.json", "model.safetensors")))
-    raise ModelNotFoundError(f"model path {name!r} does not exist (named models: {_choices(SEGMENTER_KINDS)}; "
-                             "`escnet models` lists them)")
-
-
-def resolve_weights_path(path_or_name: Union[str, os.PathLike], kind: str) -> Path:
-    """Initialisation weights ("clip" or "sam"): an existing file or folder, a registry name
-    (clip-vitb16, sam-vitb, ...; for CLIP also a CAT-Seg model, whose CLIP is fine-tuned), or a
-    Hub id of a Hugging Face CLIPModel / SamModel repository -> a local path."""
-    name = os.fspath(path_or_name)
-    path = Path(name)
-    if path.exists():
-        return path
-    entry = get_entry(name)
-    if entry is not None:
-        if entry.kind not in INIT_KINDS[kind]:
-            raise ModelNotFoundError(f"{name!r} is a {entry.kind} entry, not {kind.upper()} weights; "
-                                     f"use one of {_choices(INIT_KINDS[kind])}")
-        from escnet import hub
-
-        return hub.fetch_file(entry) if entry.kind == "catseg" else hub.fetch_folder(entry)
-    repo = hub_id(name)
-    if repo is not None:
-        from escnet import hub
-
-        return _from_hub(name, hub.fetch_folder, ModelEntry(repo, kind, f"{kind.upper()} weights on the Hub",
-                                                            "see its model card", repo_id=repo,
-                                                            files=("model.safetensors", "pytorch_model.bin")))
-    raise ModelNotFoundError(f"{kind.upper()} weights {name!r}: no such file or folder, registry name "
-                             f"({_choices(INIT_KINDS[kind])}) or Hub id")

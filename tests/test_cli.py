@@ -65,7 +65,7 @@ def test_disk_full_while_converting(tmp_path, capsys, monkeypatch):
 
 def test_disk_full_while_preparing_and_training(tmp_path, capsys, monkeypatch):
     import escnet.data.synthetic as synthetic
-    import escnet.engine.train as train_mod
+    import escnet.training.loop as train_mod
 
     monkeypatch.setattr(synthetic, "atomic_write", _disk_full)
     assert main(["prepare", "synthetic", "--root", str(tmp_path), "--workers", "1"]) == 1

@@ -18,7 +18,7 @@ from escnet.cli import build_parser
 from escnet.data.vocab import (BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, known_benchmarks,
                                parse_vocabulary)
 from escnet.demo import DEFAULT_CLASSES, DemoInputError, DemoLimits, example_rows, legend_html, parse_demo_vocabulary, preset_text
-from escnet.engine.inference import Segmenter
+from escnet.inference.segmenter import Segmenter
 from escnet.lifecycle import save_pretrained
 from escnet.models.factory import create_model
 
@@ -272,7 +272,7 @@ def test_model_failure_gets_short_message_and_server_goes_on(server, error, mess
 
 def test_page_states_the_model_purpose_and_prefills_the_example_vocabulary():
     from escnet.demo import build_demo, example_rows
-    from escnet.engine.inference import Segmenter
+    from escnet.inference.segmenter import Segmenter
 
     pytest.importorskip("gradio")
     segmenter = Segmenter.from_pretrained(None, device="cpu")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from escnet.demo import example_rows
-from escnet.engine.inference import ModelNotFoundError, resolve_model_path
+from escnet.inference.segmenter import ModelNotFoundError, resolve_model_path
 from escnet.lifecycle import save_pretrained
 from escnet.models.factory import create_model
 
@@ -181,7 +181,7 @@ def test_page_says_what_the_model_is_for_and_prefills_the_example_vocabulary(dem
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from escnet.engine.inference import model_description
+    from escnet.inference.segmenter import model_description
 
     browser.get(demo_url["url"])
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#vocabulary textarea"))

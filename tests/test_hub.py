@@ -17,7 +17,7 @@ from huggingface_hub import constants as hf_constants  # noqa: E402
 
 from escnet import hub, registry  # noqa: E402
 from escnet.cli import main  # noqa: E402
-from escnet.engine.inference import Segmenter  # noqa: E402
+from escnet.inference.segmenter import Segmenter  # noqa: E402
 from escnet.models.catseg import CATSeg, CATSegConfig  # noqa: E402
 from escnet.lifecycle import load_pretrained  # noqa: E402
 from escnet.models.factory import create_model  # noqa: E402
@@ -91,7 +91,7 @@ def test_named_catseg_model_is_fetched_verified_and_converted_once(caches, tiny_
         raise AssertionError("a converted model must not be fetched again")
 
     monkeypatch.setattr(hub, "download", no_download)
-    again = registry.resolve_model_path("tiny-catseg")
+    again = hub.resolve_model_path("tiny-catseg")
     assert again == converted and _same_weights(load_pretrained(again), model)
 
 
@@ -123,7 +123,7 @@ def test_file_that_is_not_what_the_hub_lists_is_refused(caches, tiny_catseg):
     put_in_hf_cache(caches, ENTRY.repo_id, {"model_tiny.pth": tampered}, repo_type="space",
                     blob_names={"model_tiny.pth": hashlib.sha256(data).hexdigest()})
     with pytest.raises(hub.ChecksumError, match=r"the Hub lists it as [0-9a-f]{64}; refused"):
-        registry.resolve_model_path("tiny-catseg")
+        hub.resolve_model_path("tiny-catseg")
     assert not (hub.cache_dir() / "models" / "tiny-catseg").exists()
 
 
@@ -179,8 +179,8 @@ def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     weights = save({k: v.clone() for k, v in to_hf_sam(decoder).items()})
     put_in_hf_cache(caches, "facebook/sam-vit-base", {"model.safetensors": weights,
                                                       "config.json": b'{"model_type": "sam"}'})
-    folder = registry.resolve_weights_path("sam-vitb", "sam")
-    assert folder == registry.resolve_weights_path("facebook/sam-vit-base", "sam")
+    folder = hub.resolve_weights_path("sam-vitb", "sam")
+    assert folder == hub.resolve_weights_path("facebook/sam-vit-base", "sam")
     loaded = load_sam_decoder_weights(folder)
     assert all(torch.equal(loaded[k], v) for k, v in decoder.items())
 
@@ -193,9 +193,9 @@ def test_hub_ids_where_weight_paths_are_accepted(caches, tmp_path, capsys):
     assert torch.equal(model.sam[1].iou_token.weight, decoder["iou_token.weight"])
 
     with pytest.raises(registry.ModelNotFoundError, match="'catseg-vitl14' is a catseg entry, not SAM weights"):
-        registry.resolve_weights_path("catseg-vitl14", "sam")
+        hub.resolve_weights_path("catseg-vitl14", "sam")
     with pytest.raises(hub.ModelNotCachedError, match="'clip-vitb16'.*escnet models --fetch clip-vitb16"):
-        registry.resolve_weights_path("clip-vitb16", "clip")
+        hub.resolve_weights_path("clip-vitb16", "clip")
 
 
 class _HubHandler(http.server.BaseHTTPRequestHandler):
@@ -250,7 +250,7 @@ def test_download_from_an_endpoint_then_offline(caches, tiny_catseg, monkeypatch
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     blob = caches / "spaces--someone--tiny-weights" / "blobs" / hashlib.sha256(data).hexdigest()
     assert blob.read_bytes() == data
-    assert _same_weights(load_pretrained(registry.resolve_model_path("tiny-catseg")), model)
+    assert _same_weights(load_pretrained(hub.resolve_model_path("tiny-catseg")), model)
 
 
 def test_models_command_lists_the_registry(caches, capsys):

@@ -1,7 +1,9 @@
-"""The package's import graph: arrows point down (models < weights < lifecycle < engine < cli).
+"""The package's import graph: every top-level room has a rank, and arrows point down the ranks.
 
 Every `import escnet...` / `from escnet... import` in the package's source is read with `ast`,
-function-local imports included (they are dependencies too, only deferred).
+function-local imports included (they are dependencies too, only deferred). A module may import its
+own room and rooms of a lower rank, nothing else (one declared exception below); and the module
+graph, deferred imports included, has no cycle. The rank table is the one in docs/package-map.md.
 
 The same walk, without the deferred imports, tells which modules load torch when imported: no
 command module may, so that the command-line parser (`escnet --help`) does not; a subprocess checks
@@ -17,13 +19,24 @@ from pathlib import Path
 from escnet import cli
 
 PACKAGE = Path(__file__).resolve().parents[1] / "escnet"
-# layer -> the layers it must not import
-FORBIDDEN = {
-    "models": ("weights", "lifecycle", "engine", "cli"),
-    "weights": ("lifecycle", "engine", "cli"),
-    "lifecycle": ("engine", "cli"),
-    "engine": ("cli",),
+# room (a sub-package or a top-level module of escnet) -> rank; a room imports only lower ranks
+RANKS = {
+    "errors": 0, "fileio": 0, "progress": 0, "runtime": 0, "modelcard": 0,  # plain helpers, no model
+    "models": 1,  # the networks (nn.Modules and their configs)
+    "weights": 2, "data": 2, "registry": 2,  # public weight formats -> models; datasets; the named-model table
+    "lifecycle": 3,  # save / load / build a model in escnet's format
+    "hub": 4,  # names -> local paths: fetch, verify, convert (imports the registry; nothing imports back)
+    "inference": 5, "evaluation": 5,  # the Segmenter and its protocol / outputs / text cache / ONNX; metrics
+    "training": 6, "demo": 6,  # the training loop (evaluates while training); the web demo over a Segmenter
+    "benchmarks": 7,  # measures inference and training
+    "commands": 8,  # one module per `escnet X`
+    "cli": 9,
+    "__main__": 10,
+    "engine": 11,  # deprecated stand-ins for the old escnet.engine.X paths: nothing may import them
 }
+# the declared exceptions (source module, imported module): models/common.py reads class names the
+# way the vocabulary parser writes them (display_name), which lives with the vocabularies in data/
+EXCEPTIONS = {("escnet.models.common", "escnet.data.vocab")}
 
 
 def _module_name(path: Path) -> str:
@@ -61,7 +74,7 @@ def imports(path: Path, deferred: bool = True, prefix: str = "escnet") -> set[st
             found.update(a.name for a in node.names if a.name.startswith(prefix))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(prefix):
             found.add(node.module)
-            # `from escnet.engine import visualize` imports the sub-module escnet.engine.visualize
+            # `from escnet.inference import visualize` imports the sub-module escnet.inference.visualize
             found.update(f"{node.module}.{a.name}" for a in node.names
                          if (PACKAGE.parent / node.module.replace(".", "/") / f"{a.name}.py").is_file())
     return found
@@ -89,26 +102,86 @@ def torch_at_import(module: str, seen: set[str] | None = None) -> list[str]:
     return []
 
 
-def upward_arrows() -> set[tuple[str, str]]:
-    arrows = set()
+def module_graph() -> dict[str, set[str]]:
+    """escnet module -> the escnet modules it imports (deferred imports included; the package
+    `escnet` itself, which imports nothing, is left out)."""
+    graph = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        source = _module_name(path)
-        for target in imports(path):
-            if _layer(target) in FORBIDDEN.get(_layer(source), ()):
+        graph[_module_name(path)] = {t for t in imports(path) if t != "escnet" and _source(t) is not None}
+    return graph
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Imports of a room of the same or a higher rank (other than the module's own room)."""
+    arrows = set()
+    for source, targets in graph.items():
+        for target in targets:
+            a, b = _layer(source), _layer(target)
+            if a != b and RANKS[b] >= RANKS[a] and (source, target) not in EXCEPTIONS:
                 arrows.add((source, target))
     return arrows
 
 
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of the graph as [a, b, ..., a], or [] if it has none (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in sorted(graph):
+        if state.get(root):
+            continue
+        path, stack = [root], [iter(sorted(graph.get(root, ())))]
+        state[root] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return []
+
+
 def test_the_walk_sees_imports():
     assert "escnet.weights.sam" in imports(PACKAGE / "lifecycle.py")  # a function-local import
-    assert "escnet.engine.visualize" in imports(PACKAGE / "engine" / "inference.py")
+    assert "escnet.inference.visualize" in imports(PACKAGE / "inference" / "segmenter.py")
     assert _layer("escnet.cli") == "cli" and _layer("escnet.models.sam") == "models"
     assert _layer("escnet.lifecycle") == "lifecycle"
 
 
+def test_every_room_has_a_rank():
+    rooms = {_layer(module) for module in module_graph()} - {""}
+    assert rooms == set(RANKS), f"rooms without a rank: {sorted(rooms - set(RANKS))}; ranked but gone: " \
+                                f"{sorted(set(RANKS) - rooms)}"
+
+
 def test_no_upward_arrows():
-    arrows = upward_arrows()
-    assert not arrows, "imports that point up the layers: " + ", ".join(f"{a} -> {b}" for a, b in sorted(arrows))
+    graph = module_graph()
+    arrows = upward_arrows(graph)
+    assert not arrows, "imports that point up the ranks: " + ", ".join(f"{a} -> {b}" for a, b in sorted(arrows))
+    assert all(b in graph[a] for a, b in EXCEPTIONS), "a declared exception that no longer exists: drop it"
+
+
+def test_the_rank_check_and_cycle_search_see_what_they_look_for():
+    assert upward_arrows({"escnet.models.clip": {"escnet.hub"}}) == {("escnet.models.clip", "escnet.hub")}
+    assert upward_arrows({"escnet.hub": {"escnet.registry"}, "escnet.models.common": {"escnet.data.vocab"}}) == set()
+    assert upward_arrows({"escnet.inference.x": {"escnet.evaluation.y"}})  # same rank, other room
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycles_deferred_imports_included():
+    cycle = find_cycle(module_graph())
+    assert not cycle, "an import cycle: " + " -> ".join(cycle)
+
+
+def test_nothing_imports_the_deprecated_engine_paths():
+    graph = module_graph()
+    users = sorted(a for a, targets in graph.items() for b in targets
+                   if _layer(b) == "engine" and _layer(a) != "engine")
+    assert not users, f"modules that import escnet.engine: {users}"
 
 
 def command_names() -> list[str]:
@@ -119,8 +192,8 @@ def command_names() -> list[str]:
 def test_torch_walk_follows_top_level_imports_only():
     assert torch_at_import("escnet.runtime") == []  # torch only inside its functions
     assert torch_at_import("escnet.models.factory") == []  # ... or only for type checkers
-    chain = torch_at_import("escnet.engine.train")
-    assert chain[0] == "escnet.engine.train" and chain[-1] == "torch"
+    chain = torch_at_import("escnet.training.loop")
+    assert chain[0] == "escnet.training.loop" and chain[-1] == "torch"
 
 
 def test_no_command_module_imports_torch_at_import():

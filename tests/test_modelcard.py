@@ -1,4 +1,4 @@
-from escnet.engine.config import TrainConfig
+from escnet.training.config import TrainConfig
 from escnet.modelcard import render_model_card
 from escnet.lifecycle import load_pretrained, save_pretrained
 from escnet.models.factory import create_model

@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from escnet import registry
-from escnet.registry import ModelEntry, ModelNotFoundError, hub_id, resolve_model_path, resolve_weights_path
+from escnet.hub import resolve_model_path, resolve_weights_path
+from escnet.registry import ModelEntry, ModelNotFoundError, hub_id
 
 
 def test_table_holds_the_bundled_catseg_clip_and_sam_entries():

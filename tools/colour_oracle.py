@@ -37,7 +37,7 @@ def colour_cells(image: np.ndarray, bins: int) -> np.ndarray:
 
 def oracle_confusion(pairs, num_classes: int, ignore_label: int, bins: int, fit: str = "held-out") -> np.ndarray:
     """pairs: (image (H, W, 3) uint8, label (H, W)) -> the (T + 1, T + 1) confusion matrix of
-    escnet.engine.metrics (rows prediction, columns ground truth) of each colour cell's majority
+    escnet.evaluation.metrics (rows prediction, columns ground truth) of each colour cell's majority
     class, counted in-sample or on the other half of the images (`fit`, see the module docstring);
     a cell the other half never saw predicts the overall majority class."""
     if fit not in ("held-out", "in-sample"):
@@ -66,8 +66,8 @@ def oracle_confusion(pairs, num_classes: int, ignore_label: int, bins: int, fit:
 
 
 def run(dataset: str, root: str | None, split: str, bins: list[int]) -> list[dict]:
-    from escnet.engine.evaluate import group_metrics, load_dataset
-    from escnet.engine.metrics import compute_metrics
+    from escnet.evaluation.evaluate import group_metrics, load_dataset
+    from escnet.evaluation.metrics import compute_metrics
 
     data, groups = load_dataset(dataset, root, split)
     pairs = [data[i] for i in range(len(data))]

@@ -121,7 +121,7 @@ def random_vocabulary(rng: random.Random):
 def tiny_segmenter():
     import torch
 
-    from escnet.engine.inference import Segmenter
+    from escnet.inference.segmenter import Segmenter
     from escnet.models.clip import CLIPConfig
     from escnet.models.factory import create_model
 

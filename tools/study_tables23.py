@@ -131,7 +131,7 @@ def paired_summary(a: list[float], b: list[float]) -> dict:
 
 def available_keys() -> set[str]:
     """The override keys this checkout understands: TrainConfig fields and model.<ESCNetConfig field>."""
-    from escnet.engine.config import TrainConfig
+    from escnet.training.config import TrainConfig
     from escnet.models.escnet import ESCNetConfig
 
     keys = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -172,7 +172,7 @@ def signature(cmd: list[str]) -> str:
     """The run's resolved training config (every field, output_dir left out) as JSON: two readings
     whose overrides resolve to the same config (e.g. Table 3's point + mask row and Table 2's
     pretrained row, both the default prompts) are one run, trained once."""
-    from escnet.engine.config import load_config
+    from escnet.training.config import load_config
 
     at = cmd.index("--config")
     overrides = [o for o in cmd[at + 2:] if not o.startswith("output_dir=")]

@@ -29,7 +29,7 @@ What happens:
    the image forward is timed, the same steps on both sides. Official: `model([{"image", "height",
    "width"}])` in eval mode (CLIP normalisation, ImageList padding to 32, resize to 384, CLIP dense
    features, head -> 96 x 96 logits, sigmoid, sem_seg_postprocess to 384 x 384). escnet: its
-   single-view protocol on the view (escnet.engine.protocol.predict_single: padding to 32,
+   single-view protocol on the view (escnet.inference.protocol.predict_single: padding to 32,
    normalisation, CLIP, aggregator -> 96 x 96 logits, sigmoid) and `resize_probs` to 384 x 384.
    Both under torch.no_grad(), fp32, batch 1, one thread count. After `--warmup` calls of each,
    `--repeats` pairs are timed alternately (official, escnet, official, escnet ...); median seconds
@@ -250,9 +250,9 @@ def official_single_view(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
 
 def escnet_single_view(model: nn.Module, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """escnet's single-view protocol on one view, the same steps as the official eval forward:
-    escnet.engine.protocol.predict_single (pad to a multiple of 32, CLIP input size, network at its
+    escnet.inference.protocol.predict_single (pad to a multiple of 32, CLIP input size, network at its
     native 96 x 96, sigmoid), then resize_probs to the view's size: (3, S, S) -> (T, S, S)."""
-    from escnet.engine.protocol import predict_single, resize_probs
+    from escnet.inference.protocol import predict_single, resize_probs
 
     return resize_probs(predict_single(model, image, text)[None], (SIDE, SIDE))[0]
 

@@ -16,7 +16,6 @@ naming the folder. Worker processes end with the command: they exit if their par
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -31,7 +30,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from escnet.data.datasets import PREPARING, datasets_root
-from escnet.errors import one_line
 from escnet.fileio import atomic_write, remove_stale_tmp  # noqa: F401 - re-exported for the prepare_* modules
 from escnet.progress import progress
 
@@ -226,33 +224,3 @@ def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, 
         raise PrepareError(f"unknown benchmark {name!r}; choose from {', '.join(CONVERTERS)}")
     module, func = CONVERTERS[name]
     return getattr(importlib.import_module(module), func)(datasets_root(root), max(1, workers), force)
-
-
-def _run(args: argparse.Namespace) -> int:
-    names = DOWNLOADS if args.dataset == "all" else [args.dataset]
-    failed = 0
-    for name in names:
-        try:
-            summary = prepare(name, args.root, args.workers, args.force)
-        except PrepareError as exc:
-            # With "all", one missing download should not stop the others.
-            print(f"escnet prepare {name}: error: {one_line(exc)}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"escnet prepare {name}: {json.dumps(summary)}")
-    return 1 if failed else 0
-
-
-def add_command(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare",
-        help="convert a benchmark's raw download into the layout `escnet evaluate` reads",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("dataset", choices=[*CONVERTERS, "all"],
-                   help="benchmark to prepare ('voc' makes VOC-20 and VOC-20b)")
-    p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
-    p.add_argument("--force", action="store_true", help="rewrite outputs that already exist")
-    p.set_defaults(func=_run)

@@ -2,7 +2,7 @@
 
 ESC-Net's SAM block uses only the two-way transformer and the output tokens of this decoder
 (escnet.models.sam); the mask head here is what a promptable segmenter needs to *train* those
-pieces (escnet.engine.pretrain_sam). Parameter names are segment-anything's ``mask_decoder.*``
+pieces (escnet.training.pretrain_sam). Parameter names are segment-anything's ``mask_decoder.*``
 (transformer, iou_token, mask_tokens, output_upscaling, output_hypernetworks_mlps,
 iou_prediction_head), so a saved model has the official checkpoint layout.
 

@@ -3,7 +3,7 @@
 ESC-Net needs SAM's prompt encoder and two-way transformer pretrained at its own width; the real
 ``sam_vit_b`` has them at C = 256. `SAMConfig.matching(escnet_cfg)` gives a SAM whose decoder has
 exactly the ESC-Net preset's SAM sizes (C, depth, heads, MLP width, mask-input channels) on its
-token grid and crop, so training it (escnet.engine.pretrain_sam) and saving its state dict gives a
+token grid and crop, so training it (escnet.training.pretrain_sam) and saving its state dict gives a
 file in the official layout (image_encoder.*, prompt_encoder.*, mask_decoder.*) that
 escnet.weights.sam reads like ``sam_vit_b.pth``.
 

@@ -138,8 +138,8 @@ def test_killed_prepare_is_refused_then_finished(tmp_path, capsys):
     assert main(["evaluate", "--model", model, "--dataset", "synthetic", "--split", "train", "--root", str(root),
                  "--device", "cpu", "--output", str(tmp_path / "eval")]) != 0
     assert "incompletely prepared" in capsys.readouterr().err
-    from escnet.engine.config import ConfigError, load_config
-    from escnet.engine.train import check_config
+    from escnet.training.config import ConfigError, load_config
+    from escnet.training.loop import check_config
 
     with pytest.raises(ConfigError, match="incompletely prepared"):
         check_config(load_config(None, ["dataset=synthetic", f"data_root={root}", "eval_dataset=",

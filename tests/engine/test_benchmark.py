@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from escnet.cli import main
-from escnet.engine.benchmark import PART_ORDER, bench_ppg, label_agreement, make_forward
+from escnet.benchmarks.benchmark import PART_ORDER, bench_ppg, label_agreement, make_forward
 
 
 def test_ppg_benchmark_reports_both_timings():
@@ -53,7 +53,7 @@ def _die(code, q):
 
 
 def test_a_benchmark_process_that_dies_gives_an_error_row_not_a_hang():
-    from escnet.engine.benchmark import _in_subprocess
+    from escnet.benchmarks.benchmark import _in_subprocess
 
     res = _in_subprocess(_die, 3)
     assert res == {"error": "the benchmark process died with exit code 3"}
@@ -127,7 +127,7 @@ def test_bf16_autocast_keeps_the_labels_of_the_trained_tiny_model():
     top class leads the second by >= 0.1 probability keep their label at >= 99.9 % (near-ties may
     flip), and >= 96 % of all pixels do (measured: 97.0-99.9 % per scene)."""
     from escnet.data.synthetic import scene, vocabulary
-    from escnet.engine.inference import resolve_model_path
+    from escnet.inference.segmenter import resolve_model_path
     from escnet.lifecycle import load_pretrained
 
     model = load_pretrained(resolve_model_path(None)).eval()
@@ -205,7 +205,7 @@ def test_text_cache_benchmark_times_cold_and_warm(tmp_path, capsys, monkeypatch,
 
 def _record_sections(monkeypatch):
     """Replace every heavy section by a recorder of its arguments."""
-    from escnet.engine import benchmark
+    from escnet.benchmarks import benchmark
 
     calls = {}
     for name, result in (("bench_flops", []), ("bench_models", []), ("bench_profile", []), ("bench_vocab", []),
@@ -223,7 +223,7 @@ def _record_sections(monkeypatch):
 
 def test_bare_benchmark_runs_the_quick_subset_and_says_how_to_ask_for_the_full_matrix(monkeypatch, capsys,
                                                                                      restore_threads):
-    from escnet.engine.benchmark_command import FULL_COMMAND
+    from escnet.commands.benchmark import FULL_COMMAND
 
     calls = _record_sections(monkeypatch)
     assert main(["benchmark", "--device", "cpu"]) == 0

@@ -11,7 +11,7 @@ from PIL import Image
 from escnet import Segmenter
 from escnet.cli import main
 from escnet.data.synthetic import scene, vocabulary
-from escnet.engine.inference import model_notice, resolve_model_path
+from escnet.inference.segmenter import model_notice, resolve_model_path
 
 EXAMPLE_INDEX = 4  # escnet/assets/examples/synthetic_scene.png = scene("example", 4)
 

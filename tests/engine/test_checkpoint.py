@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from escnet.engine import checkpoint as ck
+from escnet.training import checkpoint as ck
 
 
 def _state(value: float) -> dict:

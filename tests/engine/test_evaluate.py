@@ -14,8 +14,8 @@ from PIL import Image
 from escnet.cli import main
 from escnet.data.datasets import DatasetError, SegDataset, load_custom_dataset
 from escnet.data.vocab import benchmark_vocabulary
-from escnet.engine.evaluate import EvaluationError, evaluate
-from escnet.engine.metrics import compute_metrics
+from escnet.evaluation.evaluate import EvaluationError, evaluate
+from escnet.evaluation.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SPECIFIC = ("world_size", "seconds_rank0")
@@ -147,7 +147,7 @@ def _prepared_voc_miniature(root):
 
 def test_cli_end_to_end_with_a_tiny_model_single_and_torchrun(tmp_path):
     factory = pytest.importorskip("escnet.models.factory")
-    pytest.importorskip("escnet.engine.inference")
+    pytest.importorskip("escnet.inference.segmenter")
     from escnet import lifecycle
     data = tmp_path / "datasets"
     _prepared_voc_miniature(data)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from escnet.engine.export import ESCNET_LIMITATION, ExportError, check_onnx, export_onnx
+from escnet.inference.export import ESCNET_LIMITATION, ExportError, check_onnx, export_onnx
 from escnet.models.factory import create_model
 
 pytest.importorskip("onnxruntime")

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from escnet import registry
-from escnet.engine import inference
-from escnet.engine.inference import (
+from escnet.inference import segmenter as inference
+from escnet.inference.segmenter import (
     ModelNotFoundError,
     Segmenter,
     class_chunk_for_budget,
@@ -94,7 +94,7 @@ def test_every_input_mode_segments(protocol, tmp_path: Path):
     inputs = [tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(_halves()), _halves(),
               rgba, Image.fromarray(rgba, "RGBA"), _halves().astype(np.float64) / 255]
     # single view: the official padding (80 x 120 -> 96 x 128) is stretched into the last rows and
-    # columns of the output (escnet/engine/protocol.py, rule 3); the rest is the image's
+    # columns of the output (escnet/inference/protocol.py, rule 3); the rest is the image's
     rows, cols = (slice(0, 30), slice(35, 55)) if protocol == "single" else (slice(None), slice(35, None))
     for item in inputs:
         labels = segmenter.segment(item, ["red", "blue"]).labels

@@ -16,7 +16,7 @@ from PIL import Image
 from escnet.cli import main
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import VocabularyError
-from escnet.engine.inference import Segmenter
+from escnet.inference.segmenter import Segmenter
 from escnet.errors import EscnetError
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from escnet.engine.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
+from escnet.evaluation.metrics import ConfusionMatrix, LabelRangeError, compute_metrics, format_table
 
 
 def _accumulate(pairs, num_classes, ignore):

@@ -1,7 +1,7 @@
 """Optimiser parameter groups: which weights train at the low rate, which without weight decay."""
 import pytest
 
-from escnet.engine.optim import param_groups
+from escnet.training.optim import param_groups
 from escnet.models.factory import create_model
 
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from escnet.engine.inference import SegmentationResult
-from escnet.engine.outputs import (
+from escnet.inference.segmenter import SegmentationResult
+from escnet.inference.outputs import (
     class_masks, coco_json, parse_formats, pipeline_output, rle_decode, rle_encode, save_outputs,
 )
 

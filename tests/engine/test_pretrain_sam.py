@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from escnet.engine.config import ConfigError
-from escnet.engine.pretrain_sam import (WEIGHTS_NAME, boxes_of, coarse_masks, corrective_points, load_config,
+from escnet.training.config import ConfigError
+from escnet.training.pretrain_sam import (WEIGHTS_NAME, boxes_of, coarse_masks, corrective_points, load_config,
                                         pretrain, sample_points)
 from escnet.weights.sam import load_sam_decoder_weights
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from escnet.engine.inference import Segmenter
-from escnet.engine.protocol import native_logits, predict_single, predict_sliding, sliding_geometry
+from escnet.inference.segmenter import Segmenter
+from escnet.inference.protocol import native_logits, predict_single, predict_sliding, sliding_geometry
 
 CLIP_PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]  # CAT-Seg cfg.MODEL.CLIP_PIXEL_MEAN
 CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.3231630]  # cfg.MODEL.CLIP_PIXEL_STD

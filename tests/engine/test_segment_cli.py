@@ -206,7 +206,7 @@ def test_bundled_model_prints_one_plain_notice(tmp_path, capfd):
     info = json.loads((tmp_path / "synthetic_scene.json").read_text())["info"]
     assert "knows nothing about real photos" in info["model_description"]
 def test_output_names_are_unique_across_inputs(model_dir, tmp_path, capsys):
-    from escnet.engine.segment import _unique_names
+    from escnet.commands.segment import _unique_names
 
     colours = {"d1/a.png": (255, 0, 0), "d1/a_2.png": (0, 255, 0), "d2/a.png": (0, 0, 255)}
     for rel, colour in colours.items():
@@ -232,7 +232,7 @@ def test_size_and_memory_values_are_checked(tmp_path, capsys, flag, value, messa
 
 
 def test_segmenter_checks_the_same_values():
-    from escnet.engine.inference import Segmenter
+    from escnet.inference.segmenter import Segmenter
 
     for kwargs in ({"max_side": 0}, {"max_side": 2.5}, {"memory_budget_mb": float("nan")}, {"memory_budget_mb": -1}):
         with pytest.raises(ValueError):

@@ -1,9 +1,9 @@
-"""The on-disk text-feature cache (escnet.engine.text_cache) behind Segmenter.text_features."""
+"""The on-disk text-feature cache (escnet.inference.text_cache) behind Segmenter.text_features."""
 import pytest
 import torch
 
-from escnet.engine import text_cache
-from escnet.engine.inference import Segmenter
+from escnet.inference import text_cache
+from escnet.inference.segmenter import Segmenter
 from escnet.models.factory import create_model
 
 NAMES = ["sky", "tree, forest", "road", "person"]

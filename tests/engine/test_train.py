@@ -15,11 +15,11 @@ import torch
 from escnet.cli import main
 from escnet.data.synthetic import prepare_synthetic
 from escnet.data.train_dataset import resolve_dataset
-from escnet.engine import train as train_mod
-from escnet.engine.checkpoint import list_checkpoints, load_checkpoint
-from escnet.engine.config import ConfigError, TrainConfig, load_config
-from escnet.engine.metrics import ConfusionMatrix, compute_metrics
-from escnet.engine.train import (Objective, TrainingError, cosine_schedule, make_optimizer, segmentation_loss,
+from escnet.training import loop as train_mod
+from escnet.training.checkpoint import list_checkpoints, load_checkpoint
+from escnet.training.config import ConfigError, TrainConfig, load_config
+from escnet.evaluation.metrics import ConfusionMatrix, compute_metrics
+from escnet.training.loop import (Objective, TrainingError, cosine_schedule, make_optimizer, segmentation_loss,
                                  train)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def _model_state(out: Path) -> dict:
 
 
 def test_shipped_configs_load():
-    from escnet.engine import pretrain_sam
+    from escnet.training import pretrain_sam
 
     for path in sorted((REPO / "configs").glob("*.toml")):
         if path.name.startswith("sam_"):  # `escnet pretrain-sam` configs

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from escnet.engine.visualize import MIN_DISPLAY_SIDE, colorize, label_image, overlay, palette
+from escnet.inference.visualize import MIN_DISPLAY_SIDE, colorize, label_image, overlay, palette
 
 
 def test_palette_is_deterministic_and_distinct():
@@ -68,7 +68,7 @@ def test_long_legends_are_summarised():
 
 def test_colour_names_are_drawn_in_their_colour():
     from escnet.data.synthetic import colour_of, vocabulary
-    from escnet.engine.visualize import name_colour, palette_for
+    from escnet.inference.visualize import name_colour, palette_for
 
     names = ["background", "light yellow", "dark red", "sky", "Red", "dark blue", "light purple"]
     colours = palette_for(names).astype(int)
@@ -82,7 +82,7 @@ def test_colour_names_are_drawn_in_their_colour():
         drawn, true = name_colour(name).astype(float), colour_of(name).astype(float)
         assert np.argmax(drawn) == np.argmax(true) or np.abs(drawn - true).max() < 80, name
 def test_legend_size_is_bounded_for_long_names():
-    from escnet.engine.visualize import MAX_LEGEND_CHARS, shorten
+    from escnet.inference.visualize import MAX_LEGEND_CHARS, shorten
 
     image = np.zeros((64, 64, 3), np.uint8)
     labels = np.zeros((64, 64), np.int64)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from escnet.engine.config import load_config
-from escnet.engine.train import build_model
+from escnet.training.config import load_config
+from escnet.training.loop import build_model
 from escnet.models.clip import CLIPConfig
 from escnet.models.escnet import ESCNetConfig
 from escnet.models.sam_model import SAM, SAMConfig

@@ -153,8 +153,8 @@ def test_every_cli_convert_path_leaves_no_marker(evil, tmp_path, capsys):
 
 
 def test_every_train_init_path_leaves_no_marker(evil):
-    from escnet.engine.config import load_config
-    from escnet.engine.train import build_model
+    from escnet.training.config import load_config
+    from escnet.training.loop import build_model
 
     path, marker = evil
     pth = str(path.with_suffix(".pth"))
@@ -167,8 +167,8 @@ def test_every_train_init_path_leaves_no_marker(evil):
 
 
 def test_init_sam_path_leaves_no_marker(evil, tmp_path):
-    from escnet.engine.config import load_config
-    from escnet.engine.train import build_model
+    from escnet.training.config import load_config
+    from escnet.training.loop import build_model
 
     path, marker = evil
     cfg = load_config(None, ["preset=tiny", f"init_clip={_tiny_clip_file(tmp_path)}", f"init_sam={path}"])
@@ -178,7 +178,7 @@ def test_init_sam_path_leaves_no_marker(evil, tmp_path):
 
 
 def test_load_pretrained_and_segmenter_leave_no_marker(evil):
-    from escnet.engine.inference import Segmenter
+    from escnet.inference.segmenter import Segmenter
     from escnet.lifecycle import load_pretrained
 
     path, marker = evil

@@ -1,0 +1,146 @@
+"""`escnet segment`: segment images or folders of images with any vocabulary.
+
+    escnet segment photo.jpg photos/ --classes "cat, dog, sky" --model ckpt/ --out results/
+
+For every image it writes <name>_overlay.png (colours and a legend), <name>_labels.png (pixel
+values = class ids; a palette PNG up to 256 classes) and <name>.json (classes, pixel fractions,
+scores, how the result was made); --format masks,coco adds per-class mask PNGs with a
+pipeline-style listing and COCO RLE JSON (see --help of --format). Images are read one batch at
+a time and their views go through the model together (--batch-size). Folders are read non-recursively, taking the files whose extension
+Pillow knows. A file that cannot be read is reported and skipped; the run goes on, prints a
+summary and exits with status 1 if anything failed (2 for an unusable vocabulary or model).
+
+--classes: "cat, dog, sky" (each comma-separated item is a class), "building, edifice; sky"
+(";" separates classes when present, commas are then synonyms), a .txt file (one class per
+line, commas are synonyms), a .json list, or a benchmark name (ade150, coco-stuff, ...: the list
+is in the --classes help).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
+from escnet.commands.policy import EXIT_CANNOT_START, EXIT_FAILED, fail, load_segmenter
+from escnet.data.images import load_image
+from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
+from escnet.inference.outputs import FORMAT_HELP, parse_formats, save_outputs
+from escnet.progress import note, progress
+from escnet.runtime import resolve_device, set_threads
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images with an open vocabulary",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    parser.add_argument("--classes", required=True, help=f"the vocabulary (see above); benchmark names: {known_benchmarks()}")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    add_inference_options(parser, precision=True)
+    add_runtime_options(parser)
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="images whose views go through the model together (default %(default)s)")
+    parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
+    parser.set_defaults(func=run)
+
+
+def _image_files(folder: Path, out_dir: Path) -> list[Path]:
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    out_dir = out_dir.resolve()
+    return sorted(
+        path for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in extensions and path.resolve().parent != out_dir
+    )
+
+
+def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
+    files, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = _image_files(path, out_dir)
+            if not found:
+                problems.append(f"{item}: folder contains no image files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    return files, problems
+
+
+def _unique_names(files: list[Path]) -> list[str]:
+    """Output base names, unique across all inputs (case-insensitively, for case-insensitive file
+    systems): the file stem, or the first free stem_2, stem_3, ... when it is taken, so d1/a.png,
+    d1/a_2.png and d2/a.png become a, a_2 and a_3."""
+    used: set[str] = set()
+    names = []
+    for path in files:
+        name, count = path.stem, 1
+        while name.casefold() in used:
+            count += 1
+            name = f"{path.stem}_{count}"
+        used.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        vocabulary = parse_vocabulary(args.classes)
+        device = resolve_device(args.device)
+        formats = parse_formats(args.format)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        set_threads(args.threads)
+    except (VocabularyError, ValueError) as exc:
+        return fail("segment", exc, EXIT_CANNOT_START)
+    files, failures = _collect(args.inputs, args.out)
+    for problem in failures:
+        print(f"error: {problem}", file=sys.stderr)
+    if not files:
+        return fail("segment", "no images to segment", EXIT_FAILED)
+    # loads torch, which building the parser (`escnet --help`) must not
+    segmenter = load_segmenter("segment", args.model, device=device, **segmenter_options(args))
+
+    def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
+        message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+        note(f"error: {message}")
+        failures.append(message)
+
+    jobs = list(zip(files, _unique_names(files)))
+    batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    done = 0
+    for batch in progress(batches, desc="segment", unit="batch"):
+        loaded = []
+        for path, name in batch:
+            try:
+                loaded.append((path, name, load_image(path)))
+            except Exception as exc:
+                report(path, exc)
+        try:
+            results = segmenter.segment([image for _, _, image in loaded], vocabulary, batch_size=len(loaded) or 1)
+        except Exception as exc:
+            for path, _, _ in loaded:
+                report(path, exc)
+            continue
+        for (path, name, _), result in zip(loaded, results):
+            try:
+                save_outputs(result, args.out, name, formats, file_name=path.name)
+                done += 1
+            except Exception as exc:
+                report(path, exc)
+    print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+        for problem in failures:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
