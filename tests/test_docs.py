@@ -7,7 +7,7 @@ Rules (checked here):
   linked in, `escnet` on PATH, HF_HUB_OFFLINE=1 and the caches inside the folder) and must exit 0,
   unless it is marked as needing something this test cannot give it: an HTML comment
   `<!-- needs: weights -->` on the line before the block, or a first line `# needs: weights`.
-  Known needs: weights, data, gpu, network, long. Identical blocks run once.
+  Known needs: weights, data, gpu, network, long, browser. Identical blocks run once.
 - Every `--flag` written after `escnet COMMAND` (in code blocks and inline code) is an option of
   that command's parser (escnet.cli.build_parser), and COMMAND is a command.
 - Every `key=value` after `escnet train`, every inline `model.FIELD` / `clip.FIELD`, every TOML
@@ -32,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The pages MkDocs builds (mkdocs.yml's exclude_docs leaves out the study folders' raw summaries).
 EXCLUDED = ("docs/studies/", "docs/benchmarks/official_catseg_2026-12-02/")
-NEEDS = {"weights", "data", "gpu", "network", "long"}
+NEEDS = {"weights", "data", "gpu", "network", "long", "browser"}
 EXECUTED_LANGS = {"bash", "sh", "shell", "python", "py"}
 TIMEOUT_S = 240  # per block; they take a few seconds on a quiet CPU, the machine may be shared
 
