@@ -384,3 +384,12 @@ def test_site_builds_strict(tmp_path):
     assert "No trained ESC-Net weights exist anywhere" in home
     api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
     assert "from_pretrained" in api  # the reference is generated from the docstrings
+
+
+def test_models_table_is_the_same_in_readme_and_docs():
+    def table(path: Path) -> str:
+        text = path.read_text(encoding="utf-8")
+        start = text.index("| name | what it is | download |")
+        return text[start:text.index("\n\n", start)]
+
+    assert table(ROOT / "README.md") == table(ROOT / "docs" / "models.md")
