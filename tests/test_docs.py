@@ -287,7 +287,7 @@ def test_flag_check_catches_a_wrong_flag():
 
 
 def _config_fields() -> dict[str, set[str]]:
-    from escnet.engine.config import TrainConfig
+    from escnet.training.config import TrainConfig
     from escnet.models.catseg import CATSegConfig
     from escnet.models.clip import CLIPConfig
     from escnet.models.escnet import ESCNetConfig
