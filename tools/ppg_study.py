@@ -28,7 +28,9 @@ from escnet.models.ppg_stats import clip_like_maps, grid_truth, ppg_statistics
 RULES: dict[str, dict] = {
     "softmax_peak (old default)": dict(threshold="softmax_peak", smooth=1, init="farthest_raster", region_min=0),
     "softmax_uniform (old option)": dict(threshold="softmax_uniform", smooth=1, region_min=0),
-    "range 0.6, 3x3, region 0.7 (new default)": dict(threshold="range", alpha=0.6, smooth=3, region_min=0.7),
+    "range 0.65, 3x3, region 0.68 (new default)": dict(threshold="range", alpha=0.65, smooth=3, region_min=0.68),
+    "range 0.6, 3x3, region 0.65": dict(threshold="range", alpha=0.6, smooth=3, region_min=0.65),
+    "range 0.6, 3x3, region 0.7": dict(threshold="range", alpha=0.6, smooth=3, region_min=0.7),
     "range 0.5": dict(threshold="range", alpha=0.5, smooth=1),
     "range 0.5, 3x3": dict(threshold="range", alpha=0.5, smooth=3),
     "range 0.6, 3x3": dict(threshold="range", alpha=0.6, smooth=3),
@@ -114,6 +116,45 @@ def real(scenes: int) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def mask_prompt_scale() -> dict:
+    """The dense prompt of a cell outside every region and inside one, per mask form, with the bundled
+    model's mask encoders (per ESC block): its norm, and the saturation of SAM's mask encoder in the
+    logit (how far e(k) is from e(100), relative to |e(100) - e(-100)|)."""
+    from escnet import Segmenter
+
+    from escnet.models.sam import PromptEncoder
+
+    model = Segmenter.from_pretrained(protocol="single").model
+    torch.manual_seed(0)
+    encoders = {f"bundled block {i + 1}": block.prompt_encoder for i, block in enumerate(model.sam)}
+    # SAM's sizes (256 channels, mask_in_chans 16), PyTorch's default initialisation: no SAM weights here
+    encoders["SAM-size, random init"] = PromptEncoder(256, (24, 24), (384, 384), 16)
+    out = {}
+    for name, pe in encoders.items():
+
+        def dense(v: float) -> torch.Tensor:  # one mask of constant value v: W e(v) + b, (S,)
+            cell = torch.full((1, 1, 4, 4), float(v))
+            return pe.mask_downscaling(cell).flatten()
+
+        with torch.no_grad():
+            row = {"no_mask": pe.no_mask_embed.weight.norm().item()}
+            for k in (1, 3, 5):  # K regions, the cell in none of them: K * (W e(0) + b)
+                row[f"sum of {k} masks, outside"] = (k * dense(0.0)).norm().item()
+                row[f"sum of {k} masks, inside one"] = ((k - 1) * dense(0.0) + dense(1.0)).norm().item()
+            row["union {0,1}, outside"] = dense(0.0).norm().item()
+            row["union {0,1}, inside"] = dense(1.0).norm().item()
+            for logit in (1.0, 2.0, 5.0, 10.0, 20.0):
+                row[f"logits +/-{logit:g}, outside"] = dense(-logit).norm().item()
+                row[f"logits +/-{logit:g}, inside"] = dense(logit).norm().item()
+            span = (dense(100.0) - dense(-100.0)).norm()
+            # a mask encoder whose first LayerNorm sees one channel ignores the mask: span 0
+            row["saturation"] = {f"{k:g}": (max((dense(k) - dense(100.0)).norm(), (dense(-k) - dense(-100.0)).norm())
+                                            / span).item() if span > 0 else float("nan")
+                                 for k in (1.0, 2.0, 5.0, 10.0, 20.0)}
+        out[name] = row
+    return out
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     head = "| rule | IoU | points inside | objects hit | fg px / map | regions / map | absent maps with points |"
     lines = [head, "|" + "---|" * 7]
@@ -125,7 +166,8 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["generated", "real", "both"], default="both")
+    ap.add_argument("--part", choices=["generated", "real", "mask", "both"], default="both",
+                    help="both = generated + real + mask")
     ap.add_argument("--images", type=int, default=200, help="generated images per grid (6 maps each)")
     ap.add_argument("--scenes", type=int, default=100, help="validation scenes for the bundled model")
     ap.add_argument("--seed", type=int, default=0)
@@ -142,6 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         for src, r in result["real"].items():
             print(f"## Bundled model, {args.scenes} validation scenes, {src} (spread max - mean {r['spread']:.3f})\n")
             print(table(r["rules"]) + "\n")
+    if args.part in ("mask", "both"):
+        result["mask"] = mask_prompt_scale()
+        print("## Dense prompt of one cell (norm), the bundled model's mask encoders\n")
+        blocks = list(result["mask"])
+        print("| form | " + " | ".join(blocks) + " |\n|---|" + "---|" * len(blocks))
+        for key in result["mask"][blocks[0]]:
+            if key != "saturation":
+                print(f"| {key} | " + " | ".join(f"{result['mask'][b][key]:.2f}" for b in blocks) + " |")
+        print("\nsaturation |e(k) - e(100)| / |e(100) - e(-100)| per logit k: "
+              + "; ".join(f"{b}: " + ", ".join(f"{k}: {v:.3f}" for k, v in result["mask"][b]["saturation"].items())
+                          for b in blocks) + "\n")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)

@@ -73,7 +73,7 @@ class ESCNetConfig:
     ppg_alpha: float | None = None  # the rule's parameter; None: the rule's default (ppg.DEFAULT_ALPHA)
     ppg_smooth: int = 3  # k x k average of the map before the threshold (1: none)
     ppg_min_contrast: float = 0.0  # map units: a map whose smoothed max - median is below holds only noise
-    ppg_region_min: float = 0.7  # a region whose point is below min + this * (max - min) holds only noise (0: off)
+    ppg_region_min: float = 0.68  # a region whose point is below min + this * (max - min) holds only noise (0: off)
     ppg_iters: int = 10
     ppg_init: str = "farthest"  # farthest (ties by the map's value) | farthest_raster (ties in raster order) | top
     # map for PPG: C0 at block 1; after it stem_inverse (E projected back on the stem's direction) |

@@ -11,7 +11,7 @@ so the generator traces and exports.
 
 The binary mask (c) is a threshold rule (`threshold`):
 
-- "range" (default): map > min + alpha * (max - min) over the map's own range (alpha 0.6);
+- "range" (default): map > min + alpha * (max - min) over the map's own range (alpha 0.65);
 - "otsu": Otsu's threshold of a fixed 64-bin histogram over the map's own range;
 - "quantile": the top (1 - alpha) share of the pixels (alpha 0.9);
 - "class_softmax": the per-pixel softmax over the classes of an image, P(n | pixel) > alpha (0.5),
@@ -26,7 +26,7 @@ smoothed (`smooth`: a k x k average, edges averaged over the cells inside), and 
 (max - median of the smoothed map) is below `min_contrast` (map units) holds only noise: no
 foreground, no points, no mask. After k-means, a region whose point lies below min + region_min *
 (max - min) of the map holds only noise: no point, no mask (scale-free). docs/ppg.md has the
-measurements behind the defaults (range 0.6 on a 3 x 3 average, region_min 0.7).
+measurements behind the defaults (range 0.65 on a 3 x 3 average, region_min 0.68).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ THRESHOLDS = ("range", "otsu", "quantile", "class_softmax", "softmax_peak", "sof
 # names the two rules had before the revision (saved configs): the same rules
 LEGACY_THRESHOLDS = {"relative": "softmax_peak", "uniform": "softmax_uniform"}
 # alpha of each rule when none is given (unused by otsu and softmax_uniform)
-DEFAULT_ALPHA = {"range": 0.6, "otsu": 0.0, "quantile": 0.9, "class_softmax": 0.5, "softmax_peak": 0.5,
+DEFAULT_ALPHA = {"range": 0.65, "otsu": 0.0, "quantile": 0.9, "class_softmax": 0.5, "softmax_peak": 0.5,
                  "softmax_uniform": 0.0}
 # farthest: most probable pixel, then farthest-point seeds, ties broken by the map's value (so a
 # transposed map gets transposed seeds); farthest_raster: ties broken by raster order (escnet's seeding
@@ -173,7 +173,7 @@ def generate_pseudo_prompts(
     alpha: float | None = None,
     smooth: int = 3,
     min_contrast: float = 0.0,
-    region_min: float = 0.7,
+    region_min: float = 0.68,
     iters: int = 10,
     init: str = "farthest",
     canvas_size: int = 384,
@@ -330,7 +330,7 @@ class PseudoPromptGenerator(nn.Module):
     """
 
     def __init__(self, num_regions: int = 5, threshold: str = "range", alpha: float | None = None, tau: float = 100.0,
-                 smooth: int = 3, min_contrast: float = 0.0, region_min: float = 0.7, iters: int = 10,
+                 smooth: int = 3, min_contrast: float = 0.0, region_min: float = 0.68, iters: int = 10,
                  init: str = "farthest", canvas_size: int = 384):
         super().__init__()
         self.options = dict(num_regions=num_regions, threshold=resolve_threshold(threshold), alpha=alpha, tau=tau,
