@@ -39,7 +39,8 @@ def ppg_statistics(pp: PseudoPrompts, truth: Tensor | None = None) -> dict[str, 
     the points that lie on the class), objects_hit (share of the objects with a point on them); over
     the maps whose class is absent: absent_maps_with_points (share that got any point). NaN where a
     statistic has no maps."""
-    fg = pp.foreground.flatten(-2).flatten(0, -2) if pp.foreground.dim() > 2 else pp.foreground.flatten()[None]
+    h, w = pp.foreground.shape[-2:]
+    fg = pp.foreground.reshape(-1, h * w)  # (N, L)
     valid = pp.valid.reshape(fg.shape[0], -1)
     sizes = pp.masks.flatten(-2).sum(-1).reshape(fg.shape[0], -1)  # (N, K)
     out = {"maps": float(fg.shape[0]), "foreground_pixels": fg.sum(-1).float().mean().item(),

@@ -186,6 +186,33 @@ def test_torch_export_traces_the_generator():
         assert torch.equal(got, want)
 
 
+def test_onnx_export_runs_the_generator_exactly():
+    """torch.onnx.export (TorchScript exporter) of the PPG module; onnxruntime gives the same prompts."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import io
+    import warnings
+
+    gen = PseudoPromptGenerator(num_regions=3)
+
+    class Wrap(torch.nn.Module):
+        def forward(self, maps):
+            pp = gen(maps)
+            return pp.points, pp.labels, pp.masks
+
+    maps = 0.2 + 0.02 * torch.randn(6, 8, 10, generator=torch.Generator().manual_seed(1))
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrap(), (maps,), f, dynamo=False, opset_version=17)
+    session = ort.InferenceSession(f.getvalue())
+    other = 0.2 + 0.02 * torch.randn(6, 8, 10, generator=torch.Generator().manual_seed(2))  # not the traced values
+    for x in (maps, other):
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        for a, b in zip(got, Wrap()(x)):
+            assert np.array_equal(a, b.numpy())
+
+
 # ---------------------------------------------------------------------------------------------
 # behaviour kept from before the revision, now under the old rule's name
 
