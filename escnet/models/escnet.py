@@ -4,7 +4,8 @@ Data flow for B images, T classes, a g x g token grid (g = 24 at the paper's siz
 
     images (B, 3, H, W) -> CLIP -> F_v (B, D, g, g), skips;   class names -> CLIP text -> F_l (T, D)
     C0 = cos(F_v, F_l) (B, T, g, g);   E = stem(C0) (B, C, T, g, g)
-    for each ESC block: map = readout(E) -> PPG -> prompts (B*T sets) -> SAM block -> F'_v
+    for each ESC block: map = C0 (block 1) or the readout of E on C0's scale (`ppg_map`)
+                        -> PPG (escnet/models/ppg.py, docs/ppg.md) -> prompts (B*T sets) -> SAM block -> F'_v
                         E = VLF(E, F'_v, F_l)
     logits = decoder(E, skips) (B, T, 4g, 4g) -> bilinear to (B, T, H, W)
 
