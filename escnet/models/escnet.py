@@ -4,7 +4,8 @@ Data flow for B images, T classes, a g x g token grid (g = 24 at the paper's siz
 
     images (B, 3, H, W) -> CLIP -> F_v (B, D, g, g), skips;   class names -> CLIP text -> F_l (T, D)
     C0 = cos(F_v, F_l) (B, T, g, g);   E = stem(C0) (B, C, T, g, g)
-    for each ESC block: map = readout(E) -> PPG -> prompts (B*T sets) -> SAM block -> F'_v
+    for each ESC block: map = C0 (block 1) or the readout of E on C0's scale (`ppg_map`)
+                        -> PPG (escnet/models/ppg.py, docs/ppg.md) -> prompts (B*T sets) -> SAM block -> F'_v
                         E = VLF(E, F'_v, F_l)
     logits = decoder(E, skips) (B, T, 4g, 4g) -> bilinear to (B, T, H, W)
 
@@ -26,7 +27,9 @@ from torch import Tensor, nn
 from escnet.models.clip import CLIP, CLIPConfig
 from escnet.models.common import CLIP_MEAN, CLIP_STD, CLIPBackedModel, run_block
 from escnet.models.decoder import Decoder, SkipProjector
-from escnet.models.ppg import generate_pseudo_prompts
+from escnet.models.catseg import FROM_CONFIG
+from escnet.models.ppg import (INITS, LEGACY_THRESHOLDS, MASK_COMBINES, THRESHOLDS, PseudoPromptGenerator, PseudoPrompts,
+                               class_logsumexp, mask_prompt, smooth_maps)
 from escnet.models.sam import LayerNorm2d, PromptEncoder, TwoWayAttentionBlock
 from escnet.models.vlf import VLFBlock
 
@@ -39,6 +42,12 @@ READINGS: dict[str, dict] = {
     # escnet's reading before v0.2 (and of the bundled demonstration model): not the paper's.
     "legacy": {"sam_guidance": "perclass", "sam_layers": "full", "vlf_swin": "pair", "sam_seed_layers": (0, 1)},
 }
+# The pseudo prompt generator and mask prompt before the PPG revision (docs/ppg.md): what a saved config
+# without `ppg_smooth` ran (`ESCNetConfig.upgrade`), and part of the legacy reading.
+PRE_PPG_REVISION: dict = {"ppg_threshold": "softmax_peak", "ppg_alpha": 0.5, "ppg_smooth": 1, "ppg_min_contrast": 0.0,
+                          "ppg_region_min": 0.0,
+                          "ppg_init": "farthest_raster", "ppg_source": "stem_inverse", "mask_combine": "sum"}
+READINGS["legacy"].update(PRE_PPG_REVISION)
 
 
 @dataclass
@@ -57,16 +66,30 @@ class ESCNetConfig:
     stem_kernel: int = 1  # correlation embedding conv (paper: 1x1; CAT-Seg uses 7x7)
     # Pseudo prompt generator
     ppg_regions: int = 5  # N_o
-    ppg_tau: float = 100.0  # softmax temperature multiplier, every block (fixed: no gradient reaches PPG)
-    ppg_threshold: str = "relative"  # relative: P > alpha*max(P) | uniform: P > 1/HW
-    ppg_alpha: float = 0.5
+    ppg_tau: float = 100.0  # softmax temperature of the softmax rules, every block (fixed: no gradient reaches PPG)
+    # binary mask (Fig. 3 (c)), escnet/models/ppg.py: range (> min + alpha (max - min)) | otsu | quantile |
+    # class_softmax (per-pixel softmax over classes > alpha) | softmax_peak (P > alpha max P, the rule before
+    # the revision; "relative" in saved configs) | softmax_uniform (P > 1/HW; "uniform"). docs/ppg.md
+    ppg_threshold: str = "range"
+    ppg_alpha: float | None = None  # the rule's parameter; None: the rule's default (ppg.DEFAULT_ALPHA)
+    ppg_smooth: int = 3  # k x k average of the map before the threshold (1: none)
+    ppg_min_contrast: float = 0.0  # map units: a map whose smoothed max - median is below holds only noise
+    ppg_region_min: float = 0.68  # a region whose point is below min + this * (max - min) holds only noise (0: off)
     ppg_iters: int = 10
-    ppg_init: str = "farthest"  # farthest | top
-    ppg_source: str = "stem_inverse"  # map for PPG: stem_inverse (C0 at block 1, readout of E after) | initial (C0 always)
+    ppg_init: str = "farthest"  # farthest (ties by the map's value) | farthest_raster (ties in raster order) | top
+    # map for PPG: C0 at block 1; after it stem_inverse (E projected back on the stem's direction) |
+    # rescaled (that readout per map affinely set to C0's mean and std) | initial (C0 always)
+    ppg_source: str = "rescaled"
     prompt_points: bool = True  # the paper's prompts: points + masks (Table 3)
     prompt_boxes: bool = False  # the smallest box around each region mask, through SAM's box embedding
     prompt_masks: bool = True
-    mask_combine: str = "sum"  # how the K region masks become one dense prompt: sum | mean | union
+    # the dense prompt: logits (ONE mask per prompt set, +/-mask_logit on / off the regions, SAM's form) |
+    # union (one {0, 1} mask) | sum | mean (of the K region masks' embeddings)
+    mask_combine: str = "logits"
+    mask_logit: float = 10.0
+    # T > this: only each image's top-k classes by max cosine are scored, -100 for the rest (CAT-Seg's
+    # rule, escnet.models.catseg); None: every class (a forward's class_truncation argument overrides it)
+    class_truncation: int | None = None
     # SAM block
     use_sam: bool = True  # False = the paper's "W/O SAM" ablation (Table 2a)
     sam_guidance: str = "merge"  # merge: eq. (2), one F'_v per image | perclass: each class its own
@@ -94,8 +117,8 @@ class ESCNetConfig:
     skip_dims: tuple[int, int] = (256, 128)
     skip_proj_dims: tuple[int, int] = (32, 16)
 
-    _CHOICES = {"ppg_threshold": ("relative", "uniform"), "ppg_init": ("farthest", "top"),
-                "ppg_source": ("stem_inverse", "initial"), "mask_combine": ("sum", "mean", "union"),
+    _CHOICES = {"ppg_threshold": THRESHOLDS, "ppg_init": INITS,
+                "ppg_source": ("rescaled", "stem_inverse", "initial"), "mask_combine": MASK_COMBINES,
                 "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none"),
                 "sam_guidance": ("merge", "perclass"), "sam_layers": ("one", "full"),
                 "vlf_swin": ("single", "pair")}
@@ -103,6 +126,7 @@ class ESCNetConfig:
     def __post_init__(self) -> None:
         for name in ("decoder_dims", "skip_dims", "skip_proj_dims", "pixel_mean", "pixel_std", "sam_seed_layers"):
             setattr(self, name, tuple(getattr(self, name)))
+        self.ppg_threshold = LEGACY_THRESHOLDS.get(self.ppg_threshold, self.ppg_threshold)
         for name, allowed in self._CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ESCNetConfig.{name} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -113,6 +137,10 @@ class ESCNetConfig:
         if not self.sam_seed_layers or any(not 0 <= i < self.sam_depth for i in self.sam_seed_layers):
             raise ValueError(f"ESCNetConfig.sam_seed_layers = {self.sam_seed_layers}: each must be a layer "
                              f"0..{self.sam_depth - 1} of the pretrained SAM transformer (sam_depth {self.sam_depth})")
+        if self.ppg_smooth < 1 or self.ppg_smooth % 2 == 0:
+            raise ValueError(f"ESCNetConfig.ppg_smooth = {self.ppg_smooth}: an odd filter side >= 1 (1: no smoothing)")
+        if self.class_truncation is not None and self.class_truncation < 1:
+            raise ValueError(f"ESCNetConfig.class_truncation must be None or >= 1, got {self.class_truncation}")
         if self.use_sam and not (self.prompt_points or self.prompt_boxes or self.prompt_masks or self.sam_text_token):
             raise ValueError("ESCNetConfig: the SAM block needs a prompt: enable prompt_points, prompt_boxes, "
                              "prompt_masks or sam_text_token (or set use_sam = false)")
@@ -141,10 +169,19 @@ class ESCNetConfig:
     @staticmethod
     def upgrade(data: dict) -> dict:
         """A saved config.json from before the readings existed (no `sam_guidance`) described the
-        legacy reading: fill its fields so such models load and run unchanged."""
-        if "sam_guidance" in data:
-            return data
-        return {**{k: list(v) if isinstance(v, tuple) else v for k, v in READINGS["legacy"].items()}, **data}
+        legacy reading, one from before the PPG revision (no `ppg_smooth`) the old pseudo prompts
+        (PRE_PPG_REVISION; its init "farthest" broke ties in raster order): fill those fields so such
+        models load and run unchanged (the bundled model is one)."""
+        if "sam_guidance" not in data:
+            data = {**{k: list(v) if isinstance(v, tuple) else v for k, v in READINGS["legacy"].items()
+                       if k not in PRE_PPG_REVISION}, **data}
+        if "ppg_smooth" not in data:
+            old = {**PRE_PPG_REVISION, **{k: data[k] for k in PRE_PPG_REVISION if k in data}}
+            if old["ppg_init"] == "farthest":
+                old["ppg_init"] = "farthest_raster"
+            old["ppg_threshold"] = LEGACY_THRESHOLDS.get(old["ppg_threshold"], old["ppg_threshold"])
+            data = {**data, **old}
+        return data
 
     @property
     def grid(self) -> int:
@@ -210,6 +247,8 @@ class SAMBlock(nn.Module):
         self.cfg = cfg
         self.image_proj = nn.Sequential(nn.Conv2d(cfg.clip.embed_dim, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim))
         self.prompt_encoder = prompt_encoder
+        self.ppg = PseudoPromptGenerator.from_config(cfg)
+        self.records: list[PseudoPrompts] | None = None  # PPG's records, only while ESCNet.forward(return_ppg=True)
         self.transformer = transformer
         self.iou_token = nn.Embedding(1, cfg.sam_dim)
         self.mask_tokens = nn.Embedding(4, cfg.sam_dim)
@@ -223,13 +262,15 @@ class SAMBlock(nn.Module):
         """F_v (B, D, g, g) -> SAM image tokens (B, S, g, g)."""
         return self.image_proj(feats)
 
-    def prompts(self, corr: Tensor, text: Tensor) -> tuple[Tensor, DensePrompt]:
-        """PPG maps corr (N, g, g) and text (N, D) -> tokens (N, P, S) and the dense prompt of each class."""
+    def prompts(self, corr: Tensor, text: Tensor, class_lse: Tensor | None = None) -> tuple[Tensor, DensePrompt]:
+        """PPG maps corr (N, g, g) and text (N, D) -> tokens (N, P, S) and the dense prompt of each class.
+        class_lse: the per-pixel class normaliser for ppg_threshold "class_softmax" (see `refine`)."""
         cfg, pe = self.cfg, self.prompt_encoder
         n, g, _ = corr.shape
-        pp = generate_pseudo_prompts(corr, num_regions=cfg.ppg_regions, tau=cfg.ppg_tau,
-                                     threshold=cfg.ppg_threshold, alpha=cfg.ppg_alpha, iters=cfg.ppg_iters,
-                                     init=cfg.ppg_init, canvas_size=cfg.crop_size)
+        pp = self.ppg(corr, class_lse)
+        if self.records is not None:
+            pp.source = corr.detach()
+            self.records.append(pp)
         coords, labels = [pp.points[:, :0]], [pp.labels[:, :0]]
         if cfg.prompt_points:
             coords.append(pp.points)
@@ -252,30 +293,35 @@ class SAMBlock(nn.Module):
         no_mask = pe.no_mask_embed.weight.expand(n, -1)
         if not cfg.prompt_masks:
             return tokens, DensePrompt(None, no_mask, w_c)
-        valid = pp.valid.to(dtype)  # (N, K)
-        if cfg.mask_combine == "union":
-            masks, weights = pp.foreground.to(dtype)[:, None], valid.amax(1, keepdim=True)
-        else:
-            masks, weights = pp.masks.to(dtype), valid
+        # SAM embeds a mask given at 4x the grid; ours are grid masks upsampled (nearest) by 4, so every
+        # 4 x 4 block the two 2x2-stride-2 convs reduce to one cell is constant. The stack before the
+        # last 1x1 conv is per cell (convs on one block, per-pixel LayerNorm2d, GELU), so a cell's
+        # features are e(v) of its value v. Every mask here takes two values lo / hi (region or not):
+        # a cell's features are exactly e(lo) + [cell in mask] * (e(hi) - e(lo)).
+        any_region = pp.valid.any(1, keepdim=True)  # (N, 1); a set without a region gets no mask
+        one = mask_prompt(pp, cfg.mask_combine, cfg.mask_logit)
+        if one is not None:  # ONE mask per prompt set (SAM's form): bias once
+            pp.mask_prompt = one
+            lo, hi = (0.0, 1.0) if cfg.mask_combine == "union" else (-cfg.mask_logit, cfg.mask_logit)
+            masks, weights = (pp.regions >= 0).to(dtype)[:, None], any_region.to(dtype)
+        else:  # the K region masks, each embedded as SAM would, summed or averaged
+            lo, hi = 0.0, 1.0
+            masks, weights = pp.masks.to(dtype), pp.valid.to(dtype)  # (N, K, g, g), (N, K)
             if cfg.mask_combine == "mean":
                 weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
-        # SAM embeds a mask given at 4x the grid; ours are grid masks upsampled (nearest) by 4, so every
-        # 4 x 4 block the two 2x2-stride-2 convs reduce to one cell is constant: 0 or 1. The stack
-        # before the last 1x1 conv is per cell (convs on one block, per-pixel LayerNorm2d, GELU), so a
-        # cell's features are e(0) or e(1): exactly e(0) + mask * (e(1) - e(0)), for any mask.
-        probe = torch.tensor([0.0, 1.0], dtype=dtype, device=masks.device).view(2, 1, 1, 1).expand(2, 1, 4, 4)
-        e0, e1 = pe.mask_downscaling[:-1](probe).flatten(1)  # (m,) each
+        probe = torch.tensor([lo, hi], dtype=dtype, device=masks.device).view(2, 1, 1, 1).expand(2, 1, 4, 4)
+        e_lo, e_hi = pe.mask_downscaling[:-1](probe).flatten(1)  # (m,) each
         covered = torch.einsum("nkhw,nk->nhw", masks, weights).reshape(n, g * g, 1)  # weighted mask sum per cell
-        h = weights.sum(1)[:, None, None] * e0 + covered * (e1 - e0)  # (N, L, m)
-        any_region = pp.valid.any(1, keepdim=True)
+        h = weights.sum(1)[:, None, None] * e_lo + covered * (e_hi - e_lo)  # (N, L, m)
         beta = torch.where(any_region, weights.sum(1, keepdim=True) * last.bias, no_mask)
         return tokens, DensePrompt(h * any_region[:, :, None].to(dtype), beta, w_c)
 
-    def refine(self, image: Tensor, corr: Tensor, text: Tensor) -> Tensor:
-        """image (B, S, g, g) from `project_image`, PPG maps corr (B, T', g, g), text (T', D) ->
-        the refined image tokens (F_v^n)' of every class (B, T', L, S)."""
+    def refine(self, image: Tensor, corr: Tensor, text: Tensor, class_lse: Tensor | None = None) -> Tensor:
+        """image (B, S, g, g) from `project_image`, PPG maps corr (B, T', g, g), text (T', D),
+        class_lse (B, g, g) the per-pixel logsumexp over ALL T classes (ppg_threshold "class_softmax"
+        only) -> the refined image tokens (F_v^n)' of every class (B, T', L, S)."""
         b, t, g, _ = corr.shape
-        tokens, dense = self.prompts(corr.reshape(b * t, g, g), text.repeat(b, 1))
+        tokens, dense = self.prompts(corr.reshape(b * t, g, g), text.repeat(b, 1), class_lse)
         image = image.flatten(2).transpose(1, 2)  # (B, L, S)
         pos = self.prompt_encoder.get_dense_pe().to(image.dtype).flatten(2).transpose(1, 2)  # (1, L, S)
         first, *rest = self.transformer.layers
@@ -422,12 +468,43 @@ class ESCNet(CLIPBackedModel):
         """Project E (B, C, T, g, g) back onto the stem direction -> (B, T, g, g); equals C0 for E = stem(C0).
 
         PPG has no gradient, so a learned readout would never train; the stem's own weights give a
-        map on the cosine scale that tracks the refined embedding.
+        map that tracks the refined embedding (its scale drifts from block to block: docs/ppg.md).
         """
         w = self.stem.weight[:, 0, self.cfg.stem_kernel // 2, self.cfg.stem_kernel // 2]  # (C,)
         return (torch.einsum("bcthw,c->bthw", e, w) - self.stem.bias @ w) / w.pow(2).sum()  # no copy of E
 
-    def forward(self, images: Tensor, text: Tensor, class_chunk: int | None = None, upsample: bool = True) -> Tensor:
+    def ppg_map(self, block: int, c0: Tensor, e: Tensor) -> Tensor:
+        """The map ESC block `block` gives PPG (ppg_source), (B, T', g, g), no gradient: C0 (B, T', g, g)
+        at block 0 (and always with "initial"); after it the readout of E (B, C, T', g, g), as it is
+        ("stem_inverse") or set per map to C0's mean and standard deviation ("rescaled": the cosine
+        scale, so a threshold in map units means the same in every block)."""
+        src = self.cfg.ppg_source
+        if block == 0 or src == "initial":
+            return c0.detach()
+        r = self._readout(e.detach())
+        if src == "stem_inverse":
+            return r
+        c0 = c0.detach()
+        mu, sd = r.mean((-2, -1), keepdim=True), r.std((-2, -1), keepdim=True)
+        return (r - mu) / sd.clamp(min=1e-12) * c0.std((-2, -1), keepdim=True) + c0.mean((-2, -1), keepdim=True)
+
+    def truncation(self, num_classes: int, class_truncation: int | None | str = FROM_CONFIG) -> int | None:
+        """The k of CAT-Seg's truncation a forward over `num_classes` classes applies (an integer k >= 1,
+        None: never, FROM_CONFIG: cfg.class_truncation); None when every class is scored."""
+        k = self.cfg.class_truncation if class_truncation == FROM_CONFIG else class_truncation
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"class_truncation must be an integer >= 1, None or {FROM_CONFIG!r}, got {k!r}")
+        return k if k is not None and num_classes > k else None
+
+    @staticmethod
+    def select_classes(feats: Tensor, text: Tensor, k: int) -> Tensor:
+        """CAT-Seg's rule (CATSeg.select_classes): indices (B, k) of each image's k classes with the
+        highest max cosine over the grid, sorted ascending. feats (B, D, g, g), text (T, D)."""
+        score = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), F.normalize(text, dim=-1)).flatten(2).amax(-1)
+        return score.topk(k, dim=1).indices.sort(dim=1).values
+
+    def forward(self, images: Tensor, text: Tensor, class_chunk: int | None = None, upsample: bool = True,
+                class_truncation: int | None | str = FROM_CONFIG, return_ppg: bool = False):
         """images (B, 3, H, W) RGB 0..255, text (T, D) L2-normalised -> logits (B, T, H, W), or the
         decoder's native logits (B, T, 4g, 4g) with upsample=False (CAT-Seg's single-view protocol
         takes the sigmoid there, before resizing).
@@ -435,8 +512,53 @@ class ESCNet(CLIPBackedModel):
         class_chunk: run the per-class parts on chunks of this many classes (exact, bounded memory).
         The ESC blocks run one after another over all chunks, because eq. (2)'s F'_v of a block needs
         the refined tokens of every class: only the embedding E of all classes (B, C, T, g, g) is kept.
+        class_truncation: for T > k, score only each image's k classes with the highest max cosine
+        (CAT-Seg's rule, `select_classes`) and give the others logit -100; None scores every class;
+        default cfg.class_truncation (None).
+        return_ppg: also return PPG's record of every ESC block, a list of PseudoPrompts whose fields
+        lead with (B, T) (with truncation: (B, k), the classes of `select_classes`): (logits, records).
         """
-        feats, skips, out_size = self.encode_image(images)
+        if text.dim() != 2 or text.shape[1] != self.cfg.clip.embed_dim:
+            raise ValueError(f"text must have shape (T, {self.cfg.clip.embed_dim}), got {tuple(text.shape)}")
+        k = self.truncation(text.shape[0], class_truncation)
+        if return_ppg and not self.cfg.use_sam:
+            raise ValueError("return_ppg: this ESC-Net has no SAM blocks (use_sam = false), so no pseudo prompts")
+        blocks = self.sam if self.cfg.use_sam else []
+        for block in blocks:
+            block.records = [] if return_ppg else None
+        try:
+            feats, skips, out_size = self.encode_image(images)
+            if k is None:
+                logits = self._decode(feats, skips, text, class_chunk)
+            else:  # each image its own k classes: the per-class parts run per image
+                classes = self.select_classes(feats, text.to(feats.dtype), k)
+                parts = [self._decode(feats[i:i + 1], [s[i:i + 1] for s in skips], text[classes[i]], class_chunk)
+                         for i in range(feats.shape[0])]
+                kept = torch.cat(parts, 0)
+                logits = kept.new_full((kept.shape[0], text.shape[0], *kept.shape[2:]), -100.0)
+                logits = logits.scatter(1, classes[:, :, None, None].expand(-1, -1, *kept.shape[2:]), kept)
+            if upsample:
+                logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+            if not return_ppg:
+                return logits
+            b = feats.shape[0]
+            records = []
+            for block in blocks:  # per block: one record per (image group, chunk), in call order
+                parts = [r.reshape(-1 if k is None else 1, r.points.shape[0] // (b if k is None else 1))
+                         for r in block.records]
+                if k is None:
+                    records.append(PseudoPrompts.cat(parts, 1))
+                else:
+                    chunks_per_image = len(parts) // b
+                    records.append(PseudoPrompts.cat(
+                        [PseudoPrompts.cat(parts[i * chunks_per_image:(i + 1) * chunks_per_image], 1) for i in range(b)], 0))
+            return logits, records
+        finally:
+            for block in blocks:
+                block.records = None
+
+    def _decode(self, feats: Tensor, skips: list[Tensor], text: Tensor, class_chunk: int | None) -> Tensor:
+        """CLIP features F_v (B, D, g, g), skips, text (T, D) -> the decoder's logits (B, T, 4g, 4g)."""
         guidance = self.skips(skips)
         text = text.to(feats.dtype)
         t = text.shape[0]
@@ -453,10 +575,7 @@ class ESCNet(CLIPBackedModel):
                 sam_guidance = self._sam_guidance(i, feats, es, corr, text, chunks)
             es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
         outs = [run_block(self, self.decoder, e, guidance) for e in es]
-        logits = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-        if not upsample:
-            return logits
-        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
     def _sam_guidance(self, i: int, feats: Tensor, es: list[Tensor], corr: list[Tensor], text: Tensor,
                       chunks: list[slice]) -> list[Tensor]:
@@ -464,12 +583,16 @@ class ESCNet(CLIPBackedModel):
         F'_v (B, G, g, g) shared by all chunks (a mean over ALL classes), or (B*T', G, g, g) per chunk."""
         block = self.sam[i]
         image = block.project_image(feats)
-        maps = [(x if self.cfg.ppg_source == "initial" or i == 0 else self._readout(e)).detach()
-                for x, e in zip(corr, es)]
+        maps = [self.ppg_map(i, x, e) for x, e in zip(corr, es)]
+        lse = None
+        if block.ppg.needs_class_lse:  # the per-pixel softmax over ALL classes: its normaliser first
+            tau, s = self.cfg.ppg_tau, self.cfg.ppg_smooth
+            lse = torch.logsumexp(torch.stack([class_logsumexp(smooth_maps(m.flatten(0, 1), s).view(m.shape), tau)
+                                               for m in maps]), 0)
         always = self.cfg.sam_checkpointing
         if self.cfg.sam_guidance == "perclass":
-            return [block.perclass_guidance(run_block(self, block.refine, image, m, text[c], checkpoint_always=always))
+            return [block.perclass_guidance(run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always))
                     for m, c in zip(maps, chunks)]
-        total = sum(run_block(self, block.refine, image, m, text[c], checkpoint_always=always).sum(1)
+        total = sum(run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always).sum(1)
                     for m, c in zip(maps, chunks))
         return [block.merge_guidance(image, total / text.shape[0])] * len(chunks)

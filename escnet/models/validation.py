@@ -38,7 +38,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "decoder_dims": _WIDTH, "skip_dims": _WIDTH, "skip_proj_dims": _WIDTH,
     # ESC-Net
     "num_blocks": _DEPTH, "ppg_regions": (1, 1024), "ppg_tau": (1e-6, 1e6), "ppg_alpha": (0.0, 1.0),
-    "ppg_iters": (1, 1000), "sam_dim": _WIDTH, "sam_depth": _DEPTH, "sam_heads": _HEADS,
+    "ppg_iters": (1, 1000), "ppg_smooth": (1, 63), "ppg_min_contrast": (0.0, 1e6), "ppg_region_min": (0.0, 1.0),
+    "mask_logit": (0.0, 1e4), "sam_dim": _WIDTH, "sam_depth": _DEPTH, "sam_heads": _HEADS,
     "sam_mlp_dim": (1, 65536), "sam_downsample": (1, 1024), "sam_mask_in_chans": (1, 4096), "guidance_dim": _WIDTH,
     # CAT-Seg
     "num_layers": _DEPTH, "text_guidance_proj_dim": _WIDTH, "appearance_guidance_proj_dim": _WIDTH,

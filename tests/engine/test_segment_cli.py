@@ -144,12 +144,13 @@ def test_missing_model_path(photos, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_top256_needs_a_catseg_model(model_dir, photos, tmp_path, capsys):
+def test_top256_works_for_escnet_too(model_dir, photos, tmp_path, capsys):
+    """ESC-Net takes CAT-Seg's top-k truncation under the same class mode (docs/ppg.md)."""
     out = tmp_path / "out"
-    assert main(["segment", str(photos), "--classes", "cat", "--model", str(model_dir), "--out", str(out),
-                 "--class-mode", "top256", "--device", "cpu"]) == 2
-    assert "this escnet model supports class_mode 'exact' only" in capsys.readouterr().err
-    assert not out.exists()
+    assert main(["segment", str(photos / "coffee.jpg"), "--classes", "cat", "--model", str(model_dir), "--out", str(out),
+                 "--protocol", "single", "--class-mode", "top256", "--device", "cpu"]) == 0
+    info = json.loads((out / "coffee.json").read_text())["info"]
+    assert info["model"] == "escnet" and info["class_mode"] == "top256" and info["truncated"] is False
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")

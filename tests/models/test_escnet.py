@@ -36,8 +36,14 @@ def test_first_synonym_is_used(tiny):
 
 
 READINGS = ["paper", "efficient", "legacy"]
+# every PPG / mask-prompt option (docs/ppg.md)
+PPG_OPTIONS = [{"ppg_threshold": r} for r in ("otsu", "quantile", "class_softmax", "softmax_peak", "softmax_uniform")] + [
+    {"ppg_smooth": 1}, {"ppg_smooth": 5, "ppg_region_min": 0.0}, {"ppg_min_contrast": 0.05}, {"ppg_init": "top"},
+    {"ppg_init": "farthest_raster"}, {"ppg_source": "stem_inverse"}, {"ppg_source": "initial"},
+    {"mask_combine": "union"}, {"mask_combine": "sum"}, {"mask_combine": "mean"}, {"mask_logit": 2.0},
+    {"ppg_threshold": "class_softmax", "ppg_source": "stem_inverse", "ppg_smooth": 1}]
 ABLATIONS = [{"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
-             {"prompt_masks": False}, {"sam_text_token": True}, {"mask_combine": "mean"}, {"mask_combine": "union"},
+             {"prompt_masks": False}, {"sam_text_token": True}, *PPG_OPTIONS,
              {"sam_seed_layers": (0, 0)}, {"sam_seed_layers": (1, 1)}, {"use_sam": False},
              {"sam_guidance": "perclass"}, {"sam_layers": "full"}, {"vlf_swin": "pair"}, {"sam_sharing": "shared"}]
 
@@ -50,19 +56,21 @@ def _reading(reading, **over):
     return model
 
 
-@pytest.mark.parametrize("reading", READINGS)
-def test_chunked_equals_unchunked(reading):
-    model = _reading(reading)
+@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in PPG_OPTIONS])
+def test_chunked_equals_unchunked(reading, over):
+    model = _reading(reading, **over)
     images, text = _inputs(model, t=7)
     with torch.no_grad():
-        full = model(images, text)
+        full, records = model(images, text, return_ppg=True)
         for chunk in (1, 3, 7, 100):
-            assert torch.allclose(model(images, text, class_chunk=chunk), full, atol=1e-5), chunk
+            out, chunked = model(images, text, class_chunk=chunk, return_ppg=True)
+            assert torch.allclose(out, full, atol=1e-5), chunk
+            assert torch.equal(chunked[0].foreground, records[0].foreground), chunk  # block 1 reads C0: exact
 
 
-@pytest.mark.parametrize("reading", READINGS)
-def test_order_agnostic_over_classes(reading):
-    model = _reading(reading)
+@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in PPG_OPTIONS])
+def test_order_agnostic_over_classes(reading, over):
+    model = _reading(reading, **over)
     images, text = _inputs(model, t=6)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     with torch.no_grad():
@@ -96,7 +104,8 @@ def test_merge_is_one_map_per_image_and_perclass_is_not():
 
 @pytest.mark.parametrize("reading", READINGS)
 @pytest.mark.parametrize("over", [{}, {"prompt_boxes": True, "sam_text_token": True}, {"mask_combine": "mean"},
-                                  {"sam_seed_layers": (1, 0)}, {"prompt_masks": False}])
+                                  {"mask_combine": "union"}, {"mask_combine": "sum"}, {"sam_seed_layers": (1, 0)},
+                                  {"prompt_masks": False}])
 @pytest.mark.parametrize("b", [1, 2])
 def test_folded_sam_layer_equals_plain(reading, over, b):
     """The SAM layer on the per-class keys in factored form == SAM's own TwoWayAttentionBlock on the
@@ -129,31 +138,41 @@ def test_folded_sam_layer_equals_plain(reading, over, b):
             assert (x is None) == (y is None) and (x is None or torch.allclose(x, y, atol=1e-8))
 
 
-def test_dense_prompt_equals_sam_mask_embedding():
-    """The factored dense prompt == SAM's prompt encoder on each region mask, combined per mask_combine."""
+@pytest.mark.parametrize("combine", ["logits", "union", "sum", "mean"])
+def test_dense_prompt_equals_sam_mask_embedding(combine):
+    """The factored dense prompt == SAM's prompt encoder on the mask(s) at 4x the grid: ONE mask per
+    prompt set (logits: +/-mask_logit, union: {0, 1}) embedded once, or the K region masks combined
+    (sum / mean); a set without a region gets SAM's no_mask_embed."""
     import torch.nn.functional as F
 
-    from escnet.models.ppg import generate_pseudo_prompts
-
-    for combine in ("sum", "mean", "union"):
-        model = _reading("paper", mask_combine=combine)
-        cfg, block = model.cfg, model.sam[0]
-        pe, g, n, k = block.prompt_encoder, cfg.grid, 6, cfg.ppg_regions
-        corr = torch.randn(n, g, g, generator=torch.Generator().manual_seed(2))
-        corr[0] = -5.0 + 0.0 * corr[0]  # flat map -> every pixel foreground; still a region
-        pp = generate_pseudo_prompts(corr, num_regions=k, tau=cfg.ppg_tau, threshold=cfg.ppg_threshold,
-                                     alpha=cfg.ppg_alpha, iters=cfg.ppg_iters, init=cfg.ppg_init, canvas_size=cfg.crop_size)
-        with torch.no_grad():
-            _, dense = block.prompts(corr, torch.zeros(n, cfg.clip.embed_dim))
-            if combine == "union":
-                ref = pe.embed_masks(F.interpolate(pp.foreground.float()[:, None], scale_factor=4))
-            else:
-                emb = pe.embed_masks(F.interpolate(pp.masks.reshape(n * k, 1, g, g), scale_factor=4)).view(n, k, -1, g, g)
-                w = pp.valid.float()
-                if combine == "mean":
-                    w = w / w.sum(1, keepdim=True)
-                ref = (emb * w[:, :, None, None, None]).sum(1)
-        assert torch.allclose(dense.materialise(), ref.flatten(2).transpose(1, 2), atol=1e-5), combine
+    model = _reading("paper", mask_combine=combine)
+    cfg, block = model.cfg, model.sam[0]
+    pe, g, n, k = block.prompt_encoder, cfg.grid, 6, cfg.ppg_regions
+    corr = 0.2 + 0.05 * torch.randn(n, g, g, generator=torch.Generator().manual_seed(2))
+    corr[0] = 0.3  # flat map: no region, no mask
+    seen = []
+    hook = block.ppg.register_forward_hook(lambda mod, args, out: seen.append(out))  # PPG's record as the block uses it
+    with torch.no_grad():
+        _, dense = block.prompts(corr, torch.zeros(n, cfg.clip.embed_dim))
+        hook.remove()
+        pp = seen[0]
+        assert (pp.mask_prompt is None) == (combine in ("sum", "mean"))
+        if combine in ("logits", "union"):
+            ref = pe.embed_masks(F.interpolate(pp.mask_prompt[:, None], scale_factor=4))
+        else:
+            emb = pe.embed_masks(F.interpolate(pp.masks.reshape(n * k, 1, g, g), scale_factor=4)).view(n, k, -1, g, g)
+            w = pp.valid.float()
+            if combine == "mean":
+                w = w / w.sum(1, keepdim=True).clamp(min=1)
+            ref = (emb * w[:, :, None, None, None]).sum(1)
+        no_mask = ~pp.valid.any(1)
+        assert no_mask[0] and not no_mask[1:].any()
+        ref[no_mask] = pe.no_mask_dense(int(no_mask.sum()))
+    got = dense.materialise().expand(n, g * g, -1)
+    assert torch.allclose(got, ref.flatten(2).transpose(1, 2), atol=1e-5), combine
+    if combine == "logits":  # the one mask SAM sees: +/- mask_logit on / off the regions
+        assert set(pp.mask_prompt[1:].unique().tolist()) == {-cfg.mask_logit, cfg.mask_logit}
+        assert torch.equal(pp.mask_prompt[1:] > 0, pp.regions[1:] >= 0)
 
 
 def test_box_prompts_are_the_smallest_boxes_around_regions():
@@ -161,7 +180,7 @@ def test_box_prompts_are_the_smallest_boxes_around_regions():
 
     corr = torch.full((1, 12, 12), -1.0)
     corr[0, 2:5, 3:7] = 1.0  # one object: rows 2-4, cols 3-6
-    pp = generate_pseudo_prompts(corr, num_regions=2, canvas_size=96)
+    pp = generate_pseudo_prompts(corr, num_regions=2, canvas_size=96, smooth=1)
     boxes = pp.boxes[pp.valid]
     assert pp.valid.sum() >= 1
     x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
@@ -249,7 +268,7 @@ def test_config_validation():
 def test_ablations_build_and_run():
     images = None
     for over in ({"use_sam": False}, {"sam_sharing": "shared"}, {"mask_combine": "union"},
-                 {"ppg_source": "initial", "prompt_points": False}):
+                 {"ppg_source": "initial", "prompt_points": False}, *PPG_OPTIONS):
         model = create_model("escnet", "tiny", **over).eval()
         images, text = _inputs(model, b=1, t=3)
         with torch.no_grad():
@@ -284,8 +303,89 @@ def test_paper_size_shapes(arch, preset):
 
 
 def test_bad_choice_fails_at_config_time():
-    with pytest.raises(ValueError, match=r"ESCNetConfig.ppg_threshold = 'max'; choose one of relative, uniform"):
+    with pytest.raises(ValueError, match=r"ESCNetConfig.ppg_threshold = 'max'; choose one of range, otsu, quantile"):
         ESCNetConfig.preset("tiny", ppg_threshold="max")
+    with pytest.raises(ValueError, match=r"ESCNetConfig.ppg_smooth = 2: an odd filter side"):
+        ESCNetConfig.preset("tiny", ppg_smooth=2)
+    with pytest.raises(ValueError, match=r"ESCNetConfig.mask_combine = 'max'; choose one of logits, union, sum, mean"):
+        ESCNetConfig.preset("tiny", mask_combine="max")
+    # the rules' names before the revision name the same rules
+    assert ESCNetConfig.preset("tiny", ppg_threshold="relative").ppg_threshold == "softmax_peak"
+    assert ESCNetConfig.preset("tiny", ppg_threshold="uniform").ppg_threshold == "softmax_uniform"
+
+
+def test_config_saved_before_the_ppg_revision_keeps_the_old_prompts():
+    """A config.json without ppg_smooth (the bundled model's) runs the old PPG and mask prompt: its
+    "relative" threshold, raster-order seeding, no smoothing, no region rule, the K masks summed."""
+    import dataclasses
+
+    from escnet.models.escnet import PRE_PPG_REVISION
+
+    old = {k: v for k, v in dataclasses.asdict(ESCNetConfig.preset("tiny")).items()
+           if k not in ("ppg_smooth", "ppg_min_contrast", "ppg_region_min", "mask_logit", "class_truncation")}
+    old.update(ppg_threshold="relative", ppg_alpha=0.5, ppg_init="farthest", ppg_source="stem_inverse", mask_combine="sum")
+    up = ESCNetConfig.upgrade(old)
+    for key, value in PRE_PPG_REVISION.items():
+        assert up[key] == value, key
+    fresh = dict(dataclasses.asdict(ESCNetConfig.preset("tiny")))
+    assert ESCNetConfig.upgrade(fresh) == fresh  # a config saved now is left alone
+    assert ESCNetConfig.preset("tiny", reading="legacy").ppg_threshold == "softmax_peak"
+
+
+def test_ppg_records_are_returned_on_request_only():
+    model = _reading("paper")
+    images, text = _inputs(model, t=4)
+    g = model.cfg.grid
+    with torch.no_grad():
+        plain = model(images, text)
+        out, records = model(images, text, return_ppg=True)
+    assert torch.equal(out, plain) and len(records) == model.cfg.num_blocks
+    for i, rec in enumerate(records):
+        assert rec.foreground.shape == (2, 4, g, g) and rec.points.shape == (2, 4, model.cfg.ppg_regions, 2)
+        assert rec.mask_prompt.shape == (2, 4, g, g) and rec.source.shape == (2, 4, g, g)
+        assert torch.equal(rec.mask_prompt > 0, rec.regions >= 0)
+    assert all(block.records is None for block in model.sam)  # nothing kept after the call
+    # block 1 reads C0, the cosine map
+    with torch.no_grad():
+        feats, _, _ = model.encode_image(images)
+    c0 = torch.einsum("bdhw,td->bthw", torch.nn.functional.normalize(feats, dim=1), text)
+    assert torch.allclose(records[0].source, c0, atol=1e-6)
+    # the rescaled readout of block 2 has C0's per-map mean and standard deviation
+    src = records[1].source
+    assert torch.allclose(src.mean((-2, -1)), c0.mean((-2, -1)), atol=1e-5)
+    assert torch.allclose(src.std((-2, -1)), c0.std((-2, -1)), atol=1e-5)
+    with pytest.raises(ValueError, match="no SAM blocks"):
+        create_model("escnet", "tiny", use_sam=False)(images, text, return_ppg=True)
+
+
+def test_class_truncation_is_catsegs_rule():
+    """ESC-Net's top-k: each image's k classes with the highest max cosine are scored, the rest get
+    logit -100 (CAT-Seg's rule); the kept classes' logits are those of a forward over them alone."""
+    from escnet.models.catseg import CATSeg
+
+    model = _reading("paper")
+    images, text = _inputs(model, b=2, t=6)
+    with torch.no_grad():
+        feats, _, _ = model.encode_image(images)
+        # hand case: the classes' max cosine per image, ranked by hand
+        score = torch.einsum("bdhw,td->bthw", torch.nn.functional.normalize(feats, dim=1), text).flatten(2).amax(-1)
+        by_hand = [sorted(sorted(range(6), key=lambda c: -float(score[b, c]))[:3]) for b in range(2)]
+        kept = model.select_classes(feats, text, 3)
+        assert kept.tolist() == by_hand
+        assert torch.equal(kept, CATSeg.select_classes(None, feats, text, 3))
+        out = model(images, text, class_truncation=3)
+        assert out.shape == (2, 6, model.cfg.crop_size, model.cfg.crop_size)
+        for b in range(2):
+            rest = [c for c in range(6) if c not in by_hand[b]]
+            assert (out[b, rest] == -100).all()
+            alone = model(images[b:b + 1], text[by_hand[b]])
+            assert torch.allclose(out[b, by_hand[b]], alone[0], atol=1e-5)
+        assert torch.equal(model(images, text, class_truncation=6), model(images, text))  # T <= k: all scored
+        assert torch.equal(model(images, text), model(images, text, class_truncation=None))
+        _, records = model(images, text, class_truncation=3, return_ppg=True)
+        assert records[0].foreground.shape[:2] == (2, 3)
+    with pytest.raises(ValueError, match="class_truncation must be an integer >= 1"):
+        model(images, text, class_truncation=0)
 
 
 def test_class_ffn_backward_that_recomputes_gelu_is_exact():
