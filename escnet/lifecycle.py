@@ -1,7 +1,7 @@
 """The model's life cycle, the one place that wires weight files into modules: our save format
 (config.json + model.safetensors + model card), loading any supported checkpoint, and the training
 initialisation from CLIP + SAM files. Above escnet.models (pure modules, configs, presets) and
-escnet.weights (pure format converters); below escnet.engine."""
+escnet.weights (pure format converters); below inference, evaluation, training and the commands."""
 from __future__ import annotations
 
 import dataclasses

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from escnet.engine import inference
-from escnet.engine.inference import Segmenter
+from escnet.inference import segmenter as inference
+from escnet.inference.segmenter import Segmenter
 from escnet.models.factory import create_model
 
 
