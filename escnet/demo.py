@@ -40,7 +40,7 @@ from PIL import Image
 from escnet.data.images import ImageError, load_image
 from escnet.data.vocab import BENCHMARK_VOCABULARIES, VocabularyError, benchmark_vocabulary, parse_vocabulary
 from escnet.engine.visualize import palette_for, shorten
-from escnet.errors import EscnetError, one_line
+from escnet.errors import CommandError, EscnetError, one_line
 from escnet.runtime import DEVICES
 
 log = logging.getLogger(__name__)
@@ -364,24 +364,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         import_gradio()
     except ImportError as exc:
-        print(f"escnet demo: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     for name in ("concurrency", "queue_size", "max_file_mb", "max_pixels", "max_classes"):
         if getattr(args, name) <= 0:
-            print(f"escnet demo: error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
-            return 2
+            raise CommandError(f"--{name.replace('_', '-')} must be positive")
     try:
         set_threads(args.threads)
     except ValueError as exc:
-        print(f"escnet demo: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     limits = DemoLimits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_classes=args.max_classes,
                         concurrency=args.concurrency, queue_size=args.queue_size)
     try:
         segmenter = Segmenter.from_pretrained(args.model, device=args.device, half=args.half, protocol=args.protocol)
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet demo: error: cannot load model: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(f"cannot load model: {one_line(exc)}") from exc
     notice = model_notice(segmenter)
     if notice:
         print(notice, file=sys.stderr)

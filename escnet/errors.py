@@ -18,6 +18,11 @@ class EscnetError(Exception):
     """An error a user can cause; its message names the problem (the CLI prints it as one line)."""
 
 
+class CommandError(EscnetError):
+    """A command's error with its context ("cannot use model: ..."), raised ``from`` the cause: escnet.cli.main
+    prints it as one line with exit status 1, and ``--debug`` shows the traceback of the cause too."""
+
+
 def sanitize(text: str) -> str:
     """`text` safe to print to a terminal: escape sequences and other control characters removed (newlines kept)."""
     lines = _ANSI.sub("", str(text)).split("\n")

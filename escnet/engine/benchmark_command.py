@@ -43,6 +43,7 @@ import sys
 import time
 
 from escnet.engine.options import PROTOCOLS
+from escnet.errors import CommandError, one_line
 
 QUICK = {"what": ["flops", "ppg"], "sizes": ["vitb16"], "classes": [150]}
 FULL = {"what": ["ppg", "models", "vocab"], "sizes": ["vitb16", "vitl14"], "classes": [20, 59, 150, 171]}
@@ -68,12 +69,10 @@ def run(args: argparse.Namespace) -> int:
         device = str(resolve_device(args.device))
         threads = set_threads(args.threads)
     except ValueError as e:
-        print(f"escnet benchmark: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(e)) from e
     if any(b < 1 for b in args.batch_sizes) or args.batch_images < 1:
-        print(f"escnet benchmark: --batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and "
-              f"{args.batch_images}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and "
+                           f"{args.batch_images}")
     out: dict = {"device": device, "torch": torch.__version__, "threads": threads, "dtype": args.dtype,
                  "compile": args.compile, "date": time.strftime("%Y-%m-%d")}
     if device.startswith("cuda"):

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from escnet import registry
+from escnet.errors import CommandError, one_line
 
 
 def _cached(entry) -> str:
@@ -55,8 +56,7 @@ def _run_models(args: argparse.Namespace) -> int:
     try:
         path = fetch(args.fetch, args.trust_new)
     except (FileNotFoundError, ValueError, OSError) as exc:  # WeightsError is a ValueError
-        print(f"escnet models: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     print(f"{args.fetch}: {path}")
     return 0
 
@@ -67,8 +67,7 @@ def _run_push(args: argparse.Namespace) -> int:
     try:
         info = hub.push_to_hub(args.model_dir, args.repo_id, private=args.private)
     except (FileNotFoundError, ValueError, OSError) as exc:
-        print(f"escnet push: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     print(f"uploaded {args.model_dir} to {getattr(info, 'commit_url', args.repo_id)}")
     return 0
 

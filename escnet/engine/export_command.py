@@ -26,6 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from escnet.errors import CommandError, one_line
+
 FORMATS = ("onnx",)
 
 
@@ -61,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         path = export_onnx(segmenter.model, text, args.out, text_input=args.text_input)
         error = check_onnx(path, segmenter.model, text, text_input=args.text_input)
     except (ExportError, VocabularyError, FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet export: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     print(f"wrote {path} ({len(entries)} classes, {'text input' if args.text_input else 'vocabulary baked in'}); "
           f"ONNX Runtime vs PyTorch on CPU: max |difference| {error:.2e}", file=sys.stderr)
     if error > args.tolerance:

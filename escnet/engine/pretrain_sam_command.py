@@ -33,8 +33,9 @@ coarse mask prompt itself).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from escnet.errors import CommandError, one_line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"escnet pretrain-sam: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     metrics = pretrain(cfg)
     print(format_eval(metrics["eval_before"], metrics["eval"]))
     print(f"escnet pretrain-sam: {metrics['eval']['num_objects']} held-out objects; saved "

@@ -8,7 +8,8 @@ scores, how the result was made); --format masks,coco adds per-class mask PNGs w
 pipeline-style listing and COCO RLE JSON (see --help of --format). Images are read one batch at
 a time and their views go through the model together (--batch-size). Folders are read non-recursively, taking the files whose extension
 Pillow knows. A file that cannot be read is reported and skipped; the run goes on, prints a
-summary and exits with status 1 if anything failed (2 for an unusable vocabulary or model).
+summary and exits with status 1 if anything failed; an unusable vocabulary or model ends it before any
+image is read (status 1, one line; --debug shows the traceback).
 
 --classes: "cat, dog, sky" (each comma-separated item is a class), "building, edifice; sky"
 (";" separates classes when present, commas are then synonyms), a .txt file (one class per
@@ -29,7 +30,7 @@ from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabular
 from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
                                    TEXT_CACHE_HELP)
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
-from escnet.errors import one_line
+from escnet.errors import CommandError, one_line
 from escnet.progress import note, progress
 from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
 
@@ -142,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         set_threads(args.threads)
     except (VocabularyError, ValueError) as exc:
-        print(f"escnet segment: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        raise CommandError(one_line(exc)) from exc
     files, failures = _collect(args.inputs, args.out)
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
@@ -157,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
             text_cache=False if args.no_text_cache else None,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
-        print(f"escnet segment: error: cannot use model: {one_line(exc)}", file=sys.stderr)
-        return 2
+        raise CommandError(f"cannot use model: {one_line(exc)}") from exc
 
     notice = model_notice(segmenter)
     if notice:
