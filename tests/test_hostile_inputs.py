@@ -75,3 +75,97 @@ def test_huge_class_count_is_refused_with_the_bound(tmp_path, photo):
     vocab.write_text("".join(f"c{i}\n" for i in range(200_000)))
     proc = cli(tmp_path, "segment", str(photo), "--classes", str(vocab), "--out", str(tmp_path / "out"))
     assert_one_line(proc, "200000 classes", "ESCNET_MAX_CLASSES")
+
+
+# -- items 3 and 4: configs inferred from checkpoints, strides, sizes before memory -------------
+
+
+def _tiny_catseg_sd():
+    import torch
+
+    from escnet.models.catseg import CATSeg, CATSegConfig
+    from escnet.weights.catseg import to_catseg_names
+
+    torch.manual_seed(0)
+    return to_catseg_names(CATSeg(CATSegConfig.preset("tiny")).state_dict())
+
+
+TOKENS = "sem_seg_head.predictor.clip_model.token_embedding.weight"
+
+
+def test_zero_stride_catseg_checkpoint_is_refused(tmp_path, photo):
+    import torch
+
+    sd = _tiny_catseg_sd()
+    width = sd[TOKENS].shape[1]
+    sd[TOKENS] = torch.zeros(1, width).expand(20_000_000, width)  # one row stored, 20 M rows declared
+    path = tmp_path / "model.pth"
+    torch.save({"model": sd}, path)
+    assert path.stat().st_size < 5 * 2**20
+    proc = cli(tmp_path, "segment", str(photo), "--classes", "cat", "--model", str(path), "--out", str(tmp_path / "o"))
+    assert_one_line(proc, "model.pth", TOKENS, "stride")
+    proc = cli(tmp_path, "convert", "--catseg", str(path), "--out", str(tmp_path / "converted"))
+    assert_one_line(proc, TOKENS, "stride")
+    assert not (tmp_path / "converted").exists()
+
+
+def test_overlapping_stride_clip_file_is_refused(tmp_path):
+    import torch
+
+    from escnet.weights.catseg import PREFIX
+    from escnet.weights.clip import clip_state_to_openai
+
+    sd = _tiny_catseg_sd()
+    clip = clip_state_to_openai({k[len(PREFIX + "clip_model."):]: v for k, v in sd.items()
+                                 if k.startswith(PREFIX + "clip_model.")})
+    rows, width = clip["token_embedding.weight"].shape
+    clip["token_embedding.weight"] = torch.zeros(rows + width).as_strided((rows, width), (1, 1))  # rows overlap
+    path = tmp_path / "clip.pt"
+    torch.save(clip, path)
+    proc = cli(tmp_path, "convert", "--preset", "tiny", "--clip", str(path), "--random-sam", "--out", str(tmp_path / "o"))
+    assert_one_line(proc, "clip.pt", "token_embedding.weight", "overlapping")
+
+
+def test_inferred_catseg_config_goes_through_config_validation():
+    import torch
+
+    from escnet.models.validation import ConfigValidationError
+    from escnet.weights.catseg import from_catseg_names, infer_config
+
+    sd = {k: torch.empty(v.shape, device="meta") for k, v in from_catseg_names(_tiny_catseg_sd()).items()}
+    width = sd["clip.token_embedding.weight"].shape[1]
+    sd["clip.token_embedding.weight"] = torch.empty(20_000_000, width, device="meta")
+    with pytest.raises(ConfigValidationError, match="vocab_size = 20000000 is outside the allowed range"):
+        infer_config(sd, "x.pth")
+
+
+def test_inferred_clip_config_goes_through_config_validation():
+    import torch
+
+    from escnet.models.validation import ConfigValidationError
+    from escnet.weights.catseg import PREFIX
+    from escnet.weights.clip import clip_state_to_openai, convert_openai_state_dict
+
+    sd = _tiny_catseg_sd()
+    clip = clip_state_to_openai({k[len(PREFIX + "clip_model."):]: torch.empty(v.shape, device="meta")
+                                 for k, v in sd.items() if k.startswith(PREFIX + "clip_model.")})
+    clip["token_embedding.weight"] = torch.empty(20_000_000, clip["token_embedding.weight"].shape[1], device="meta")
+    with pytest.raises(ConfigValidationError, match="vocab_size"):
+        convert_openai_state_dict(clip, source="clip.pt")
+
+
+def test_tiny_config_declaring_a_huge_model_is_checked_against_the_weights_header(tmp_path, photo):
+    import torch
+    from safetensors.torch import save_file
+
+    from escnet.lifecycle import config_to_dict
+    from escnet.models.factory import make_config
+
+    data = config_to_dict(make_config("catseg", "tiny"))
+    data["clip"].update(vocab_size=1_000_000, text_width=1536, text_heads=8)  # ~1.6 G parameters, 6 GB
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(data))
+    save_file({"clip.token_embedding.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
+    proc = cli(tmp_path, "segment", str(photo), "--classes", "cat", "--model", str(folder), "--out", str(tmp_path / "o"))
+    assert_one_line(proc, "model.safetensors", "do not match")

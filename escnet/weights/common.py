@@ -47,6 +47,22 @@ def check_keys(expected: Iterable[str], got: Iterable[str], source: str, *, allo
         raise WeightsError("\n".join(parts))
 
 
+def check_layout(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors whose strides make elements share memory (a zero stride, or rows that overlap): a
+    weight file stores every element once, and such a tensor declares far more values than its file
+    holds (a 1-row storage expanded to 20 M rows), which the first copy would allocate."""
+    for key, t in sd.items():
+        if not isinstance(t, torch.Tensor) or t.numel() <= 1 or t.layout != torch.strided:
+            continue
+        need = 1
+        for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+            if stride < need:
+                kind = "a zero stride" if stride == 0 else "overlapping strides"
+                raise WeightsError(f"{source}: tensor {key} of shape {tuple(t.shape)} has {kind} {tuple(t.stride())} "
+                                   f"(its elements share memory); a weight file stores each value once")
+            need = stride * size
+
+
 def check_shapes(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise WeightsError naming every key whose tensor shape differs."""
     bad = [f"{k}: file {tuple(got[k].shape)} vs model {tuple(v.shape)}"
@@ -212,7 +228,30 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         raise WeightsError(f"{path}: the archive does not hold a TorchScript module")
     out: dict[str, torch.Tensor] = {}
     _collect(root, "", headers, out, path)
+    check_layout(out, path)
     return out
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors a .safetensors file declares, as meta tensors of their shapes and dtypes: read from its
+    header alone (nothing is loaded), so a model can be checked against a file before memory is committed."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            out = {}
+            for key in f.keys():
+                part = f.get_slice(key)
+                dtype = getattr(torch, _SAFETENSORS_DTYPES.get(part.get_dtype(), "uint8"))
+                out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    return out
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -248,4 +287,5 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    check_layout(obj, path)
     return obj
