@@ -169,3 +169,16 @@ def test_tiny_config_declaring_a_huge_model_is_checked_against_the_weights_heade
     save_file({"clip.token_embedding.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
     proc = cli(tmp_path, "segment", str(photo), "--classes", "cat", "--model", str(folder), "--out", str(tmp_path / "o"))
     assert_one_line(proc, "model.safetensors", "do not match")
+
+
+def test_sam_file_declaring_a_million_layers_is_refused_before_building(tmp_path):
+    import torch
+
+    from escnet.models.validation import ConfigValidationError
+    from escnet.weights.sam import load_sam_decoder_weights
+
+    path = tmp_path / "sam.pth"
+    torch.save({"prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": torch.zeros(2, 128),
+                "mask_decoder.transformer.layers.999999.norm1.weight": torch.zeros(256)}, path)
+    with pytest.raises(ConfigValidationError, match="sam_depth = 1000000 is outside the allowed range"):
+        load_sam_decoder_weights(path)
