@@ -182,3 +182,58 @@ def test_sam_file_declaring_a_million_layers_is_refused_before_building(tmp_path
                 "mask_decoder.transformer.layers.999999.norm1.weight": torch.zeros(256)}, path)
     with pytest.raises(ConfigValidationError, match="sam_depth = 1000000 is outside the allowed range"):
         load_sam_decoder_weights(path)
+
+
+# -- item 5: TorchScript archive entries --------------------------------------------------------
+
+
+def _write_zip(path: Path, entries: list[tuple[str, int, int, int, bytes]]) -> None:
+    """A zip archive from (name, method, crc, uncompressed size, raw member bytes), written by hand so a
+    member can be a deflate stream whose output is far larger than anything built here."""
+    import struct
+
+    local, central = bytearray(), bytearray()
+    for name, method, crc, size, raw in entries:
+        offset = len(local)
+        encoded = name.encode()
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(raw), size, len(encoded), 0)
+        local += encoded + raw
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(raw), size,
+                               len(encoded), 0, 0, 0, 0, 0, offset) + encoded
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), len(local), 0)
+    path.write_bytes(bytes(local + central + end))
+
+
+def _stored(name: str, data: bytes):
+    import zlib
+
+    return name, 0, zlib.crc32(data), len(data), data
+
+
+def _zero_bomb(name: str, megabytes: int):
+    """A deflate member that inflates to `megabytes` MiB of b" " from ~1 KB per MiB."""
+    import zlib
+
+    block = b" " * 2**20
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    raw = first + again * (megabytes - 1) + c.flush()
+    crc = 0
+    for _ in range(megabytes):
+        crc = zlib.crc32(block, crc)
+    return name, 8, crc, megabytes * 2**20, raw
+
+
+@pytest.mark.parametrize("member", ["archive/code/__torch__/model.py", "archive/byteorder"])
+def test_torchscript_zip_bomb_is_refused_by_declared_size(tmp_path, member):
+    path = tmp_path / "clip.pt"
+    parts = {"archive/data.pkl": _stored("archive/data.pkl", b"\x80\x02}q\x00."),
+             "archive/constants.pkl": _stored("archive/constants.pkl", b"\x80\x02)."),
+             "archive/code/__torch__/model.py": _stored("archive/code/__torch__/model.py", b"class M(Module):\n"),
+             "archive/byteorder": _stored("archive/byteorder", b"little")}
+    parts[member] = _zero_bomb(member, 3900)  # 3.8 GiB declared, ~4 MB on disk
+    _write_zip(path, list(parts.values()))
+    assert path.stat().st_size < 8 * 2**20
+    proc = cli(tmp_path, "convert", "--preset", "tiny", "--clip", str(path), "--random-sam", "--out", str(tmp_path / "o"))
+    assert_one_line(proc, "clip.pt", member.split("/", 1)[1], "limit")
