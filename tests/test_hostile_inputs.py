@@ -237,3 +237,34 @@ def test_torchscript_zip_bomb_is_refused_by_declared_size(tmp_path, member):
     assert path.stat().st_size < 8 * 2**20
     proc = cli(tmp_path, "convert", "--preset", "tiny", "--clip", str(path), "--random-sam", "--out", str(tmp_path / "o"))
     assert_one_line(proc, "clip.pt", member.split("/", 1)[1], "limit")
+
+
+# -- item 6: pixel limit from the header ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pixel_bomb(tmp_path_factory) -> Path:
+    """A 169-megapixel PNG (13,000 x 13,000, under Pillow's own limit of ~179 Mpx) of a few hundred KB."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (13_000, 13_000)).save(path, optimize=True)
+    assert path.stat().st_size < 2**20
+    return path
+
+
+def test_pixel_bomb_is_refused_from_its_header_by_segment(tmp_path, pixel_bomb):
+    proc = cli(tmp_path, "segment", str(pixel_bomb), "--classes", "cat", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "13000 x 13000" in proc.stderr and "--max-pixels" in proc.stderr, proc.stderr[-2000:]
+    assert "DecompressionBombWarning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_pixel_bomb_is_refused_from_its_header_by_the_segmenter(tmp_path, pixel_bomb):
+    script = ("import sys\n"
+              "from escnet import Segmenter\nfrom escnet.data.images import ImageError\n"
+              "s = Segmenter.from_pretrained()\n"
+              "try:\n    s.segment(sys.argv[1], 'cat')\nexcept ImageError as e:\n    print('refused:', e)\n")
+    proc = run_limited(["-W", "error::UserWarning", "-c", script, str(pixel_bomb)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused:" in proc.stdout and "max_pixels" in proc.stdout, proc.stdout

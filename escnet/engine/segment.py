@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from escnet.data.images import MAX_SIDE, load_image
+from escnet.data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, load_image
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
 from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
                                    TEXT_CACHE_HELP)
@@ -81,6 +81,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--max-side", type=_max_side, default=MAX_SIDE,
                         help="images with a longer side are processed at this size and their labels "
                              "upsampled back (default %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="larger images are refused, from their header before decoding (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images whose views go through the model together (default %(default)s)")
     parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
@@ -139,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         vocabulary = parse_vocabulary(args.classes)
         device = resolve_device(args.device)
         formats = parse_formats(args.format)
+        if args.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         set_threads(args.threads)
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_pretrained(
             args.model, device=device, half=args.half, protocol=args.protocol, resize=args.resize,
             class_mode=args.class_mode, memory_budget_mb=args.memory_budget, max_side=args.max_side,
-            text_cache=False if args.no_text_cache else None,
+            text_cache=False if args.no_text_cache else None, max_pixels=args.max_pixels,
         )
     except (FileNotFoundError, WeightsError, ValueError, OSError) as exc:
         raise CommandError(f"cannot use model: {one_line(exc)}") from exc
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = []
         for path, name in batch:
             try:
-                loaded.append((path, name, load_image(path)))
+                loaded.append((path, name, load_image(path, args.max_pixels)))
             except Exception as exc:
                 report(path, exc)
         try:
