@@ -268,3 +268,32 @@ def test_pixel_bomb_is_refused_from_its_header_by_the_segmenter(tmp_path, pixel_
     proc = run_limited(["-W", "error::UserWarning", "-c", script, str(pixel_bomb)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refused:" in proc.stdout and "max_pixels" in proc.stdout, proc.stdout
+
+
+# -- item 7: thin and tiny images -----------------------------------------------------------------
+
+THIN = [(1, 1281), (5000, 1), (1, 1), (2, 3000), (1, 40000), (40000, 1)]
+
+
+def test_shortest_edge_resize_never_gives_a_zero_side():
+    from escnet.data.transforms import shortest_edge_size
+    from escnet.engine.protocol import mapper_size
+
+    assert shortest_edge_size(1, 1281, 106, 424) == (1, 424)  # detectron2's rule rounds the 0.33 px side to 0
+    for height, width in THIN:
+        assert min(mapper_size(height, width, 64)) >= 1
+
+
+def test_thin_images_are_segmented_by_the_cli(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "thin"
+    folder.mkdir()
+    for height, width in THIN:
+        Image.fromarray(np.full((height, width, 3), 200, np.uint8)).save(folder / f"{height}x{width}.png")
+    proc = cli(tmp_path, "segment", str(folder), "--classes", "cat, dog", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for height, width in THIN:
+        labels = np.asarray(Image.open(tmp_path / "out" / f"{height}x{width}_labels.png"))
+        assert labels.shape == (height, width)
