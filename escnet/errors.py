@@ -32,7 +32,7 @@ def sanitize(text: str) -> str:
 def one_line(exc: BaseException) -> str:
     """The message of `exc` on one sanitized line (multi-line messages joined with '; ')."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = f" writing {exc.filename}" if exc.filename else ""
+        where = f": {exc.filename}" if exc.filename else ""
         text = f"no space left on device{where}"
     elif isinstance(exc, (EscnetError, OSError, ImportError, ValueError)) and str(exc):
         text = str(exc)  # these messages say what is wrong; a KeyError's or RuntimeError's needs its type

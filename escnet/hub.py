@@ -231,7 +231,8 @@ def _convert_catseg(entry: ModelEntry, path: Path, digest: str, target: Path) ->
         save_pretrained(model, work, card=card)
         source = {"name": entry.name, "repo_id": entry.repo_id, "repo_type": entry.repo_type,
                   "revision": entry.revision, "file": entry.files[0], "sha256": {entry.files[0]: digest}}
-        (work / SOURCE_NAME).write_text(json.dumps(source, indent=2) + "\n")
+        text = json.dumps(source, indent=2) + "\n"
+        atomic_write(work / SOURCE_NAME, lambda p: Path(p).write_text(text))
         if target.exists():
             shutil.rmtree(target)
         try:

@@ -110,10 +110,10 @@ def test_offline_with_empty_cache_is_one_line_naming_model_and_fetch_command(cac
     Image.new("RGB", (8, 8)).save(photo)
     code = main(["segment", str(photo), "--classes", "cat, sky", "--model", "catseg-vitl14", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    assert code == 1 and len(err) == 1
     assert "'catseg-vitl14'" in err[0] and "model_large.pth" in err[0] and "escnet models --fetch catseg-vitl14" in err[0]
 
-    assert main(["models", "--fetch", "tiny-catseg"]) == 2
+    assert main(["models", "--fetch", "tiny-catseg"]) == 1
     assert "escnet models --fetch tiny-catseg" in capsys.readouterr().err
 
 

@@ -116,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
         out["train"] = bench.bench_train(args.train_size, args.train_classes, args.train_batch, args.train_steps,
                                          args.warmup, device, args.train_checkpointing)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        from escnet.fileio import atomic_write
+
+        text = json.dumps(out, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
     return 0
 
 

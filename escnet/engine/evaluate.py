@@ -29,6 +29,7 @@ from escnet.data.datasets import GENERATED, DatasetError, SegDataset, get_datase
 from escnet.data.vocab import VocabularyError, known_benchmarks
 from escnet.engine.options import CLASS_MODES, PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP, TOP_K
 from escnet.errors import EscnetError, one_line
+from escnet.fileio import atomic_write_all
 from escnet.progress import progress as progress_of
 from escnet.runtime import DEVICES, THREADS_HELP, set_threads, setup_runtime
 
@@ -136,8 +137,9 @@ def evaluate(
     if output_dir is not None and rank == 0:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "confusion_matrix.npy", matrix)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        text = json.dumps(results, indent=1)
+        atomic_write_all({out / "confusion_matrix.npy": lambda tmp: np.save(tmp, matrix),  # tmp ends in .npy
+                          out / "results.json": lambda tmp: tmp.write_text(text)})
     return results
 
 
