@@ -29,6 +29,16 @@ def sanitize(text: str) -> str:
     return "\n".join(_CONTROL.sub("", line) for line in lines)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown_path(path) -> str:
+    """A file name as escnet prints it: control characters (ESC, BEL, newline, ...) written as escapes
+    (\\x1b, \\n), so a name can neither drive the terminal nor fake a line, and the file can still be found."""
+    return _UNPRINTABLE.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), str(path))
+
+
 def one_line(exc: BaseException) -> str:
     """The message of `exc` on one sanitized line (multi-line messages joined with '; ')."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

@@ -297,3 +297,22 @@ def test_thin_images_are_segmented_by_the_cli(tmp_path):
     for height, width in THIN:
         labels = np.asarray(Image.open(tmp_path / "out" / f"{height}x{width}_labels.png"))
         assert labels.shape == (height, width)
+
+
+# -- item 12: file names printed by escnet segment -------------------------------------------------
+
+
+def test_file_names_are_printed_without_terminal_escapes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "\x1b]0;owned\x07\x1b[31mred.png")
+    (folder / "bad\x1b[2J\nname.png").write_bytes(b"not an image")
+    proc = cli(tmp_path, "segment", str(folder), "--classes", "cat", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    printed = proc.stdout + proc.stderr
+    assert "\x1b" not in printed and "\x07" not in printed, printed
+    assert "bad\\x1b[2J\\nname.png" in printed  # shown escaped, so the file can still be found
+    assert not any(line.startswith("name.png") for line in printed.splitlines())

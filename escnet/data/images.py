@@ -43,7 +43,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from escnet.errors import EscnetError
+from escnet.errors import EscnetError, shown_path
 
 MAX_SIDE = 4096
 DEFAULT_MAX_PIXELS = 40_000_000  # the demo's default; a 169 Mpx image cost 7.5 GB and 94 s
@@ -84,27 +84,27 @@ def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
 
 def _from_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{shown_path(path)}: no such file")
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image file")
+        raise ImageError(f"{shown_path(path)}: is a directory, not an image file")
     try:
         with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: our limit is checked instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
         with image:
-            check_pixels(image.width, image.height, max_pixels, str(path))  # from the header: nothing decoded yet
+            check_pixels(image.width, image.height, max_pixels, shown_path(path))  # from the header: nothing decoded yet
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image.load()
-            return _from_pil(image, str(path))
+            return _from_pil(image, shown_path(path))
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (format not recognised)") from None
+        raise ImageError(f"{shown_path(path)}: not an image file (format not recognised)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: image too large to decode safely ({exc})") from None
+        raise ImageError(f"{shown_path(path)}: image too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - a crafted file can break a decoder in any way (struct.error, IndexError, ...)
-        raise ImageError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{shown_path(path)}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:

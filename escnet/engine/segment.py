@@ -30,7 +30,7 @@ from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabular
 from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
                                    TEXT_CACHE_HELP)
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
-from escnet.errors import CommandError, one_line
+from escnet.errors import CommandError, one_line, shown_path
 from escnet.progress import note, progress
 from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
 
@@ -107,12 +107,12 @@ def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
         if path.is_dir():
             found = _image_files(path, out_dir)
             if not found:
-                problems.append(f"{item}: folder contains no image files")
+                problems.append(f"{shown_path(item)}: folder contains no image files")
             files.extend(found)
         elif path.exists():
             files.append(path)
         else:
-            problems.append(f"{item}: no such file or folder")
+            problems.append(f"{shown_path(item)}: no such file or folder")
     return files, problems
 
 
@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
 
     def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
-        message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+        shown = shown_path(path)
+        message = one_line(exc) if shown in str(exc) else f"{shown}: {type(exc).__name__}: {one_line(exc)}"
         note(f"error: {message}")
         failures.append(message)
 
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 done += 1
             except Exception as exc:
                 report(path, exc)
-    print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
+    print(f"segmented {done} of {len(files)} image(s) into {shown_path(args.out)}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for problem in failures:
