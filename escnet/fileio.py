@@ -142,6 +142,39 @@ def atomic_write_all(writes: Mapping[str | os.PathLike, Callable[[Path], None]],
         fsync_dir(paths[0].parent)
 
 
+SECRET_NAME = ".escnet-secret"
+
+
+def local_secret(folder: str | os.PathLike) -> bytes | None:
+    """This user's random 32-byte secret for sealing cache files in `folder` (``.escnet-secret``, mode 0600,
+    created exclusively on first use). A cache file sealed with it (an HMAC) was written by escnet for this
+    user; a file planted or copied there fails the check. None when the secret cannot be made or is not a
+    private regular file of this user (the cache is then not trusted)."""
+    import secrets
+    import stat
+
+    path = Path(folder) / SECRET_NAME
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            private = stat.S_ISREG(info.st_mode) and not info.st_mode & 0o077
+            if not private or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+                return None
+            secret = f.read(64)
+    except OSError:
+        return None
+    return secret if len(secret) == 32 else None
+
+
 def remove_tmp(path: str | os.PathLike) -> None:
     """Delete a temporary file or private temporary folder (a symlink itself, never what it points to)."""
     path = Path(path)
