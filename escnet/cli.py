@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("ESCNET_DEBUG", "") not in ("", "0")
+    import warnings
+
+    from escnet.errors import DemonstrationModelWarning
+
+    warnings.simplefilter("ignore", DemonstrationModelWarning)  # the commands print their own one-line notice
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

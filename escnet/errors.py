@@ -23,6 +23,11 @@ class CommandError(EscnetError):
     prints it as one line with exit status 1, and ``--debug`` shows the traceback of the cause too."""
 
 
+class DemonstrationModelWarning(UserWarning):
+    """Issued when ``Segmenter.from_pretrained()`` is given no model and falls back to the bundled demonstration
+    model, which knows only escnet's synthetic scenes (the CLI and the demo print their own notice instead)."""
+
+
 def sanitize(text: str) -> str:
     """`text` safe to print to a terminal: escape sequences and other control characters removed (newlines kept)."""
     lines = _ANSI.sub("", str(text)).split("\n")

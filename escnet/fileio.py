@@ -24,6 +24,8 @@ import threading
 from pathlib import Path
 from collections.abc import Callable, Mapping
 
+from escnet.errors import shown_path
+
 TMP_TAG = ".escnet-tmp-"
 _FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _FULL_TEXT = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
@@ -140,6 +142,20 @@ def atomic_write_all(writes: Mapping[str | os.PathLike, Callable[[Path], None]],
         remove_tmp(private)
     if durable:
         fsync_dir(paths[0].parent)
+
+
+def check_out_folder(path: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse an output folder that cannot be made or written, before any work: the path (or the nearest
+    existing part of it) is a file, or the folder is not writable. Raises NotADirectoryError / PermissionError
+    with a message naming the path."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    shown = shown_path(path)
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise NotADirectoryError(f"{what} {shown}: not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {shown}: {existing} is not writable")
 
 
 SECRET_NAME = ".escnet-secret"

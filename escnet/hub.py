@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
+from escnet.errors import EscnetError
 from escnet.fileio import atomic_write
 from escnet.registry import ModelEntry, ModelNotFoundError
 from escnet.weights.common import WeightsError
@@ -80,8 +81,58 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
+_REACHABLE: dict[str, bool] = {}  # endpoint -> whether one quick connection succeeded (once per process)
+PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint (HF_ENDPOINT) accepts a TCP connection within PROBE_TIMEOUT_S, tried once per
+    process; False at once with HF_HUB_OFFLINE. Without it, huggingface_hub retries an unreachable Hub five
+    times (~25 s, printing each retry) before reading its cache."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = constants.ENDPOINT
+    if endpoint not in _REACHABLE:
+        url = urlsplit(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT_S):
+                _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+class NoSuchFolderError(EscnetError, FileNotFoundError):
+    """A model name that looks like a local folder path that does not exist (it is not sent to the Hub)."""
+
+
+def _looks_like_a_folder(entry: ModelEntry) -> bool:
+    """An ad-hoc "org/name" that is rather a missing local folder: its first part is an existing local folder
+    (models/catseg-vitl14 beside a models/ folder), or its last part is a registry name (models/catseg-vitl14)."""
+    from escnet.registry import MODELS
+
+    if entry.name in MODELS or entry.name != entry.repo_id:
+        return False
+    first, _, last = entry.repo_id.partition("/")
+    return Path(first).is_dir() or last in MODELS
+
+
 def download(entry: ModelEntry, filename: str) -> Path:
-    """One file of `entry` from the Hugging Face cache, downloading it if needed (not verified)."""
+    """One file of `entry` from the Hugging Face cache, downloading it if needed (not verified). When the Hub
+    cannot be reached (`hub_reachable`), only the cache is read: one line at once, not minutes of retries."""
+    if _looks_like_a_folder(entry):
+        first, _, last = entry.repo_id.partition("/")
+        from escnet.registry import MODELS
+
+        hint = f"; the named model is {last!r}" if last in MODELS else ""
+        raise NoSuchFolderError(f"no such folder: {entry.repo_id} (a local path, so it is not looked up on the "
+                                f"Hugging Face Hub{hint}; `escnet models` lists named models)")
     hf = _hf()
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -92,7 +143,8 @@ def download(entry: ModelEntry, filename: str) -> Path:
     )
 
     try:
-        return Path(hf.hf_hub_download(entry.repo_id, filename, repo_type=entry.repo_type, revision=entry.revision))
+        return Path(hf.hf_hub_download(entry.repo_id, filename, repo_type=entry.repo_type, revision=entry.revision,
+                                       local_files_only=not hub_reachable()))
     except LocalEntryNotFoundError:
         from huggingface_hub import constants
 

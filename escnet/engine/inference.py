@@ -260,6 +260,14 @@ class Segmenter:
         segmenter = cls(load_pretrained(path), device=device, **options)
         segmenter.checkpoint = str(path)
         segmenter.description = model_description(path)
+        if path_or_name is None:
+            import warnings
+
+            from escnet.errors import DemonstrationModelWarning
+
+            warnings.warn(f"no model given: using the bundled {Path(path).name}. {segmenter.description or ''} "
+                          "Pass a model, e.g. Segmenter.from_pretrained('catseg-vitl14') (`escnet models` lists them).",
+                          DemonstrationModelWarning, stacklevel=2)
         return segmenter
 
     def _autocast(self):

@@ -31,6 +31,7 @@ from escnet.engine.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MA
                                    TEXT_CACHE_HELP)
 from escnet.engine.outputs import FORMAT_HELP, parse_formats, save_outputs
 from escnet.errors import CommandError, one_line, shown_path
+from escnet.fileio import check_out_folder
 from escnet.progress import note, progress
 from escnet.runtime import DEVICES, THREADS_HELP, resolve_device, set_threads
 
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         set_threads(args.threads)
     except (VocabularyError, ValueError) as exc:
         raise CommandError(one_line(exc)) from exc
+    check_out_folder(args.out)  # before the model is loaded, not once per image after it
     files, failures = _collect(args.inputs, args.out)
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
