@@ -255,3 +255,14 @@ def test_batch_section_reports_images_per_second_per_batch_size(tmp_path, capsys
         assert r["images"] == 2 and r["images_per_s"] == pytest.approx(2 / r["seconds"]) and r["peak_mem_MiB"] > 0
     assert "| size | T | protocol | model | batch | images/s | x batch 1 | peak MiB |" in capsys.readouterr().out
     assert main(["benchmark", "--what", "batch", "--batch-sizes", "0"]) == 1
+
+
+def test_flops_rows_are_printed_once_each(capsys):
+    """Issue 24 item 13: the progress lines repeated the previous group's last row from the second group on."""
+    import json as json_mod
+
+    from escnet.engine.benchmark import bench_flops
+
+    rows = bench_flops(["vitb16"], [20], ["single", "sliding"], readings=("paper",))
+    printed = [json_mod.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed == rows and len(rows) == 6
