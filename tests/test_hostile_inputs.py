@@ -265,7 +265,7 @@ def test_pixel_bomb_is_refused_from_its_header_by_the_segmenter(tmp_path, pixel_
               "from escnet import Segmenter\nfrom escnet.data.images import ImageError\n"
               "s = Segmenter.from_pretrained()\n"
               "try:\n    s.segment(sys.argv[1], 'cat')\nexcept ImageError as e:\n    print('refused:', e)\n")
-    proc = run_limited(["-W", "error::UserWarning", "-c", script, str(pixel_bomb)], tmp_path)
+    proc = run_limited(["-W", "error::PIL.Image.DecompressionBombWarning", "-c", script, str(pixel_bomb)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refused:" in proc.stdout and "max_pixels" in proc.stdout, proc.stdout
 
