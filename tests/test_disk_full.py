@@ -69,7 +69,10 @@ def test_every_writer_says_no_space_left_with_the_path(tmp_path):
         attempt("outputs", lambda: r.save(full / "out", name="photo"))
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = dict(line.split(" | ", 1) and (line.split(" | ")[0], line.split(" | ")[1:]) for line in proc.stdout.splitlines())
+    lines = {}
+    for line in proc.stdout.splitlines():
+        name, message, left = line.split(" | ")
+        lines[name] = (message, left)
     assert set(lines) == {"checkpoint", "model", "text", "outputs"}, proc.stdout
     expected = {"checkpoint": "run/checkpoint_00000010.pt", "model": "model/model.safetensors", "text": "notes.txt",
                 "outputs": "out/photo_overlay.png"}
