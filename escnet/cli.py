@@ -19,7 +19,7 @@ import sys
 
 from escnet.commands import (benchmark, convert, demo, evaluate, export, info, models, prepare, pretrain_sam, push,
                              segment, train)
-from escnet.commands.policy import EXIT_FAILED, EXIT_INTERRUPTED, CommandFailed
+from escnet.commands.policy import EXIT_FAILED, EXIT_INTERRUPTED
 from escnet.errors import one_line
 
 COMMANDS = (prepare, evaluate, train, pretrain_sam, segment, info, benchmark, convert, models, push, export, demo)
@@ -47,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("ESCNET_DEBUG", "") not in ("", "0")
+    import warnings
+
+    from escnet.errors import DemonstrationModelWarning
+
+    warnings.simplefilter("ignore", DemonstrationModelWarning)  # the commands print their own one-line notice
     try:
         return int(args.func(args) or 0)
-    except CommandFailed as exc:  # reported by the command (escnet.commands.policy)
-        return exc.code
     except KeyboardInterrupt:
         if debug:
             raise

@@ -117,7 +117,7 @@ def read_upload(path: str, display_name: str, max_pixels: int) -> np.ndarray:
             f"this demo accepts at most {max_pixels:,}"
         )
     try:
-        return load_image(path)
+        return load_image(path, max_pixels=max_pixels)
     except ImageError as exc:
         raise DemoInputError(str(exc).replace(str(path), display_name)) from None
 

@@ -8,9 +8,15 @@ by ``tempfile.mkdtemp``) inside the destination folder: nobody else can plant a 
 where the writer will open it, and the final ``os.replace`` renames onto the destination name
 without following a symlink found there. Temporary names carry TMP_TAG, so a later run can delete
 what an interrupted one left.
+
+Disk full: whatever a writer raises when the disk fills (an OSError with ENOSPC / EDQUOT, safetensors'
+"No space left on device (os error 28)", torch.save's "[enforce fail at inline_container.cc] ... unexpected
+pos"), the helper raises `DiskFullError` naming the destination, which the command line prints as
+"no space left on device: <path>".
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -18,7 +24,35 @@ import threading
 from pathlib import Path
 from collections.abc import Callable, Mapping
 
+from escnet.errors import shown_path
+
 TMP_TAG = ".escnet-tmp-"
+_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_FULL_TEXT = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) filled while writing `filename`; errno ENOSPC."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(errno.ENOSPC, "no space left on device", os.fspath(path))
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a writer's exception means the disk filled: by errno, by message, or (torch.save's
+    RuntimeError names neither) by the folder's file system having no space left."""
+    if isinstance(exc, DiskFullError):
+        return False
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if any(text in str(exc).lower() for text in _FULL_TEXT):
+        return True
+    if isinstance(exc, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < 2**20
+        except OSError:
+            return False
+    return False
 
 
 def fsync_dir(folder: Path) -> None:
@@ -75,11 +109,21 @@ def atomic_write_all(writes: Mapping[str | os.PathLike, Callable[[Path], None]],
         raise ValueError(f"atomic_write_all: files in more than one folder: {sorted(map(str, folders))}")
     if len({p.name for p in paths}) != len(paths):
         raise ValueError("atomic_write_all: a file name is given twice")
-    private = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}{TMP_TAG}", dir=paths[0].parent))
+    try:
+        private = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}{TMP_TAG}", dir=paths[0].parent))
+    except OSError as exc:
+        if _disk_full(exc, paths[0].parent):
+            raise DiskFullError(paths[0]) from exc
+        raise
     try:
         for path, write in zip(paths, writes.values()):
             tmp = private / path.name
-            write(tmp)
+            try:
+                write(tmp)
+            except Exception as exc:
+                if _disk_full(exc, private):
+                    raise DiskFullError(path) from exc
+                raise
             if mode is not None:  # e.g. 0o666: safetensors creates its files 0600
                 os.chmod(tmp, mode & ~_umask())
             if durable:
@@ -90,10 +134,61 @@ def atomic_write_all(writes: Mapping[str | os.PathLike, Callable[[Path], None]],
                     os.close(fd)
         for path in paths:
             os.replace(private / path.name, path)
+    except OSError as exc:
+        if _disk_full(exc, private):
+            raise DiskFullError(paths[0]) from exc
+        raise
     finally:
         remove_tmp(private)
     if durable:
         fsync_dir(paths[0].parent)
+
+
+def check_out_folder(path: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse an output folder that cannot be made or written, before any work: the path (or the nearest
+    existing part of it) is a file, or the folder is not writable. Raises NotADirectoryError / PermissionError
+    with a message naming the path."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    shown = shown_path(path)
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise NotADirectoryError(f"{what} {shown}: not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {shown}: {existing} is not writable")
+
+
+SECRET_NAME = ".escnet-secret"
+
+
+def local_secret(folder: str | os.PathLike) -> bytes | None:
+    """This user's random 32-byte secret for sealing cache files in `folder` (``.escnet-secret``, mode 0600,
+    created exclusively on first use). A cache file sealed with it (an HMAC) was written by escnet for this
+    user; a file planted or copied there fails the check. None when the secret cannot be made or is not a
+    private regular file of this user (the cache is then not trusted)."""
+    import secrets
+    import stat
+
+    path = Path(folder) / SECRET_NAME
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            private = stat.S_ISREG(info.st_mode) and not info.st_mode & 0o077
+            if not private or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+                return None
+            secret = f.read(64)
+    except OSError:
+        return None
+    return secret if len(secret) == 32 else None
 
 
 def remove_tmp(path: str | os.PathLike) -> None:

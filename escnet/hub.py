@@ -11,7 +11,10 @@ already in that cache is read from it without any network access. Every fetched 
    revision (trust on first use; the record is KNOWN_HASHES in the escnet cache). A file that
    changes under a branch name is refused until the user accepts it (`--trust-new`).
 
-A mismatch is refused with a one-line ChecksumError. CAT-Seg files are converted to escnet's
+Only a regular file inside its repository's blobs/ folder in the Hugging Face cache is hashed (a
+snapshot entry pointing at /dev/zero, a FIFO or a file elsewhere is refused), and only up to
+`max_model_bytes()` (default 16 GiB; ESCNET_MAX_MODEL_BYTES raises it). A mismatch is refused with a
+one-line ChecksumError. CAT-Seg files are converted to escnet's
 format (config.json + model.safetensors + a model card) once, into `cache_dir()/models/<name>`,
 which later calls use directly, offline included.
 
@@ -29,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
+from escnet.errors import EscnetError
 from escnet.fileio import atomic_write
 from escnet import registry
 from escnet.registry import ModelEntry, ModelNotFoundError
@@ -78,8 +82,58 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
+_REACHABLE: dict[str, bool] = {}  # endpoint -> whether one quick connection succeeded (once per process)
+PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint (HF_ENDPOINT) accepts a TCP connection within PROBE_TIMEOUT_S, tried once per
+    process; False at once with HF_HUB_OFFLINE. Without it, huggingface_hub retries an unreachable Hub five
+    times (~25 s, printing each retry) before reading its cache."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = constants.ENDPOINT
+    if endpoint not in _REACHABLE:
+        url = urlsplit(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT_S):
+                _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+class NoSuchFolderError(EscnetError, FileNotFoundError):
+    """A model name that looks like a local folder path that does not exist (it is not sent to the Hub)."""
+
+
+def _looks_like_a_folder(entry: ModelEntry) -> bool:
+    """An ad-hoc "org/name" that is rather a missing local folder: its first part is an existing local folder
+    (models/catseg-vitl14 beside a models/ folder), or its last part is a registry name (models/catseg-vitl14)."""
+    from escnet.registry import MODELS
+
+    if entry.name in MODELS or entry.name != entry.repo_id:
+        return False
+    first, _, last = entry.repo_id.partition("/")
+    return Path(first).is_dir() or last in MODELS
+
+
 def download(entry: ModelEntry, filename: str) -> Path:
-    """One file of `entry` from the Hugging Face cache, downloading it if needed (not verified)."""
+    """One file of `entry` from the Hugging Face cache, downloading it if needed (not verified). When the Hub
+    cannot be reached (`hub_reachable`), only the cache is read: one line at once, not minutes of retries."""
+    if _looks_like_a_folder(entry):
+        first, _, last = entry.repo_id.partition("/")
+        from escnet.registry import MODELS
+
+        hint = f"; the named model is {last!r}" if last in MODELS else ""
+        raise NoSuchFolderError(f"no such folder: {entry.repo_id} (a local path, so it is not looked up on the "
+                                f"Hugging Face Hub{hint}; `escnet models` lists named models)")
     hf = _hf()
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -90,7 +144,8 @@ def download(entry: ModelEntry, filename: str) -> Path:
     )
 
     try:
-        return Path(hf.hf_hub_download(entry.repo_id, filename, repo_type=entry.repo_type, revision=entry.revision))
+        return Path(hf.hf_hub_download(entry.repo_id, filename, repo_type=entry.repo_type, revision=entry.revision,
+                                       local_files_only=not hub_reachable()))
     except LocalEntryNotFoundError:
         from huggingface_hub import constants
 
@@ -107,12 +162,62 @@ def download(entry: ModelEntry, filename: str) -> Path:
         raise ModelNotFoundError(f"model {entry.name!r}: {filename} from {entry.where}: {_one_line(exc)}") from None
 
 
-def sha256_file(path: Union[str, os.PathLike]) -> str:
+DEFAULT_MAX_MODEL_BYTES = 16 * 2**30  # SAM ViT-H, the largest file escnet fetches, is 2.5 GB
+
+
+def max_model_bytes() -> int:
+    """The largest fetched file escnet hashes: $ESCNET_MAX_MODEL_BYTES, else DEFAULT_MAX_MODEL_BYTES."""
+    text = os.environ.get("ESCNET_MAX_MODEL_BYTES", "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_MODEL_BYTES
+    except ValueError:
+        raise WeightsError(f"ESCNET_MAX_MODEL_BYTES must be an integer number of bytes, got {text!r:.40}") from None
+
+
+def sha256_file(path: Union[str, os.PathLike], limit: Optional[int] = None) -> str:
+    """sha256 of a regular file (a FIFO, device or folder is refused before it is opened), read up to
+    `limit` bytes (None: no limit)."""
+    import stat
+
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ChecksumError(f"{path}: not a regular file; refused")
+    if limit is not None and info.st_size > limit:
+        raise ChecksumError(f"{path}: {info.st_size} bytes, over the limit of {limit} bytes for a model file "
+                            f"(raise it with ESCNET_MAX_MODEL_BYTES={info.st_size})")
     digest = hashlib.sha256()
+    read = 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            read += len(block)
+            if limit is not None and read > limit:  # the file grew while it was read
+                raise ChecksumError(f"{path}: over the limit of {limit} bytes for a model file "
+                                    f"(raise it with ESCNET_MAX_MODEL_BYTES)")
             digest.update(block)
     return digest.hexdigest()
+
+
+def cached_blob(path: Union[str, os.PathLike], where: str) -> Path:
+    """The file a Hugging Face cache entry (<repo>/snapshots/<commit>/<name>) resolves to, which must be a
+    regular file inside <repo>/blobs/; ChecksumError otherwise (nothing is opened before the check)."""
+    import stat
+
+    path = Path(path)
+    snapshots = next((p for p in path.parents if p.name == "snapshots"), None)
+    if snapshots is None:
+        raise ChecksumError(f"{where}: {path} is not in a Hugging Face cache snapshot; refused")
+    blobs = os.path.realpath(snapshots.parent / "blobs")
+    real = os.path.realpath(path)
+    if os.path.commonpath([blobs, real]) != blobs:
+        raise ChecksumError(f"{where}: {path} points outside its cache's blobs folder ({real}); refused "
+                            "(delete it from the Hugging Face cache and fetch again)")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        raise ChecksumError(f"{where}: {path} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ChecksumError(f"{where}: {path} is not a regular file in the cache's blobs folder; refused")
+    return Path(real)
 
 
 def _known_path() -> Path:
@@ -132,8 +237,8 @@ def known_hashes() -> dict[str, str]:
 
 def verify(entry: ModelEntry, filename: str, path: Union[str, os.PathLike], trust_new: bool = False) -> str:
     """Check a fetched file (module docstring, 1-3) and record its hash; returns its sha256."""
-    digest = sha256_file(path)
     where = f"model {entry.name!r}: {filename} ({entry.where})"
+    digest = sha256_file(cached_blob(path, where), max_model_bytes())
     expected = entry.sha256.get(filename)
     if expected and digest != expected.lower():
         raise ChecksumError(f"{where} has sha256 {digest}, the registry expects {expected}; refused "
@@ -209,7 +314,7 @@ def fetch_model(entry: ModelEntry, trust_new: bool = False) -> Path:
         if all(recorded.get("sha256", {}).get(f) == h for f, h in wanted.items()):
             return target
     path = fetch_file(entry, trust_new)
-    digest = sha256_file(path)
+    digest = sha256_file(path, max_model_bytes())  # path: checked by fetch_file (verify)
     _convert_catseg(entry, path, digest, target)
     return target
 
@@ -232,7 +337,8 @@ def _convert_catseg(entry: ModelEntry, path: Path, digest: str, target: Path) ->
         save_pretrained(model, work, card=card)
         source = {"name": entry.name, "repo_id": entry.repo_id, "repo_type": entry.repo_type,
                   "revision": entry.revision, "file": entry.files[0], "sha256": {entry.files[0]: digest}}
-        (work / SOURCE_NAME).write_text(json.dumps(source, indent=2) + "\n")
+        text = json.dumps(source, indent=2) + "\n"
+        atomic_write(work / SOURCE_NAME, lambda p: Path(p).write_text(text))
         if target.exists():
             shutil.rmtree(target)
         try:

@@ -16,7 +16,7 @@ from torch import nn
 from escnet.fileio import atomic_write
 from escnet.models.factory import ARCHS, arch_classes, model_from_config
 from escnet.models.validation import ConfigValidationError, validate_config, validate_fields
-from escnet.weights.common import WeightsError, check_keys, check_shapes
+from escnet.weights.common import WeightsError, check_keys, check_shapes, safetensors_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -108,6 +108,15 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     if hasattr(cfg_cls, "upgrade"):
         data = cfg_cls.upgrade(data)
     cfg = config_from_dict(cfg_cls, data, str(p / CONFIG_NAME), model_cls)
+    # keys and shapes against the weights file's header, on the meta device: a small config.json that
+    # declares a huge model is refused before its memory is committed
+    header = safetensors_header(p / WEIGHTS_NAME)
+    if hasattr(model_cls, "upgrade_state_dict"):
+        header = model_cls.upgrade_state_dict(header)
+    with torch.device("meta"):
+        expected = model_cls(cfg).state_dict()
+    check_keys(expected, header, str(p / WEIGHTS_NAME))
+    check_shapes(expected, header, str(p / WEIGHTS_NAME))
     model = model_cls(cfg)
     from safetensors.torch import load_file
 

@@ -60,7 +60,7 @@ def test_disk_full_while_converting(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(lifecycle, "atomic_write", _disk_full)
     model = str(resources.files("escnet") / "assets" / "models" / "escnet-synthetic-tiny")
     assert main(["convert", "--catseg", model, "--out", str(tmp_path / "o")]) == 1
-    assert "no space left on device writing /data/model.safetensors" in _one_line_error(capsys)
+    assert "no space left on device: /data/model.safetensors" in _one_line_error(capsys)
 
 
 def test_disk_full_while_preparing_and_training(tmp_path, capsys, monkeypatch):
@@ -91,4 +91,4 @@ def test_messages_are_sanitised():
     assert sanitize("a\x1b[31mred\x1b[0m\x07 b\nc\x00") == "ared b\nc"
     assert one_line(ValueError("first\n\x1b]0;title\x07second")) == "first; second"
     assert one_line(KeyError("model")) == "KeyError: 'model'"
-    assert one_line(OSError(errno.ENOSPC, "x", "/p")) == "no space left on device writing /p"
+    assert one_line(OSError(errno.ENOSPC, "x", "/p")) == "no space left on device: /p"

@@ -25,6 +25,9 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent (Debian package chromium; .ci/run installs it)"),
+    # chromium without its driver (Debian package chromium-driver) is a machine that cannot run these: skip, not error
+    pytest.mark.skipif(not Path(CHROMEDRIVER).exists(),
+                       reason=f"{CHROMEDRIVER} is absent (Debian package chromium-driver; .ci/run installs it)"),
 ]
 
 

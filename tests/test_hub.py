@@ -110,10 +110,10 @@ def test_offline_with_empty_cache_is_one_line_naming_model_and_fetch_command(cac
     Image.new("RGB", (8, 8)).save(photo)
     code = main(["segment", str(photo), "--classes", "cat, sky", "--model", "catseg-vitl14", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    assert code == 1 and len(err) == 1
     assert "'catseg-vitl14'" in err[0] and "model_large.pth" in err[0] and "escnet models --fetch catseg-vitl14" in err[0]
 
-    assert main(["models", "--fetch", "tiny-catseg"]) == 2
+    assert main(["models", "--fetch", "tiny-catseg"]) == 1
     assert "escnet models --fetch tiny-catseg" in capsys.readouterr().err
 
 
@@ -313,3 +313,44 @@ def test_push_to_hub_uploads_the_escnet_format_with_its_card(tmp_path, monkeypat
     with pytest.raises(registry.ModelNotFoundError, match="has no model.safetensors"):
         (folder / "model.safetensors").unlink()
         hub.push_to_hub(folder, "me/tiny-catseg")
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "outside"])
+def test_only_regular_files_inside_the_blobs_are_hashed(caches, tiny_catseg, tmp_path, target):
+    """Issue 24 item 8: a cache file symlinked to /dev/zero or a FIFO hung the hashing; a symlink to
+    another file got its hash recorded."""
+    import os
+    import signal
+
+    _, data = tiny_catseg
+    snapshot = put_in_hf_cache(caches, ENTRY.repo_id, {"model_tiny.pth": data}, repo_type="space")
+    link = snapshot / "model_tiny.pth"
+    link.unlink()
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        link.symlink_to(tmp_path / "fifo")
+    elif target == "outside":
+        (tmp_path / "other.pth").write_bytes(data)
+        link.symlink_to(tmp_path / "other.pth")
+    else:
+        link.symlink_to(target)
+
+    def hung(*_):
+        raise AssertionError("hashing hung")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(hub.ChecksumError, match="blobs"):
+            Segmenter.from_pretrained("tiny-catseg", device="cpu")
+    finally:
+        signal.alarm(0)
+    assert hub.known_hashes() == {}
+
+
+def test_a_file_over_the_size_bound_is_not_hashed(caches, tiny_catseg, monkeypatch):
+    _, data = tiny_catseg
+    put_in_hf_cache(caches, ENTRY.repo_id, {"model_tiny.pth": data}, repo_type="space")
+    monkeypatch.setenv("ESCNET_MAX_MODEL_BYTES", "1000")
+    with pytest.raises(hub.ChecksumError, match="over the limit of 1000 bytes .*ESCNET_MAX_MODEL_BYTES"):
+        Segmenter.from_pretrained("tiny-catseg", device="cpu")

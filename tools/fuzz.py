@@ -3,7 +3,9 @@
     OMP_NUM_THREADS=1 python tools/fuzz.py --n 10000 [--seed 0] [--show 10]
 
 Every input is an image (a numpy array of a random dtype / shape / value range, a PIL image of a
-random mode, or a file of a random format, often truncated or with bytes overwritten) and a
+random mode, or a file of a random format, often truncated or with bytes overwritten; sizes include
+empty sides, 1-pixel sides and extreme aspect ratios such as 1 x 1281 and 5000 x 1, the kind that
+found issue 24's item 7), a protocol (single or sliding) and a
 vocabulary (random unicode names with whitespace, control characters, BOMs, separators, long names).
 An input passes when `segment` returns labels of the image's size with ids in [0, T), or raises one
 of the package's named errors (`escnet.errors.EscnetError`: ImageError, VocabularyError, ...).
@@ -40,6 +42,9 @@ def _size(rng: random.Random) -> tuple[int, int]:
         return rng.choice([(0, 0), (0, 5), (5, 0)])
     if pick < 0.15:
         return rng.randint(1, 3), rng.randint(1, 3)
+    if pick < 0.35:  # a 1-pixel side or an extreme aspect ratio (1 x 1281, 5000 x 1, 3 x 2000, ...)
+        thin, long = rng.choice([1, 1, 2, 3]), rng.choice([rng.randint(65, 400), rng.randint(400, 6000)])
+        return (thin, long) if rng.random() < 0.5 else (long, thin)
     return rng.randint(1, 64), rng.randint(1, 64)
 
 
@@ -76,7 +81,10 @@ def random_pil(rng: random.Random, nprng: np.random.Generator) -> Image.Image:
 
 
 def random_file(rng: random.Random, nprng: np.random.Generator, folder: Path, index: int) -> Path:
-    w, h = rng.randint(1, 48), rng.randint(1, 48)
+    w, h = (rng.randint(1, 48), rng.randint(1, 48)) if rng.random() < 0.8 else _size(rng)
+    w, h = max(w, 1), max(h, 1)
+    if max(w, h) > 16383:  # WEBP's / DDS's largest side
+        w, h = min(w, 16383), min(h, 16383)
     fmt = rng.choice(FORMATS)
     image = Image.fromarray(nprng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     if fmt in ("PNG", "TIFF", "WEBP") and rng.random() < 0.3:
@@ -131,13 +139,13 @@ def tiny_segmenter():
     return Segmenter(model, device="cpu", protocol="single")
 
 
-def check_one(segmenter, image, vocabulary) -> str:
+def check_one(segmenter, image, vocabulary, protocol: str = "single") -> str:
     """'ok', the name of the package error raised, or raises AssertionError / any unexpected exception."""
     from escnet.data.images import load_image
     from escnet.errors import EscnetError
 
     try:
-        result = segmenter.segment(image, vocabulary)
+        result = segmenter.segment(image, vocabulary, protocol=protocol)
     except EscnetError as exc:
         return type(exc).__name__
     expected = load_image(image).shape[:2]
@@ -171,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                 image = {"array": lambda: random_array(rng, nprng), "pil": lambda: random_pil(rng, nprng),
                          "file": lambda: random_file(rng, nprng, Path(tmp), i)}[kind]()  # noqa: B023
                 vocabulary = random_vocabulary(rng)
+                protocol = rng.choice(["single", "single", "sliding"])
             except Exception as exc:  # noqa: BLE001 - the generator itself failed: not the package's fault
                 print(f"input {i}: generator error {exc!r}", file=sys.stderr)
                 continue
             try:
-                outcome = check_one(segmenter, image, vocabulary)
+                outcome = check_one(segmenter, image, vocabulary, protocol)
                 if outcome == "ok":
                     counts["ok"] += 1
                 else:

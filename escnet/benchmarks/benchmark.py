@@ -227,7 +227,7 @@ def bench_flops(presets, classes, protocols, readings=("paper", "efficient", "le
                                  "torch_vs_catseg": esc["torch_gflops"] / cat["torch_gflops"]})
                 for row in rows[-2 - len(readings):]:
                     row["paper_vs_catseg_official"] = row["paper_gmacs"] / ref
-                for row in rows[-3 - len(readings):]:
+                for row in rows[-2 - len(readings):]:  # this group's rows: official, escnet, one per reading
                     print(json.dumps(row), flush=True)
     return rows
 

@@ -42,7 +42,7 @@ import json
 import sys
 import time
 
-from escnet.commands.policy import EXIT_CANNOT_START, fail
+from escnet.commands.policy import fail
 from escnet.inference.options import PROTOCOLS
 
 QUICK = {"what": ["flops", "ppg"], "sizes": ["vitb16"], "classes": [150]}
@@ -69,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
         device = str(resolve_device(args.device))
         threads = set_threads(args.threads)
     except ValueError as e:
-        return fail("benchmark", e, EXIT_CANNOT_START)
+        fail(e)
     if any(b < 1 for b in args.batch_sizes) or args.batch_images < 1:
-        return fail("benchmark", f"--batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and "
-                                 f"{args.batch_images}", EXIT_CANNOT_START)
+        fail(f"--batch-sizes and --batch-images must be >= 1, got {args.batch_sizes} and {args.batch_images}")
     out: dict = {"device": device, "torch": torch.__version__, "threads": threads, "dtype": args.dtype,
                  "compile": args.compile, "date": time.strftime("%Y-%m-%d")}
     if device.startswith("cuda"):
@@ -116,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
         out["train"] = bench.bench_train(args.train_size, args.train_classes, args.train_batch, args.train_steps,
                                          args.warmup, device, args.train_checkpointing)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        from escnet.fileio import atomic_write
+
+        text = json.dumps(out, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
     return 0
 
 

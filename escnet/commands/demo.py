@@ -6,7 +6,7 @@ import sys
 
 from escnet import demo as library
 from escnet.commands.arguments import MODEL_HELP, add_half_option, add_runtime_options
-from escnet.commands.policy import EXIT_CANNOT_START, fail, load_segmenter
+from escnet.commands.policy import fail, load_segmenter
 from escnet.demo import INSTALL_HINT, PROTOCOL_CHOICES, DemoLimits, build_demo, import_gradio, launch_demo
 
 
@@ -45,17 +45,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         import_gradio()
     except ImportError as exc:
-        return fail("demo", exc, EXIT_CANNOT_START)
+        fail(exc)
     for name in ("concurrency", "queue_size", "max_file_mb", "max_pixels", "max_classes"):
         if getattr(args, name) <= 0:
-            return fail("demo", f"--{name.replace('_', '-')} must be positive", EXIT_CANNOT_START)
+            fail(f"--{name.replace('_', '-')} must be positive")
     try:
         set_threads(args.threads)
     except ValueError as exc:
-        return fail("demo", exc, EXIT_CANNOT_START)
+        fail(exc)
     limits = DemoLimits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_classes=args.max_classes,
                         concurrency=args.concurrency, queue_size=args.queue_size)
-    segmenter = load_segmenter("demo", args.model, device=args.device, half=args.half, protocol=args.protocol)
+    segmenter = load_segmenter(args.model, device=args.device, half=args.half, protocol=args.protocol)
     demo = build_demo(segmenter, limits)
     # quiet: Gradio's own banner advises "share=True in launch()", which is no use from the CLI.
     _, local_url, share_url = launch_demo(demo, limits, host=args.host, port=args.port, share=args.share,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from escnet.commands.arguments import add_inference_options, add_runtime_options, segmenter_options
-from escnet.commands.policy import EXIT_FAILED, fail, load_segmenter, model_errors
+from escnet.commands.policy import fail, load_segmenter, model_errors
 from escnet.data.datasets import GENERATED, DatasetError
 from escnet.data.vocab import VocabularyError, known_benchmarks
 from escnet.evaluation import evaluate as library
@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         dataset, groups = load_dataset(args.dataset, args.root, args.split, args.classes, args.ignore_label)
         set_threads(args.threads)
-        segmenter = load_segmenter("evaluate", args.model, code=EXIT_FAILED, notice=rank == 0, device=rt.device,
+        segmenter = load_segmenter(args.model, notice=rank == 0, device=rt.device,
                                    **segmenter_options(args))
         output = args.output or str(Path("eval") / (Path(args.dataset).name or "dataset"))
         truncated = args.class_mode == "top256" and len(dataset.prompt_classes) > TOP_K
@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"numbers for this many classes use --class-mode top256", file=sys.stderr)
         results = evaluate(segmenter, dataset, output, limit=args.limit, meta=meta, groups=groups)
     except (DatasetError, VocabularyError, EvaluationError, *model_errors()[:2]) as exc:
-        return fail("evaluate", exc, EXIT_FAILED)
+        fail(exc)
     finally:
         rt.close()
     if rank == 0:

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from escnet.commands.arguments import MODEL_HELP, add_runtime_options
-from escnet.commands.policy import EXIT_CANNOT_START, EXIT_FAILED, fail, load_segmenter
+from escnet.commands.policy import fail, load_segmenter
+
 
 FORMATS = ("onnx",)
 
@@ -57,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     try:
         entries = parse_vocabulary(args.classes)
-        segmenter = load_segmenter("export", args.model, notice=False, device="cpu")
+        segmenter = load_segmenter(args.model, notice=False, device="cpu")
         text = segmenter.text_features(entries)
         path = export_onnx(segmenter.model, text, args.out, text_input=args.text_input)
         error = check_onnx(path, segmenter.model, text, text_input=args.text_input)
     except (ExportError, VocabularyError, FileNotFoundError, ValueError, OSError) as exc:
-        return fail("export", exc, EXIT_CANNOT_START)
+        fail(exc)
     print(f"wrote {path} ({len(entries)} classes, {'text input' if args.text_input else 'vocabulary baked in'}); "
           f"ONNX Runtime vs PyTorch on CPU: max |difference| {error:.2e}", file=sys.stderr)
     if error > args.tolerance:
-        return fail("export", f"the difference exceeds --tolerance {args.tolerance:g}", EXIT_FAILED)
+        fail(f"the difference exceeds --tolerance {args.tolerance:g}")
     return 0

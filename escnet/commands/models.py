@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from escnet import registry
-from escnet.commands.policy import EXIT_CANNOT_START, fail
+from escnet.commands.policy import fail
 
 
 def _cached(entry) -> str:
@@ -48,7 +48,7 @@ def _run_models(args: argparse.Namespace) -> int:
     try:
         path = fetch(args.fetch, args.trust_new)
     except (FileNotFoundError, ValueError, OSError) as exc:  # WeightsError is a ValueError
-        return fail("models", exc, EXIT_CANNOT_START)
+        fail(exc)
     print(f"{args.fetch}: {path}")
     return 0
 

@@ -1,14 +1,13 @@
 """The commands' one error and exit policy.
 
-Exit statuses (escnet.cli.main applies the first and last to whatever a command raises):
+A command that cannot go on calls `fail(problem)` (or lets an EscnetError / OSError / ValueError
+escape); `escnet.cli.main` is the one place that turns it into a message and a status:
 
 - 0: done.
-- 1 (EXIT_FAILED): an error, one line ``escnet: error: ...`` (an exception a command raises) or
-  ``escnet COMMAND: error: ...`` (one it reports itself); also a run in which some inputs failed.
-- 2 (EXIT_CANNOT_START): the command refused to start: a vocabulary, model, device or option value
-  it cannot use, or an optional dependency that is missing (also argparse's status for a bad
-  command line). The commands that return it today (segment, export, demo, models, push,
-  benchmark, pretrain-sam) keep it: their tests pin it.
+- 1 (EXIT_FAILED): an error, printed as one line ``escnet: error: ...``; with ``--debug`` (or
+  ESCNET_DEBUG=1) the traceback instead, the cause's included. Also a run in which some inputs
+  failed (after its summary).
+- 2: argparse's status for a command line it cannot parse (unknown option, missing argument).
 - 130 (EXIT_INTERRUPTED): Ctrl+C.
 
 Torch-free: the commands import this module when the parser is built.
@@ -16,28 +15,28 @@ Torch-free: the commands import this module when the parser is built.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
-from escnet.errors import one_line
+from escnet.errors import CommandError, one_line
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_CANNOT_START = 2
 EXIT_INTERRUPTED = 130
 
 
-def fail(command: str, problem, code: int = EXIT_FAILED) -> int:
-    """Print ``escnet COMMAND: error: PROBLEM`` (an exception as one line) on stderr; return `code`."""
+def fail(problem) -> NoReturn:
+    """End the command: raise CommandError with `problem` (a message, or an exception written as one
+    line and kept as the cause, so --debug shows where it came from)."""
+    if isinstance(problem, BaseException):
+        raise CommandError(one_line(problem)) from problem
+    raise CommandError(str(problem))
+
+
+def report_error(command: str, problem) -> None:
+    """Print ``escnet COMMAND: error: PROBLEM`` on stderr for a failure the command survives (one of
+    several datasets or images); the command then ends with EXIT_FAILED after its summary."""
     text = one_line(problem) if isinstance(problem, BaseException) else str(problem)
     print(f"escnet {command}: error: {text}", file=sys.stderr)
-    return code
-
-
-class CommandFailed(Exception):
-    """A command that has reported its error (`fail`) and ends with `code`."""
-
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 def model_errors() -> tuple[type[BaseException], ...]:
@@ -48,17 +47,16 @@ def model_errors() -> tuple[type[BaseException], ...]:
     return FileNotFoundError, WeightsError, ValueError, OSError
 
 
-def load_segmenter(command: str, model, *, code: int = EXIT_CANNOT_START, notice: bool = True, **options):
-    """`Segmenter.from_pretrained(model, **options)` for a command; a model that cannot be used is
-    reported as ``escnet COMMAND: error: cannot use model: ...`` and raises CommandFailed(code).
+def load_segmenter(model, *, notice: bool = True, **options):
+    """`Segmenter.from_pretrained(model, **options)` for a command; a model that cannot be used ends
+    the command with ``cannot use model: ...`` (CommandError, status 1).
     notice: print the model's notice (e.g. "demonstration only") on stderr."""
     from escnet.inference.segmenter import Segmenter, model_notice
 
     try:
         segmenter = Segmenter.from_pretrained(model, **options)
     except model_errors() as exc:
-        fail(command, f"cannot use model: {one_line(exc)}")
-        raise CommandFailed(code) from None
+        raise CommandError(f"cannot use model: {one_line(exc)}") from exc
     if notice and model_notice(segmenter):
         print(model_notice(segmenter), file=sys.stderr)
     return segmenter

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from escnet.commands.policy import EXIT_FAILED, fail
+from escnet.commands.policy import EXIT_FAILED, report_error
 from escnet.data import prepare as library
 
 
@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
             summary = library.prepare(name, args.root, args.workers, args.force)
         except library.PrepareError as exc:
             # With "all", one missing download should not stop the others.
-            fail(f"prepare {name}", exc)
+            report_error(f"prepare {name}", exc)
             failed += 1
             continue
         print(f"escnet prepare {name}: {json.dumps(summary)}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from escnet.commands.policy import EXIT_CANNOT_START, fail
+from escnet.commands.policy import fail
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        return fail("pretrain-sam", exc, EXIT_CANNOT_START)
+        fail(exc)
     metrics = pretrain(cfg)
     print(format_eval(metrics["eval_before"], metrics["eval"]))
     print(f"escnet pretrain-sam: {metrics['eval']['num_objects']} held-out objects; saved "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from escnet.commands.policy import EXIT_CANNOT_START, fail
+from escnet.commands.policy import fail
 
 
 def _run_push(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def _run_push(args: argparse.Namespace) -> int:
     try:
         info = hub.push_to_hub(args.model_dir, args.repo_id, private=args.private)
     except (FileNotFoundError, ValueError, OSError) as exc:
-        return fail("push", exc, EXIT_CANNOT_START)
+        fail(exc)
     print(f"uploaded {args.model_dir} to {getattr(info, 'commit_url', args.repo_id)}")
     return 0
 

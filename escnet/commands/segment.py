@@ -8,7 +8,8 @@ scores, how the result was made); --format masks,coco adds per-class mask PNGs w
 pipeline-style listing and COCO RLE JSON (see --help of --format). Images are read one batch at
 a time and their views go through the model together (--batch-size). Folders are read non-recursively, taking the files whose extension
 Pillow knows. A file that cannot be read is reported and skipped; the run goes on, prints a
-summary and exits with status 1 if anything failed (2 for an unusable vocabulary or model).
+summary and exits with status 1 if anything failed; an unusable vocabulary or model ends it before any
+image is read (status 1, one line; --debug shows the traceback).
 
 --classes: "cat, dog, sky" (each comma-separated item is a class), "building, edifice; sky"
 (";" separates classes when present, commas are then synonyms), a .txt file (one class per
@@ -24,10 +25,12 @@ from pathlib import Path
 from PIL import Image
 
 from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
-from escnet.commands.policy import EXIT_CANNOT_START, EXIT_FAILED, fail, load_segmenter
-from escnet.data.images import load_image
+from escnet.commands.policy import fail, load_segmenter
+from escnet.data.images import DEFAULT_MAX_PIXELS, load_image
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
 from escnet.inference.outputs import FORMAT_HELP, parse_formats, save_outputs
+from escnet.errors import one_line, shown_path
+from escnet.fileio import check_out_folder
 from escnet.progress import note, progress
 from escnet.runtime import resolve_device, set_threads
 
@@ -48,6 +51,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images whose views go through the model together (default %(default)s)")
     parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="larger images are refused, from their header before decoding (default %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -67,12 +72,12 @@ def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
         if path.is_dir():
             found = _image_files(path, out_dir)
             if not found:
-                problems.append(f"{item}: folder contains no image files")
+                problems.append(f"{shown_path(item)}: folder contains no image files")
             files.extend(found)
         elif path.exists():
             files.append(path)
         else:
-            problems.append(f"{item}: no such file or folder")
+            problems.append(f"{shown_path(item)}: no such file or folder")
     return files, problems
 
 
@@ -97,21 +102,25 @@ def run(args: argparse.Namespace) -> int:
         vocabulary = parse_vocabulary(args.classes)
         device = resolve_device(args.device)
         formats = parse_formats(args.format)
+        if args.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be at least 1, got {args.max_pixels}")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         set_threads(args.threads)
     except (VocabularyError, ValueError) as exc:
-        return fail("segment", exc, EXIT_CANNOT_START)
+        fail(exc)
+    check_out_folder(args.out)  # before the model is loaded, not once per image after it
     files, failures = _collect(args.inputs, args.out)
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
     if not files:
-        return fail("segment", "no images to segment", EXIT_FAILED)
+        fail("no images to segment")
     # loads torch, which building the parser (`escnet --help`) must not
-    segmenter = load_segmenter("segment", args.model, device=device, **segmenter_options(args))
+    segmenter = load_segmenter(args.model, device=device, max_pixels=args.max_pixels, **segmenter_options(args))
 
     def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
-        message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+        shown = shown_path(path)
+        message = one_line(exc) if shown in str(exc) else f"{shown}: {type(exc).__name__}: {one_line(exc)}"
         note(f"error: {message}")
         failures.append(message)
 
@@ -122,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = []
         for path, name in batch:
             try:
-                loaded.append((path, name, load_image(path)))
+                loaded.append((path, name, load_image(path, args.max_pixels)))
             except Exception as exc:
                 report(path, exc)
         try:
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 done += 1
             except Exception as exc:
                 report(path, exc)
-    print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
+    print(f"segmented {done} of {len(files)} image(s) into {shown_path(args.out)}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for problem in failures:

@@ -38,7 +38,7 @@ import argparse
 import json
 import os
 
-from escnet.commands.policy import EXIT_FAILED, fail
+from escnet.commands.policy import fail
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         summary = train(cfg, resume=True if args.resume == "latest" else (args.resume or False))
     except (ConfigError, CheckpointError, TrainingError, DatasetError) as exc:
-        return fail("train", exc, EXIT_FAILED)
+        fail(exc)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
     return 0

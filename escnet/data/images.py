@@ -24,6 +24,11 @@ Size policy:
   antialiased `resize_rgb`), and the final label map is brought back to the full resolution with
   nearest-neighbour upsampling (`resize_labels`). Pillow's decompression-bomb limit (about 179
   megapixels) still applies to files and is reported as an `ImageError`.
+- Pixel limit: `load_image` refuses an image of more than `max_pixels` pixels (default
+  DEFAULT_MAX_PIXELS = 40 megapixels, the demo's; ``max_pixels=`` of `Segmenter`, ``--max-pixels``
+  of `escnet segment`; None turns it off) with an `ImageError` naming the size and the limit. For
+  a file the size is read from its header, before anything is decoded, and Pillow's
+  DecompressionBombWarning is not shown (the limit replaces it).
 - Tiny images (down to 1 x 1) need no special path: every protocol resizes to the model's crop,
   and the label map stays at the input's resolution; overlays are enlarged for display
   (escnet/engine/visualize.py) so their legend stays legible.
@@ -31,15 +36,17 @@ Size policy:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from escnet.errors import EscnetError
+from escnet.errors import EscnetError, shown_path
 
 MAX_SIDE = 4096
+DEFAULT_MAX_PIXELS = 40_000_000  # the demo's default; a 169 Mpx image cost 7.5 GB and 94 s
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -50,34 +57,54 @@ class ImageError(EscnetError, ValueError):
     """An input that cannot be turned into an RGB image (the message names the file or array)."""
 
 
-def load_image(source: ImageInput) -> np.ndarray:
-    """Decode a path, PIL image or array into a uint8 RGB array (H, W, 3) (module docstring)."""
+def check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    """ImageError when width x height exceeds max_pixels (None: no limit), naming the limit and how to raise it."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{name}: the image has {width} x {height} = {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} (raise it with --max-pixels, or max_pixels= of Segmenter / load_image)")
+
+
+def load_image(source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a path, PIL image or array into a uint8 RGB array (H, W, 3) (module docstring); an image
+    of more than max_pixels pixels is an ImageError (for a file, read from its header before decoding)."""
+    if isinstance(max_pixels, bool) or not (max_pixels is None or (isinstance(max_pixels, int) and max_pixels > 0)):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
     if isinstance(source, (str, os.PathLike)):
-        return _from_file(Path(source))
+        return _from_file(Path(source), max_pixels)
     if isinstance(source, Image.Image):
+        if source.width and source.height:
+            check_pixels(source.width, source.height, max_pixels, "the PIL image")
         return _from_pil(source, "the PIL image")
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            check_pixels(source.shape[1], source.shape[0], max_pixels, f"array of shape {tuple(source.shape)}")
         return _from_array(source)
     raise ImageError(f"expected a file path, a PIL image or a numpy array, got {type(source).__name__}")
 
 
-def _from_file(path: Path) -> np.ndarray:
+def _from_file(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{shown_path(path)}: no such file")
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image file")
+        raise ImageError(f"{shown_path(path)}: is a directory, not an image file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _from_pil(image, str(path))
+        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: our limit is checked instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            check_pixels(image.width, image.height, max_pixels, shown_path(path))  # from the header: nothing decoded yet
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+            return _from_pil(image, shown_path(path))
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (format not recognised)") from None
+        raise ImageError(f"{shown_path(path)}: not an image file (format not recognised)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: image too large to decode safely ({exc})") from None
+        raise ImageError(f"{shown_path(path)}: image too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - a crafted file can break a decoder in any way (struct.error, IndexError, ...)
-        raise ImageError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{shown_path(path)}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:

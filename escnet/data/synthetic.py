@@ -274,8 +274,9 @@ def write_generated(folder: Path, vocab, write_one, workers: int, force: bool, n
 def write_example(image_path: str | Path, classes_path: str | Path, index: int = 4, size: int = IMAGE_SIZE) -> list[str]:
     """Write an example scene (seen and unseen objects) and the 13-class list to prompt it with."""
     image, _ = scene("example", index, size)
-    Image.fromarray(image).save(image_path)
     names = list(vocabulary().all)
-    Path(classes_path).write_text("\n".join(names) + "\n")
+    atomic_write(image_path, lambda tmp: Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(
+        Path(image_path).suffix.lower(), "PNG")))
+    atomic_write(classes_path, lambda tmp: tmp.write_text("\n".join(names) + "\n"))
     return names
 

@@ -27,7 +27,9 @@ from PIL import Image
 
 
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """(new H, new W) of detectron2's ResizeShortestEdge.get_output_shape (its rounding included)."""
+    """(new H, new W) of detectron2's ResizeShortestEdge.get_output_shape (its rounding included), each at
+    least 1: for an extreme aspect ratio (1 x 1281 with max_size 424) the max_size rescale rounds the short
+    side to 0, where detectron2 would fail; it is kept at 1 pixel."""
     scale = short / min(height, width)
     if height < width:
         new_h, new_w = short, scale * width
@@ -36,7 +38,7 @@ def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tu
     if max(new_h, new_w) > max_size:
         rescale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,12 @@ Accepted specifications (`parse_vocabulary`):
 Names are normalised: whitespace runs inside a name become one space and a byte-order mark (a
 UTF-8 file's BOM) is dropped. Empty names, duplicate classes (identical entries after
 normalisation, case-insensitive: "dark red, dark  red" is one class given twice) and empty
-vocabularies are errors (`VocabularyError`). Entries that differ but share a first synonym are allowed (ADE-847 has
+vocabularies are errors (`VocabularyError`).
+
+Bounds (checked before anything is allocated for them): a vocabulary file is read only if it has at
+most `max_vocabulary_bytes()` bytes (default 4 MiB, ``ESCNET_MAX_VOCAB_BYTES`` raises it), a
+vocabulary has at most `max_classes()` classes (default 10,000, ``ESCNET_MAX_CLASSES``) and a class
+entry at most MAX_ENTRY_CHARS characters. Entries that differ but share a first synonym are allowed (ADE-847 has
 several); they get the same text features, so the lower id wins their ties.
 
 This module is the one reader of class files (`read_class_file`: benchmark vocabularies, a
@@ -30,6 +35,7 @@ folder layouts by these names.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -67,6 +73,34 @@ _BY_NAME = {spelling.lower(): b for b in BENCHMARKS for spelling in (b.name, *b.
 # ("ade151"), not a one-class vocabulary, so it is reported instead of segmented.
 _BENCHMARK_LIKE = re.compile(r"^(coco|ade|pc|voc)\d+b?$", re.IGNORECASE)
 
+DEFAULT_MAX_VOCAB_BYTES = 4 * 2**20  # ADE-847's list is 9 KB; 4 MiB holds ~400,000 short names
+DEFAULT_MAX_CLASSES = 10_000  # 12 x ADE-847; every class is encoded and scored for every image
+MAX_ENTRY_CHARS = 1000  # CLIP reads at most 77 tokens of a name
+
+
+def _env_limit(variable: str, default: int) -> int:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise VocabularyError(f"{variable} must be a positive integer, got {text!r:.40}") from None
+    if value < 1:
+        raise VocabularyError(f"{variable} must be a positive integer, got {value}")
+    return value
+
+
+def max_vocabulary_bytes() -> int:
+    """The largest vocabulary file read: $ESCNET_MAX_VOCAB_BYTES, else DEFAULT_MAX_VOCAB_BYTES."""
+    return _env_limit("ESCNET_MAX_VOCAB_BYTES", DEFAULT_MAX_VOCAB_BYTES)
+
+
+def max_classes() -> int:
+    """The most classes a vocabulary may have: $ESCNET_MAX_CLASSES, else DEFAULT_MAX_CLASSES."""
+    return _env_limit("ESCNET_MAX_CLASSES", DEFAULT_MAX_CLASSES)
+
+
 VocabularySpec = Union[str, Path, Sequence[Union[str, Sequence[str]]]]
 
 
@@ -85,6 +119,8 @@ def _normalise(name: str) -> str:
 
 
 def _entry(synonyms: Sequence[str], where: str) -> str:
+    if sum(len(s) for s in synonyms) > MAX_ENTRY_CHARS:
+        raise VocabularyError(f"class at {where} has over {MAX_ENTRY_CHARS} characters; a class name is a few words")
     names = [_normalise(s) for s in synonyms]
     if not names or not names[0]:
         raise VocabularyError(f"empty class name at {where}")
@@ -109,7 +145,15 @@ def _check(entries: list[str], source: str) -> list[str]:
     return entries
 
 
+def _check_count(count: int, source: str) -> None:
+    limit = max_classes()
+    if count > limit:
+        raise VocabularyError(f"{source} has {count} classes, over the limit of {limit} "
+                              f"(raise it with ESCNET_MAX_CLASSES={count})")
+
+
 def _from_items(items: Sequence, source: str) -> list[str]:
+    _check_count(len(items), source)
     entries = []
     for i, item in enumerate(items):
         where = f"class {i + 1} of {source}"
@@ -124,6 +168,9 @@ def _from_items(items: Sequence, source: str) -> list[str]:
 
 def _from_string(text: str) -> list[str]:
     source = "the class string"
+    if len(text) > max_vocabulary_bytes():
+        raise VocabularyError(f"{source} has {len(text)} characters, over the limit of {max_vocabulary_bytes()} "
+                              f"(raise it with ESCNET_MAX_VOCAB_BYTES)")
     if ";" in text:
         items = text.split(";")
     else:
@@ -216,8 +263,15 @@ def read_class_file(path: str | Path, what: str = "class file") -> list[str]:
         raise VocabularyError(f"{shown} cannot be opened ({exc.__class__.__name__})") from None
     if not found:
         raise VocabularyError(f"{shown} not found")
+    limit = max_vocabulary_bytes()
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first name
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:  # the size, then what was read (a file that grew)
+            raise VocabularyError(f"{shown} has {max(size, len(data))} bytes, over the limit of {limit} for a "
+                                  f"vocabulary file (raise it with ESCNET_MAX_VOCAB_BYTES={max(size, len(data))})")
+        text = data.decode("utf-8-sig")  # -sig: a BOM is not part of the first name
     except UnicodeDecodeError:
         raise VocabularyError(f"{shown} is not UTF-8 text") from None
     except OSError as exc:

@@ -29,6 +29,7 @@ from escnet.progress import progress as progress_of
 
 # results.json says which large-vocabulary mode ran and what it reproduces
 CLASS_MODE_NOTES = {
+from escnet.fileio import atomic_write_all
     "exact": "every class scored (exact all-class inference); CAT-Seg's published ADE-847 / PC-459 "
              "numbers used top256 instead",
     "top256": "CAT-Seg's truncation: per view only the 256 classes with the highest CLIP score are "
@@ -131,8 +132,9 @@ def evaluate(
     if output_dir is not None and rank == 0:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "confusion_matrix.npy", matrix)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        text = json.dumps(results, indent=1)
+        atomic_write_all({out / "confusion_matrix.npy": lambda tmp: np.save(tmp, matrix),  # tmp ends in .npy
+                          out / "results.json": lambda tmp: tmp.write_text(text)})
     return results
 
 

@@ -5,6 +5,7 @@ What is exported, what it needs and what cannot be exported yet are described wi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -76,6 +77,29 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     return op.MatMul(op.Softmax(scores, axis=-1), value)
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's own chatter, none of it about this model: "torchvision is not installed. Skipping
+    torchvision::nms" (torch.onnx's registry of ops escnet does not use), "Skipping constant folding for op
+    Split with multiple outputs" (onnxscript's optimiser leaving an op as it is) and torch-internal
+    FutureWarnings. Silenced while exporting; errors still raise, and the result is checked by `check_onnx`."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _require_onnx() -> None:
     missing = []
     for name in ("onnx", "onnxscript", "onnxruntime"):
@@ -107,12 +131,14 @@ def export_onnx(model: nn.Module, text: torch.Tensor, path, text_input: bool = F
     # swin.window_attention_mask caches its tensors process-wide: tracing would leave fake
     # tensors in that cache, and every later forward of any CAT-Seg model would return them.
     window_attention_mask.cache_clear()
+    wrapper.eval()  # a fresh wrapper module is in training mode, which the exporter warns about
     try:
-        program = torch.onnx.export(
-            wrapper, args, dynamo=True, input_names=names, output_names=["probs"], dynamic_shapes=shapes,
-            custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: _attention},
-            verbose=False,
-        )
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                wrapper, args, dynamo=True, input_names=names, output_names=["probs"], dynamic_shapes=shapes,
+                custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: _attention},
+                verbose=False,
+            )
     except Exception as exc:
         raise ExportError(f"the exporter failed on this {model.cfg.arch} model: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0]}") from exc

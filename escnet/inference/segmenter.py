@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from escnet.data.images import MAX_SIDE, ImageInput, load_image, resize_labels, working_size
+from escnet.data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, ImageInput, load_image, resize_labels, working_size
 from escnet.data.vocab import VocabularySpec, display_name, parse_vocabulary
 from escnet.inference import visualize
 from escnet.inference.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
@@ -200,7 +200,8 @@ class Segmenter:
 
     protocol: "sliding" (default, CAT-Seg's evaluation) or "single"; resize: "official" (default,
     CAT-Seg's exact resizes) or "antialias" (escnet.inference.protocol); class_mode: "exact" or "top256"; memory_budget_mb bounds per-class activation memory in exact mode (None: one pass);
-    max_side: the large-image limit; half: float16 autocast on CUDA (bfloat16 on CPU).
+    max_side: the large-image limit; max_pixels: the largest image accepted (default 40 Mpx, None: no limit;
+    a file's size is read from its header before decoding); half: float16 autocast on CUDA (bfloat16 on CPU).
     Text features are cached per vocabulary in memory, so a folder of images encodes its classes
     once, and on disk (escnet.inference.text_cache), so the next process does not encode them again;
     text_cache: False turns the disk cache off (None: on unless ESCNET_TEXT_CACHE=0).
@@ -217,6 +218,7 @@ class Segmenter:
         max_side: int = MAX_SIDE,
         resize: str = "official",
         text_cache: Optional[bool] = None,
+        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     ):
         _check_choice("protocol", protocol, PROTOCOLS)
         _check_choice("resize", resize, RESIZE_MODES)
@@ -234,6 +236,8 @@ class Segmenter:
         self.class_mode = class_mode
         self.memory_budget_mb = memory_budget_mb
         self.max_side = max_side
+        load_image(np.zeros((1, 1, 3), np.uint8), max_pixels)  # checks the value: a positive integer or None
+        self.max_pixels = max_pixels
         self.checkpoint: Optional[str] = None  # where the model came from, recorded in results
         self.description: Optional[str] = None  # what the checkpoint says it is for (its NOTICE.txt)
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
@@ -257,6 +261,14 @@ class Segmenter:
         segmenter = cls(load_pretrained(path), device=device, **options)
         segmenter.checkpoint = str(path)
         segmenter.description = model_description(path)
+        if path_or_name is None:
+            import warnings
+
+            from escnet.errors import DemonstrationModelWarning
+
+            warnings.warn(f"no model given: using the bundled {Path(path).name}. {segmenter.description or ''} "
+                          "Pass a model, e.g. Segmenter.from_pretrained('catseg-vitl14') (`escnet models` lists them).",
+                          DemonstrationModelWarning, stacklevel=2)
         return segmenter
 
     def _autocast(self):
@@ -331,10 +343,10 @@ class Segmenter:
         entries = parse_vocabulary(classes)
         text = self.text_features(entries)
         if not isinstance(image, (list, tuple)):
-            return self._segment_batch([load_image(image)], entries, text, protocol, class_mode, resize, return_probs)[0]
+            return self._segment_batch([load_image(image, self.max_pixels)], entries, text, protocol, class_mode, resize, return_probs)[0]
         results = []
         for start in range(0, len(image), batch_size):
-            rgbs = [load_image(item) for item in image[start:start + batch_size]]
+            rgbs = [load_image(item, self.max_pixels) for item in image[start:start + batch_size]]
             results.extend(self._segment_batch(rgbs, entries, text, protocol, class_mode, resize, return_probs))
         return results
 

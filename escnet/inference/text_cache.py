@@ -12,7 +12,10 @@ vocabulary under one model. The key is a sha256 over everything the features dep
 
 The key is also stored inside the file and checked on reading, with the tensor's dtype, shape
 (T rows, the model's embedding width) and finiteness: a corrupt, truncated or mismatching file is
-ignored and rewritten. Files appear by an atomic rename (escnet.fileio), so concurrent processes
+ignored and rewritten. Anyone can compute a key (weights, template and names are public), so every
+file is also sealed: an HMAC-SHA256 of its key and feature bytes under this user's secret
+(escnet.fileio.local_secret, mode 0600 in the cache folder). A file planted or copied into the cache,
+or altered, fails the seal and is recomputed, never used. Files appear by an atomic rename (escnet.fileio), so concurrent processes
 see a complete file or none. A cache folder that cannot be written only makes the run slower.
 
 Off with `Segmenter(text_cache=False)`, `ESCNET_TEXT_CACHE=0`, or `--no-text-cache` on the CLI.
@@ -20,6 +23,7 @@ Off with `Segmenter(text_cache=False)`, `ESCNET_TEXT_CACHE=0`, or `--no-text-cac
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -30,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from escnet.inference.options import TEXT_CACHE_ENV as ENV
-from escnet.fileio import atomic_write
+from escnet.fileio import atomic_write, local_secret
 from escnet.hub import cache_dir
 
 FOLDER = "text_embeddings"
@@ -94,6 +98,14 @@ class TextCache:
         }
         return hashlib.sha256(json.dumps(recipe, ensure_ascii=True).encode()).hexdigest()
 
+    def _seal(self, key: str, feats: torch.Tensor) -> Optional[str]:
+        """HMAC-SHA256 of the key and the features' bytes under this user's secret (None: no secret)."""
+        secret = local_secret(self.root or folder())
+        if secret is None:
+            return None
+        data = feats.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return hmac.new(secret, key.encode() + b"|" + data, hashlib.sha256).hexdigest()
+
     def path(self, key: str) -> Path:
         return (self.root or folder()) / f"{key}.safetensors"
 
@@ -104,7 +116,8 @@ class TextCache:
             return None
         try:
             with safe_open(str(path), framework="pt") as handle:
-                stored_key = (handle.metadata() or {}).get("key")
+                metadata = handle.metadata() or {}
+                stored_key, seal = metadata.get("key"), metadata.get("seal")
                 feats = handle.get_tensor("features") if "features" in handle.keys() else None
         except (SafetensorError, OSError, ValueError, RuntimeError):
             return None
@@ -112,13 +125,19 @@ class TextCache:
         if (stored_key != key or feats is None or feats.dtype != torch.float32
                 or tuple(feats.shape) != (num_classes, width) or not torch.isfinite(feats).all()):
             return None
+        expected = self._seal(key, feats)
+        if expected is None or not isinstance(seal, str) or not hmac.compare_digest(seal, expected):
+            return None  # not written by escnet for this user, or altered since: recomputed
         return feats
 
     def store(self, key: str, feats: torch.Tensor) -> None:
         path = self.path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            seal = self._seal(key, feats)
+            if seal is None:
+                return  # no secret: a file that could not be verified later is not written
             atomic_write(path, lambda tmp: save_file({"features": feats.detach().cpu().contiguous()}, str(tmp),
-                                                     metadata={"key": key, "format": FORMAT}))
+                                                     metadata={"key": key, "format": FORMAT, "seal": seal}))
         except OSError:
             pass  # an unwritable cache is only a slower next run

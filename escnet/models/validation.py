@@ -123,6 +123,12 @@ def _check_range(value, name: str, where: str) -> None:
         raise ConfigValidationError(f"{where}: {name} = {value} is outside the allowed range {low:g}..{high:g}")
 
 
+def check_ranges(values: Mapping[str, float], where: str) -> None:
+    """Check sizes read from a weight file (not a config) against the same `RANGES` rows, naming the field."""
+    for name, value in values.items():
+        _check_range(value, name, where)
+
+
 def validate_fields(cls, data, where: str) -> dict:
     """Check raw values (a dict from JSON / TOML / overrides) for the dataclass `cls` before it is built.
 

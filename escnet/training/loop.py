@@ -343,6 +343,14 @@ class MetricsLog:
             self.tb.close()
 
 
+def _logged_eval(directory: Path, step: int) -> dict | None:
+    """The evaluation metrics.jsonl records for `step`, else None."""
+    path = directory / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+    found = [r["eval"] for line in lines if (r := _record(line)) and r.get("step") == step and "eval" in r]
+    return found[-1] if found else None
+
+
 def _check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     old = config_from_dict(saved, f"checkpoint {path}").to_dict()
     new = cfg.to_dict()
@@ -456,12 +464,24 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
                                         "scheduler": scheduler.state_dict(), "config": cfg.to_dict()},
                             keep_last=cfg.keep_last)
         if eval_split is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == end):
-            metrics = evaluate_model(model, eval_split, cfg, rt.device)
-            summary["eval"] = metrics
-            if rt.main:
-                log.write({"step": step, "eval": metrics})
-                print(f"step {step}: evaluation on {cfg.eval_dataset}/{cfg.eval_split}: "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+            evaluate_at(step)
+
+    def evaluate_at(step: int) -> None:
+        metrics = evaluate_model(model, eval_split, cfg, rt.device)
+        summary["eval"] = metrics
+        if rt.main:
+            log.write({"step": step, "eval": metrics})
+            print(f"step {step}: evaluation on {cfg.eval_dataset}/{cfg.eval_split}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+
+    # resumed at a step whose evaluation was due: one killed before it finished is run again (else its
+    # model would be written without it); a finished one is taken from metrics.jsonl
+    if eval_split is not None and start and ((cfg.eval_every and start % cfg.eval_every == 0) or start == end):
+        logged = _logged_eval(out, start)
+        if logged is None:
+            evaluate_at(start)
+        else:
+            summary["eval"] = logged
 
     try:
         run_steps(objective, batches, optimizer, scheduler, range(start + 1, end + 1), cfg, rt.device, autocast,

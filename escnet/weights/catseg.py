@@ -34,6 +34,7 @@ from torch import Tensor
 from escnet.models.catseg import CATSeg, CATSegConfig
 from escnet.models.clip import resize_pos_embed
 from escnet.models.swin import effective_window, window_attention_mask
+from escnet.models.validation import validate_config
 from escnet.weights.clip import convert_openai_state_dict
 from escnet.weights.common import WeightsError, check_keys, check_shapes, read_state_dict
 
@@ -117,9 +118,12 @@ def infer_config(sd: dict[str, Tensor], source: str = "CAT-Seg checkpoint") -> C
     if "transformer.layers.0.attention.padding_tokens" not in sd:
         fields.update(pad_len=0, class_truncation=None)
     try:
-        return CATSegConfig(**fields)
+        cfg = CATSegConfig(**fields)
     except ValueError as e:
         raise WeightsError(f"{source}: inconsistent CAT-Seg sizes ({e})") from None
+    # the same checks as a config.json: types, ranges and the parameter bound (counted on the meta device)
+    validate_config(cfg, f"{source}: CAT-Seg config inferred from its tensor shapes", CATSeg)
+    return cfg
 
 
 def load_catseg_checkpoint(path: str | os.PathLike, cfg: CATSegConfig | None = None) -> tuple[CATSegConfig, dict[str, Tensor]]:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from escnet.models.clip import CLIP, CLIPConfig, default_skip_layers, resize_pos_embed
+from escnet.models.validation import validate_config
 from escnet.weights.common import (WeightsError, check_keys, check_shapes, is_torchscript, read_state_dict,
                                    read_torchscript_state_dict)
 
@@ -141,7 +142,7 @@ def _infer_config(sizes: dict, image_size: int | None, source: str) -> CLIPConfi
         if sizes.get(f"{tower}_heads") is None:
             sizes[f"{tower}_heads"] = max(sizes[f"{tower}_width"] // 64, 1)
     try:
-        return CLIPConfig(
+        cfg = CLIPConfig(
             embed_dim=sizes["embed_dim"], image_size=image_size, patch_size=patch,
             vision_width=sizes["vision_width"], vision_layers=sizes["vision_layers"], vision_heads=sizes["vision_heads"],
             text_width=sizes["text_width"], text_layers=sizes["text_layers"], text_heads=sizes["text_heads"],
@@ -150,6 +151,9 @@ def _infer_config(sizes: dict, image_size: int | None, source: str) -> CLIPConfi
         )
     except ValueError as e:
         raise WeightsError(f"{source}: inconsistent sizes ({e})") from None
+    # the same checks as a config.json: types, ranges and the parameter bound (counted on the meta device)
+    validate_config(cfg, f"{source}: CLIP config inferred from its tensor shapes", CLIP)
+    return cfg
 
 
 def _grid(pos: Tensor, source: str) -> int:

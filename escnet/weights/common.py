@@ -47,6 +47,22 @@ def check_keys(expected: Iterable[str], got: Iterable[str], source: str, *, allo
         raise WeightsError("\n".join(parts))
 
 
+def check_layout(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors whose strides make elements share memory (a zero stride, or rows that overlap): a
+    weight file stores every element once, and such a tensor declares far more values than its file
+    holds (a 1-row storage expanded to 20 M rows), which the first copy would allocate."""
+    for key, t in sd.items():
+        if not isinstance(t, torch.Tensor) or t.numel() <= 1 or t.layout != torch.strided:
+            continue
+        need = 1
+        for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+            if stride < need:
+                kind = "a zero stride" if stride == 0 else "overlapping strides"
+                raise WeightsError(f"{source}: tensor {key} of shape {tuple(t.shape)} has {kind} {tuple(t.stride())} "
+                                   f"(its elements share memory); a weight file stores each value once")
+            need = stride * size
+
+
 def check_shapes(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise WeightsError naming every key whose tensor shape differs."""
     bad = [f"{k}: file {tuple(got[k].shape)} vs model {tuple(v.shape)}"
@@ -63,6 +79,28 @@ _STORAGE_DTYPES = {
 # the class header TorchScript writes into code/*.py: class Name(Module):\n  __parameters__ = [...]\n  __buffers__ = [...]
 _CLASS_HEADER = re.compile(r'^class (\w+)\(Module\):\n  __parameters__ = \[([^\]\n]*)\]\n  __buffers__ = \[([^\]\n]*)\]',
                            re.MULTILINE)
+
+
+# Bounds on what a TorchScript archive may declare, checked from each member's zip header before it is read
+# (a member's declared size also bounds what reading it decompresses). OpenAI's ViT-L/14 archive: code/ files
+# of a few KB, data.pkl ~100 KB, tensor storages stored uncompressed.
+MAX_CODE_BYTES = 16 * 2**20  # one code/*.py member
+MAX_CODE_TOTAL = 64 * 2**20  # all of them
+MAX_PICKLE_BYTES = 64 * 2**20  # data.pkl
+MAX_RATIO = 100  # declared size / compressed size of a member above 1 MiB (deflate's worst case is ~1000)
+
+
+def _checked_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> zipfile.ZipInfo:
+    """The ZipInfo of `name`, refused when its declared size exceeds `limit` or its compression ratio
+    MAX_RATIO (a zip bomb), before a byte of it is decompressed."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise WeightsError(f"{source}: archive member {name} declares {info.file_size} bytes, over the limit of "
+                           f"{limit} for it (not a weight file's layout)")
+    if info.file_size > 2**20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise WeightsError(f"{source}: archive member {name} inflates {info.file_size / max(info.compress_size, 1):.0f}"
+                           f"-fold, over the limit of {MAX_RATIO} (a zip bomb)")
+    return info
 
 
 class _ScriptObject:
@@ -129,19 +167,25 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             if not isinstance(numel, int) or info.file_size != numel * itemsize:
                 raise WeightsError(f"{self.source}: storage {key!r} has {info.file_size} bytes, "
                                    f"expected {numel} x {itemsize}")
+            _checked_member(self.archive, info.filename, info.file_size, self.source)  # the ratio check
             raw = bytearray(self.archive.read(info))
             self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
         return self.storages[key]
 
 
-def _class_headers(archive: zipfile.ZipFile, prefix: str) -> dict[str, tuple[list[str], list[str]]]:
+def _class_headers(archive: zipfile.ZipFile, prefix: str, source: str) -> dict[str, tuple[list[str], list[str]]]:
     """qualified class name -> (parameter names, buffer names), read as text from the archive's code/ files."""
-    out = {}
+    out, total = {}, 0
     for name in archive.namelist():
         if not (name.startswith(prefix + "code/") and name.endswith(".py")):
             continue
         module = name[len(prefix + "code/"):-len(".py")].replace("/", ".")
-        text = archive.read(name).decode("utf-8", errors="replace")
+        info = _checked_member(archive, name, MAX_CODE_BYTES, source)
+        total += info.file_size
+        if total > MAX_CODE_TOTAL:
+            raise WeightsError(f"{source}: the archive's code/ members declare over {MAX_CODE_TOTAL} bytes in all, "
+                               f"the limit (not a weight file's layout)")
+        text = archive.read(info).decode("utf-8", errors="replace")
         for cls, params, buffers in _CLASS_HEADER.findall(text):
             out[f"{module}.{cls}"] = (re.findall(r'"([^"]*)"', params), re.findall(r'"([^"]*)"', buffers))
     return out
@@ -197,12 +241,15 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         if len(pkls) != 1:
             raise WeightsError(f"{path}: expected one <name>/data.pkl in the TorchScript archive, found {len(pkls)}")
         prefix = pkls[0][: -len("data.pkl")]
-        byteorder = archive.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in archive.namelist() else "little"
+        byteorder = "little"
+        if prefix + "byteorder" in archive.namelist():
+            info = _checked_member(archive, prefix + "byteorder", 16, path)
+            byteorder = archive.read(info).decode(errors="replace").strip()
         if byteorder != "little":
-            raise WeightsError(f"{path}: {byteorder}-endian archives are not supported")
-        headers = _class_headers(archive, prefix)
+            raise WeightsError(f"{path}: {byteorder[:16]!r}-endian archives are not supported")
+        headers = _class_headers(archive, prefix, path)
         try:
-            with archive.open(pkls[0]) as f:
+            with archive.open(_checked_member(archive, pkls[0], MAX_PICKLE_BYTES, path)) as f:
                 root = _TorchScriptUnpickler(f, archive, prefix, path).load()
         except WeightsError:
             raise
@@ -212,7 +259,30 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         raise WeightsError(f"{path}: the archive does not hold a TorchScript module")
     out: dict[str, torch.Tensor] = {}
     _collect(root, "", headers, out, path)
+    check_layout(out, path)
     return out
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors a .safetensors file declares, as meta tensors of their shapes and dtypes: read from its
+    header alone (nothing is loaded), so a model can be checked against a file before memory is committed."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            out = {}
+            for key in f.keys():
+                part = f.get_slice(key)
+                dtype = getattr(torch, _SAFETENSORS_DTYPES.get(part.get_dtype(), "uint8"))
+                out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    return out
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -248,4 +318,5 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    check_layout(obj, path)
     return obj

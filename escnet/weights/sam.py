@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from escnet.models.sam import PromptEncoder, TwoWayTransformer
+from escnet.models.validation import check_ranges
 from escnet.weights.common import WeightsError, check_keys, check_shapes, read_state_dict
 
 NUM_MASK_TOKENS = 4  # SAM: 3 multimask outputs + 1 single-mask output
@@ -86,7 +87,7 @@ def _to_our_name(key: str, fmt: str) -> str | None:
     return _rename(key, _OFFICIAL, reverse=True)
 
 
-def _expected(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+def _expected(sd: dict[str, Tensor], source: str = "SAM weights") -> dict[str, Tensor]:
     """Meta tensors (no memory) for every key our modules have, with dims read from `sd` (our names).
 
     Dims that cannot be read fall back to SAM's, so absent keys are reported by name later.
@@ -100,6 +101,9 @@ def _expected(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     internal = dim("transformer.final_attn_token_to_image.q_proj.weight", 0, embed_dim // 2)
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))}
     depth = max(layers) + 1 if layers else 2
+    # the sizes a file declares are bounded like a config's before anything (even on meta) is built
+    check_ranges({"sam_dim": embed_dim, "sam_mask_in_chans": mask_in_chans, "sam_mlp_dim": mlp_dim,
+                  "sam_depth": depth}, f"{source}: sizes read from its tensor shapes")
     with torch.device("meta"):
         # Heads do not change any tensor shape; 1 always divides the attention width.
         pe = PromptEncoder(embed_dim, mask_in_chans=mask_in_chans)
@@ -119,7 +123,7 @@ def _convert(sd: dict[str, Tensor], fmt: str, source: str) -> dict[str, Tensor]:
         name = _to_our_name(k, fmt)
         if name is not None:
             ours[name] = v
-    expected = {_to_file_name(k, fmt): v for k, v in _expected(ours).items()}
+    expected = {_to_file_name(k, fmt): v for k, v in _expected(ours, source).items()}
     check_keys(expected, sd, source)
     check_shapes(expected, sd, source)
     return ours

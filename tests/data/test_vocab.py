@@ -298,3 +298,24 @@ def test_a_class_string_that_looks_like_an_unopenable_file_is_a_vocabulary_error
         parse_vocabulary("x" * 5000 + "; cat.txt")  # found by tools/fuzz.py: OSError "File name too long"
     with pytest.raises(VocabularyError, match="not found"):
         parse_vocabulary("a\x00b.txt")
+
+
+def test_vocabulary_bounds_name_the_limit_and_how_to_raise_it(tmp_path, monkeypatch):
+    from escnet.data.vocab import DEFAULT_MAX_CLASSES
+
+    with pytest.raises(VocabularyError, match=f"over the limit of {DEFAULT_MAX_CLASSES} .*ESCNET_MAX_CLASSES"):
+        parse_vocabulary([f"c{i}" for i in range(DEFAULT_MAX_CLASSES + 1)])
+    monkeypatch.setenv("ESCNET_MAX_CLASSES", "3")
+    with pytest.raises(VocabularyError, match="4 classes, over the limit of 3"):
+        parse_vocabulary("a, b, c, d")
+    assert parse_vocabulary("a, b, c") == ["a", "b", "c"]
+    big = tmp_path / "big.txt"
+    big.write_text("cat\n" * 300)
+    monkeypatch.setenv("ESCNET_MAX_VOCAB_BYTES", "1000")
+    with pytest.raises(VocabularyError, match="1200 bytes, over the limit of 1000 .*ESCNET_MAX_VOCAB_BYTES"):
+        parse_vocabulary(big)
+    monkeypatch.setenv("ESCNET_MAX_VOCAB_BYTES", "lots")
+    with pytest.raises(VocabularyError, match="ESCNET_MAX_VOCAB_BYTES must be a positive integer"):
+        parse_vocabulary(big)
+    with pytest.raises(VocabularyError, match="over 1000 characters"):
+        parse_vocabulary(["x" * 1001])

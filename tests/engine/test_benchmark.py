@@ -168,7 +168,7 @@ def test_label_agreement_counts_pixels_and_confident_pixels():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
 def test_cuda_without_a_gpu_is_a_one_line_error(capsys):
-    assert main(["benchmark", "--what", "roofline", "--device", "cuda"]) == 2
+    assert main(["benchmark", "--what", "roofline", "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA GPU is available" in err
 
@@ -254,4 +254,15 @@ def test_batch_section_reports_images_per_second_per_batch_size(tmp_path, capsys
         assert "error" not in r, r
         assert r["images"] == 2 and r["images_per_s"] == pytest.approx(2 / r["seconds"]) and r["peak_mem_MiB"] > 0
     assert "| size | T | protocol | model | batch | images/s | x batch 1 | peak MiB |" in capsys.readouterr().out
-    assert main(["benchmark", "--what", "batch", "--batch-sizes", "0"]) == 2
+    assert main(["benchmark", "--what", "batch", "--batch-sizes", "0"]) == 1
+
+
+def test_flops_rows_are_printed_once_each(capsys):
+    """Issue 24 item 13: the progress lines repeated the previous group's last row from the second group on."""
+    import json as json_mod
+
+    from escnet.engine.benchmark import bench_flops
+
+    rows = bench_flops(["vitb16"], [20], ["single", "sliding"], readings=("paper",))
+    printed = [json_mod.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed == rows and len(rows) == 6

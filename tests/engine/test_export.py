@@ -53,3 +53,23 @@ def test_escnet_export_says_why_not_and_what_can(tmp_path):
     with pytest.raises(ExportError, match="pseudo prompt generator.*Closest exportable form"):
         export_onnx(model, torch.randn(3, model.cfg.clip.embed_dim), tmp_path / "escnet.onnx")
     assert "aten.sort.stable" in ESCNET_LIMITATION and not (tmp_path / "escnet.onnx").exists()
+
+
+def test_cli_export_prints_only_its_result(tmp_path):
+    """Issue 24 item 13: `escnet export` printed ~15 lines of exporter warnings, "training mode" among them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from escnet.lifecycle import save_pretrained
+
+    torch.manual_seed(0)
+    save_pretrained(create_model("catseg", "tiny"), tmp_path / "model")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "escnet", "export", "--model", str(tmp_path / "model"),
+                           "--classes", "cat, dog", "--out", str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"wrote {tmp_path / 'm.onnx'}"), lines

@@ -132,14 +132,14 @@ def test_vocabulary_files_and_benchmarks(model_dir, tmp_path):
 ])
 def test_bad_vocabulary_stops_before_any_work(classes, message, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["segment", str(photos), "--classes", classes, "--model", "unused", "--out", str(out)]) == 2
+    assert main(["segment", str(photos), "--classes", classes, "--model", "unused", "--out", str(out)]) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_missing_model_path(photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["segment", str(photos), "--classes", "cat", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert main(["segment", str(photos), "--classes", "cat", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 1
     assert f"cannot use model: model path '{tmp_path / 'nope'}' does not exist" in capsys.readouterr().err
     assert not out.exists()
 
@@ -155,7 +155,7 @@ def test_top256_works_for_escnet_too(model_dir, photos, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_cuda_without_gpu(photos, tmp_path, capsys):
-    assert main(["segment", str(photos), "--classes", "cat", "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    assert main(["segment", str(photos), "--classes", "cat", "--device", "cuda", "--out", str(tmp_path / "out")]) == 1
     assert "device 'cuda' requested but no CUDA GPU is available" in capsys.readouterr().err
 
 
@@ -189,9 +189,9 @@ def test_batched_folder_with_every_format_matches_one_by_one(model_dir, photos, 
 
 def test_bad_format_and_batch_size_are_refused(model_dir, photos, tmp_path, capsys):
     base = ["segment", str(photos), "--classes", CLASSES, "--model", str(model_dir), "--out", str(tmp_path / "o")]
-    assert main(base + ["--format", "tiff"]) == 2
+    assert main(base + ["--format", "tiff"]) == 1
     assert "unknown output format tiff" in capsys.readouterr().err
-    assert main(base + ["--batch-size", "0"]) == 2
+    assert main(base + ["--batch-size", "0"]) == 1
     assert "--batch-size must be at least 1" in capsys.readouterr().err
 
 

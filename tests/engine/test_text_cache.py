@@ -136,3 +136,39 @@ def test_cli_flag_turns_the_cache_off(tmp_path, cache, model):
     for command in (["segment", "x.png", "--classes", "a", "--out", "o"], ["evaluate", "--model", "m", "--dataset", "d"]):
         assert build_parser().parse_args(command + ["--no-text-cache"]).no_text_cache is True
         assert build_parser().parse_args(command).no_text_cache is False
+
+
+def test_a_planted_file_under_the_right_key_is_recomputed_not_used(cache, model, monkeypatch):
+    """Issue 24 item 10: anyone can compute a key (weights, template, names are public); a file written
+    without the cache's own secret is not trusted."""
+    from safetensors.torch import save_file
+
+    segmenter = Segmenter(model, device="cpu")
+    key = segmenter.disk_text_cache.key(NAMES, segmenter._precision())
+    planted = torch.ones(len(NAMES), model.cfg.clip.embed_dim)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({"features": planted}, str(cache / f"{key}.safetensors"),
+              metadata={"key": key, "format": text_cache.FORMAT})
+    calls = counting(segmenter, monkeypatch)
+    feats = segmenter.text_features(NAMES)
+    assert calls == [NAMES]  # recomputed
+    assert not torch.equal(feats, planted)
+    assert torch.equal(feats, Segmenter(model, device="cpu", text_cache=False).text_features(NAMES))
+    # the rewritten file is trusted by the next process
+    again = Segmenter(model, device="cpu")
+    calls = counting(again, monkeypatch)
+    assert torch.equal(again.text_features(NAMES), feats) and calls == []
+
+
+def test_a_file_with_altered_features_is_recomputed(cache, model, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    good = Segmenter(model, device="cpu").text_features(NAMES)
+    (path,) = files(cache)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file({"features": good * 2}, str(path), metadata=metadata)  # the same key and seal, other values
+    segmenter = Segmenter(model, device="cpu")
+    calls = counting(segmenter, monkeypatch)
+    assert torch.equal(segmenter.text_features(NAMES), good) and calls == [NAMES]

@@ -416,3 +416,31 @@ def test_bf16_training_runs_with_fp32_weights(data_root, tmp_path, arch):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), summary
+
+
+def test_resume_reruns_a_final_evaluation_that_did_not_finish(data_root, tmp_path, monkeypatch):
+    """Issue 24 item 9: killed during the final evaluation, --resume wrote the model without it."""
+    import escnet.engine.train as train_mod
+
+    out = tmp_path / "run"
+    cfg = _cfg(data_root, out, "max_iters=2", "save_every=2", "eval_dataset=synthetic", "eval_every=0",
+               "clip_warmup_iters=0")
+    evaluate = train_mod.evaluate_model
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "evaluate_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert [s for s, _ in list_checkpoints(out)] == [2] and not (out / "model").exists()
+    monkeypatch.setattr(train_mod, "evaluate_model", evaluate)
+    summary = train(cfg, resume=True)
+    assert summary["start_step"] == 2 and "seen_mIoU" in summary["eval"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" in r] == [2]
+    assert "| seen_mIoU |" in (out / "model" / "README.md").read_text()
+    # resuming a finished run evaluates nothing again
+    monkeypatch.setattr(train_mod, "evaluate_model", killed)
+    again = train(cfg, resume=True)
+    assert again["step"] == 2
