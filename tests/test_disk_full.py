@@ -56,14 +56,14 @@ def test_every_writer_says_no_space_left_with_the_path(tmp_path):
             except Exception as exc:
                 print(name, "|", one_line(exc), "|", sorted(p.name for p in full.rglob("*")))
 
-        from escnet.engine.checkpoint import save_checkpoint
+        from escnet.training.checkpoint import save_checkpoint
         attempt("checkpoint", lambda: save_checkpoint(full / "run", 10, {"model": big}))
         from escnet.lifecycle import save_pretrained
         from escnet.models.factory import create_model
         attempt("model", lambda: save_pretrained(create_model("catseg", "tiny"), full / "model"))
         from escnet.fileio import atomic_write
         attempt("text", lambda: atomic_write(full / "notes.txt", lambda p: p.write_text("x" * 400_000)))
-        from escnet.engine.inference import SegmentationResult
+        from escnet.inference.segmenter import SegmentationResult
         r = SegmentationResult(labels=np.zeros((600, 600), np.int32), classes=["a"],
                                image=np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8))
         attempt("outputs", lambda: r.save(full / "out", name="photo"))

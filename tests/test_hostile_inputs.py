@@ -277,7 +277,7 @@ THIN = [(1, 1281), (5000, 1), (1, 1), (2, 3000), (1, 40000), (40000, 1)]
 
 def test_shortest_edge_resize_never_gives_a_zero_side():
     from escnet.data.transforms import shortest_edge_size
-    from escnet.engine.protocol import mapper_size
+    from escnet.inference.protocol import mapper_size
 
     assert shortest_edge_size(1, 1281, 106, 424) == (1, 424)  # detectron2's rule rounds the 0.33 px side to 0
     for height, width in THIN:

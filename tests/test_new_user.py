@@ -77,7 +77,7 @@ def test_an_unreachable_hub_fails_at_once_in_one_line(photo, tmp_path):
 
 
 def test_out_pointing_at_a_file_fails_before_the_model_is_loaded(photo, tmp_path, capsys, monkeypatch):
-    from escnet.engine import inference
+    from escnet.inference import segmenter as inference
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")

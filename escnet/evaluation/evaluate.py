@@ -25,11 +25,11 @@ import numpy as np
 
 from escnet.data.datasets import GENERATED, DatasetError, SegDataset, get_dataset, load_custom_dataset
 from escnet.errors import EscnetError
+from escnet.fileio import atomic_write_all
 from escnet.progress import progress as progress_of
 
 # results.json says which large-vocabulary mode ran and what it reproduces
 CLASS_MODE_NOTES = {
-from escnet.fileio import atomic_write_all
     "exact": "every class scored (exact all-class inference); CAT-Seg's published ADE-847 / PC-459 "
              "numbers used top256 instead",
     "top256": "CAT-Seg's truncation: per view only the 256 classes with the highest CLIP score are "

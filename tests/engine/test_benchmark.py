@@ -261,7 +261,7 @@ def test_flops_rows_are_printed_once_each(capsys):
     """Issue 24 item 13: the progress lines repeated the previous group's last row from the second group on."""
     import json as json_mod
 
-    from escnet.engine.benchmark import bench_flops
+    from escnet.benchmarks.benchmark import bench_flops
 
     rows = bench_flops(["vitb16"], [20], ["single", "sliding"], readings=("paper",))
     printed = [json_mod.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

@@ -420,7 +420,7 @@ def test_bf16_training_runs_with_fp32_weights(data_root, tmp_path, arch):
 
 def test_resume_reruns_a_final_evaluation_that_did_not_finish(data_root, tmp_path, monkeypatch):
     """Issue 24 item 9: killed during the final evaluation, --resume wrote the model without it."""
-    import escnet.engine.train as train_mod
+    import escnet.training.loop as train_mod
 
     out = tmp_path / "run"
     cfg = _cfg(data_root, out, "max_iters=2", "save_every=2", "eval_dataset=synthetic", "eval_every=0",
