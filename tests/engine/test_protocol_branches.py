@@ -1,0 +1,106 @@
+"""Every branch of the test-time protocol (escnet/engine/protocol.py and the mapper's
+ResizeShortestEdge size, escnet/data/transforms.py) reached by a case with a known answer.
+The full official replay of both protocols is tests/engine/test_protocol.py (its SHAPES include
+two images with aspect > 4, which take the long-side cap end to end)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from escnet.engine import protocol
+from escnet.engine.protocol import _resize_image, check_resize, mapper_size, model_logits, native_logits
+
+
+def detectron2_output_shape(oldh, oldw, short_edge_length, max_size):
+    """detectron2 ResizeShortestEdge.get_output_shape, transcribed."""
+    h, w = oldh, oldw
+    size = short_edge_length * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        newh, neww = size, scale * w
+    else:
+        newh, neww = scale * h, size
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh = newh * scale
+        neww = neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+# (H, W) -> which branches: portrait / landscape / square x long side capped or not
+CASES = {(333, 500): ("landscape", False), (500, 333): ("portrait", False), (384, 384): ("square", False),
+         (60, 400): ("landscape", True), (400, 60): ("portrait", True), (100, 401): ("landscape", True),
+         (100, 399): ("landscape", False), (1, 5): ("landscape", True), (3000, 700): ("portrait", True)}
+
+
+@pytest.mark.parametrize("shape", list(CASES), ids=[f"{h}x{w}" for h, w in CASES])
+def test_mapper_size_matches_detectron2_in_every_branch(shape):
+    h, w = shape
+    expected = detectron2_output_shape(h, w, 640, 2560)
+    assert mapper_size(h, w, 384) == expected
+    capped = max(expected) == 2560 and min(expected) < 640
+    assert capped == CASES[shape][1]
+    # crop 96 scales both sizes with it: S = 96 + int(96 * 0.667) = 160, cap 4 S = 640
+    assert mapper_size(h, w, 96) == detectron2_output_shape(h, w, 160, 640)
+
+
+def test_long_side_cap_values():
+    assert mapper_size(60, 400, 384) == (384, 2560)  # 640 x 4266.7 scaled down to a long side of 2560
+    assert mapper_size(400, 60, 384) == (2560, 384)
+    assert mapper_size(100, 401, 384) == (638, 2560)  # just over 4:1
+    assert mapper_size(100, 399, 384) == (640, 2554)  # just under: no cap
+
+
+def test_unknown_resize_mode_is_named():
+    assert check_resize("official") == "official" and check_resize("antialias") == "antialias"
+    with pytest.raises(ValueError, match="unknown resize 'nearest'"):
+        check_resize("nearest")
+
+
+def test_image_resize_antialiases_only_when_it_shrinks():
+    image = torch.rand(1, 3, 20, 30) * 255
+    assert _resize_image(image, (20, 30), "antialias") is image  # same size: untouched
+    up = F.interpolate(image, size=(40, 60), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(_resize_image(image, (40, 60), "antialias"), up, atol=0, rtol=0)
+    down = _resize_image(image, (10, 15), "antialias")
+    torch.testing.assert_close(down, F.interpolate(image, size=(10, 15), mode="bilinear", antialias=True))
+    assert (down - _resize_image(image, (10, 15), "official")).abs().max() > 1e-3
+    # one side shrinks, the other grows: still antialiased
+    mixed = _resize_image(image, (10, 60), "antialias")
+    torch.testing.assert_close(mixed, F.interpolate(image, size=(10, 60), mode="bilinear", antialias=True))
+
+
+class Recorder(torch.nn.Module):
+    """forward(views, text, class_chunk, **options) -> fixed logits at the view size; records the call."""
+
+    def __init__(self, clip_side, patch):
+        super().__init__()
+        self.cfg = SimpleNamespace(clip=SimpleNamespace(image_size=clip_side, patch_size=patch))
+        self.calls = []
+
+    def forward(self, views, text, class_chunk=None, **options):
+        self.calls.append(dict(class_chunk=class_chunk, **options))
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(views.shape[0], text.shape[0], *views.shape[-2:], generator=gen)
+
+
+def test_model_logits_passes_class_truncation_only_when_given():
+    model = Recorder(96, 16)
+    views, text = torch.zeros(1, 3, 24, 24), torch.zeros(2, 4)
+    model_logits(model, views, text, 3)
+    model_logits(model, views, text, None, class_truncation=None)
+    model_logits(model, views, text, None, class_truncation=5)
+    assert model.calls == [{"class_chunk": 3}, {"class_chunk": None, "class_truncation": None},
+                           {"class_chunk": None, "class_truncation": 5}]
+
+
+def test_native_logits_at_the_native_side_are_the_logits():
+    """A view whose side already is the native 4 x grid (96 for a 96 px, patch-4 CLIP) needs no inverse."""
+    model = Recorder(96, 4)
+    views, text = torch.zeros(2, 3, 96, 96), torch.zeros(3, 4)
+    expected = model(views, text)
+    torch.testing.assert_close(native_logits(model, views, text, None), expected, atol=0, rtol=0)
+    assert protocol.NATIVE_UPSAMPLING * (96 // 4) == 96
