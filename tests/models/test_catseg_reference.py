@@ -233,8 +233,9 @@ def _random_model(seed: int = 0, **overrides) -> CATSeg:
 def _inputs(model, t: int, b: int = 2, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(b, 3, 96, 96, generator=gen, dtype=torch.float64) * 255
-    text = F.normalize(torch.randn(t, model.cfg.clip.embed_dim, generator=gen, dtype=torch.float64), dim=-1)
-    return images, text
+    # not unit length: CAT-Seg normalises the text features itself (correlation, text guidance)
+    text = torch.randn(t, model.cfg.clip.embed_dim, generator=gen, dtype=torch.float64)
+    return images, text * (0.5 + 2.5 * torch.rand(t, 1, generator=gen, dtype=torch.float64))
 
 
 # T = 5 < pad_len: padding tokens; T = 8 = pad_len: neither; T = 11 > class_truncation: top-k of 8
@@ -252,6 +253,17 @@ def test_catseg_equals_the_official_formulas(t, training):
     assert ours.shape == ref.shape == (2, t, 96, 96)
     if t > cfg.class_truncation:
         assert int((ours == -100).all(-1).all(-1).sum()) == 2 * (t - 8)  # the dropped classes agree too
+    torch.testing.assert_close(ours, ref, **TOL)
+
+
+def test_catseg_equals_the_official_formulas_when_the_window_covers_the_grid():
+    """window 6 on the 6 x 6 grid: the official block then uses one unshifted window (both blocks)."""
+    model = _random_model(seed=2, window=6).eval()
+    images, text = _inputs(model, 5, b=1, seed=2)
+    with torch.no_grad():
+        ours = model(images, text)
+        feats, layers, _ = model.encode_image(images)
+        ref = reference_head(model.state_dict(), model.cfg, feats, layers, text, 96)
     torch.testing.assert_close(ours, ref, **TOL)
 
 

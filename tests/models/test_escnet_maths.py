@@ -68,3 +68,29 @@ def test_readout_inverts_the_stem(seed):
         b, t, g, _ = c0.shape
         e = model.stem(c0.reshape(-1, 1, g, g)).view(b, t, -1, g, g).transpose(1, 2)  # as ESCNet.forward
         torch.testing.assert_close(model._readout(e), c0, atol=1e-12, rtol=1e-12)
+
+
+def test_ppg_sees_the_cosine_map_then_the_readout_of_the_previous_block(monkeypatch):
+    """Block 1's PPG map is C0 = cos(F_v, F_l) (the text need not be unit length: the cosine
+    normalises it), block n > 1's is the readout of the embedding block n - 1 produced
+    (ppg_source "stem_inverse", the default)."""
+    import escnet.models.escnet as escnet_module
+
+    model = _model()
+    assert model.cfg.ppg_source == "stem_inverse" and model.cfg.num_blocks == 2
+    images, text = _inputs(3, model.cfg.clip.embed_dim)
+    text = text * torch.tensor([[0.5], [2.0], [3.0]], dtype=text.dtype)
+    maps, embeddings = [], []
+    original = escnet_module.generate_pseudo_prompts
+    monkeypatch.setattr(escnet_module, "generate_pseudo_prompts", lambda corr, **kw: (maps.append(corr), original(corr, **kw))[1])
+    model.vlf[0].register_forward_hook(lambda module, args, out: embeddings.append(out))
+    with torch.no_grad():
+        model(images, text)
+        feats, _, _ = model.encode_image(images)
+        cosine = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), F.normalize(text, dim=-1))
+        readout = model._readout(embeddings[0])
+    g = cosine.shape[-1]
+    assert len(maps) == 2
+    torch.testing.assert_close(maps[0], cosine.reshape(-1, g, g), atol=1e-12, rtol=0)
+    torch.testing.assert_close(maps[1], readout.reshape(-1, g, g), atol=1e-12, rtol=0)
+    assert (readout - cosine).abs().max() > 1e-3  # the two blocks' maps differ: the check above can fail
