@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +77,7 @@ MUTANTS = [
     M("C4", "escnet/models/catseg.py", "logits.new_full((b, t, *size), -100.0)", "logits.new_full((b, t, *size), -10.0)",
       "constant", "truncated classes get logit -10 instead of CAT-Seg's -100", CATSEG),
     M("C5", "escnet/models/catseg.py", "num_classes > k else None", "num_classes >= k else None", "compare",
-      "truncation also when T == k", CATSEG,
-      equivalent="with T == k the top-k are all classes, sorted: the same classes in the same order as no truncation"),
+      "truncation also when T == k (the logits are the same; `truncation()` reports k, not None)", CATSEG),
     # --- Swin / class attention shared by both models (escnet/models/swin.py) ---
     M("S1", "escnet/models/swin.py", 'kv = torch.einsum("...shd,...she->...hde", phi_k, v / length)',
       'kv = torch.einsum("...shd,...she->...hde", phi_k, v)', "normalisation",
@@ -213,6 +212,10 @@ MUTANTS = [
       "duplicate check case-sensitive", VOCAB),
     M("W3", "escnet/data/vocab.py", 'return " ".join(name.replace("\\ufeff", "").split())',
       'return name.replace("\\ufeff", "").strip()', "normalisation", "inner whitespace runs kept", VOCAB),
+    M("G1", "escnet/data/vocab.py", "    if not entries:\n        raise VocabularyError(f\"empty vocabulary",
+      "    if entries:\n        raise VocabularyError(f\"empty vocabulary", "compare",
+      "every vocabulary rejected: run against the property tests alone, whose floor must catch it (before, they "
+      "returned early on any VocabularyError and passed)", ["tests/engine/test_inference_properties.py"]),
     M("W4", "escnet/data/vocab.py", 'while items and not "".join(items[-1]).strip():',
       'if items and not "".join(items[-1]).strip():', "branch", "only one trailing separator dropped", VOCAB),
 ]
@@ -294,13 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="escnet-mutants-") as tmp:
         root = Path(tmp)
         _copy_repo(root)
-        if not args.no_baseline:
-            for tests in sorted({tuple(m.tests) for m in mutants if m.id not in stale}):
-                outcome, detail, seconds = run_tests(root, list(tests), args.timeout)
-                print(f"baseline {' '.join(tests)}: {outcome} ({seconds:.0f} s) {detail}", flush=True)
-                if outcome != "survived":
-                    print("the unmutated code fails these tests: fix that first", file=sys.stderr)
-                    return 2
+        if not args.no_baseline:  # every test the selected mutants use, once, on the unmutated copy
+            paths, options = [], []
+            for m in mutants:
+                if m.id in stale:
+                    continue
+                args_ = iter(m.tests)
+                for a in args_:
+                    if a.startswith("-"):
+                        pair = [a, next(args_)]
+                        options += pair if pair not in [options[i:i + 2] for i in range(0, len(options), 2)] else []
+                    elif a not in paths:
+                        paths.append(a)
+            outcome, detail, seconds = run_tests(root, paths + options, args.timeout)
+            print(f"baseline ({len(paths)} test paths): {outcome} ({seconds:.0f} s) {detail}", flush=True)
+            if outcome != "survived":
+                print("the unmutated code fails these tests: fix that first", file=sys.stderr)
+                return 2
         for m in mutants:
             if m.id in stale:
                 results.append({**asdict(m), "outcome": "stale", "detail": stale[m.id], "seconds": 0.0})

@@ -104,3 +104,46 @@ def test_native_logits_at_the_native_side_are_the_logits():
     expected = model(views, text)
     torch.testing.assert_close(native_logits(model, views, text, None), expected, atol=0, rtol=0)
     assert protocol.NATIVE_UPSAMPLING * (96 // 4) == 96
+
+
+class NativeModel(torch.nn.Module):
+    """forward(views, text, upsample=False) -> fixed native logits (N, T, n, n), n = 16 (a 32 px, patch-8 CLIP)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = SimpleNamespace(pixel_mean=(120.0, 110.0, 100.0), crop_size=32,
+                                   clip=SimpleNamespace(image_size=32, patch_size=8))
+
+    def forward(self, views, text, class_chunk=None, upsample=True):
+        gen = torch.Generator().manual_seed(1)
+        logits = 3 * torch.randn(views.shape[0], text.shape[0], 16, 16, generator=gen)
+        return logits if not upsample else F.interpolate(logits, size=views.shape[-2:], mode="bilinear")
+
+
+@pytest.mark.parametrize("shape", [(10, 40), (40, 10), (12, 12), (64, 64)])
+def test_single_view_crops_the_native_map_with_the_image_size(shape):
+    """sem_seg_postprocess crops [:h', :w'] of the native n x n map (rule 3): rows and columns."""
+    h, w = shape
+    model, text = NativeModel(), torch.zeros(2, 4)
+    probs = protocol.predict_single(model, torch.full((3, h, w), 50.0), text)
+    native = model(torch.zeros(1, 3, 32, 32), text, upsample=False).sigmoid()[0]
+    assert probs.shape == (2, min(h, 16), min(w, 16))
+    torch.testing.assert_close(probs, native[:, :h, :w], atol=0, rtol=0)
+
+
+def test_sliding_probabilities_resize_logits_before_the_sigmoid():
+    """A model may return logits at another size than the view: the official order is resize the
+    logits to the crop, then sigmoid (the two orders differ wherever the logits are not linear)."""
+    class LowResolution(NativeModel):
+        def forward(self, views, text, class_chunk=None):
+            return super().forward(views, text, class_chunk, upsample=False)  # 16 x 16 for 48 x 48 views
+
+    model, text = LowResolution(), torch.zeros(2, 4)
+    views = torch.zeros(3, 3, 48, 48)
+    probs = protocol.sliding_probabilities(model, views, text, None, class_truncation=protocol.FROM_CONFIG)
+    logits = model(views, text)
+    assert logits.shape[-2:] == (16, 16)
+    expected = F.interpolate(logits, size=(48, 48), mode="bilinear", align_corners=False).sigmoid()
+    torch.testing.assert_close(probs, expected, atol=1e-7, rtol=0)
+    wrong = F.interpolate(logits.sigmoid(), size=(48, 48), mode="bilinear", align_corners=False)
+    assert (wrong - expected).abs().max() > 1e-3
