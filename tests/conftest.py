@@ -42,9 +42,10 @@ ALLOWED_SKIPS = {
     "without a GPU": "checks the message shown without a GPU; skipped on a machine that has one",
 }
 
+# too_slow: drawing inputs on a loaded machine can take seconds; that says nothing about the code under test
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", print_blob=True)
+settings.register_profile("dev", print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def ci_mode(config) -> bool:

@@ -261,7 +261,7 @@ def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, str, f
         return "timeout", "", time.monotonic() - start
     seconds = time.monotonic() - start
     out = proc.stdout + proc.stderr
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", out, re.M)
     if proc.returncode == 0:
         return "survived", "", seconds
     if proc.returncode == 1:
@@ -277,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant's test run (default 900)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each test set")
     parser.add_argument("--report", type=Path, help="write the results as JSON here")
+    parser.add_argument("--render", type=Path, metavar="REPORT", help="print a JSON report as a markdown table; run nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return 0
 
     mutants = MUTANTS
     if args.only:
@@ -312,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome, detail, seconds = run_tests(root, paths + options, args.timeout)
             print(f"baseline ({len(paths)} test paths): {outcome} ({seconds:.0f} s) {detail}", flush=True)
             if outcome != "survived":
-                print("the unmutated code fails these tests: fix that first", file=sys.stderr)
+                print(f"the unmutated code fails these tests ({detail}): fix that first; rerun them with "
+                      f"CI=1 python -m pytest -x {' '.join(paths + options)}", file=sys.stderr)
                 return 2
         for m in mutants:
             if m.id in stale:
@@ -351,6 +356,17 @@ def summarise(results: list[dict]) -> dict:
         "unexpected_survivors": [r["id"] for r in counted if r["outcome"] == "survived"],
         "score": len(killed) / len(counted) if counted else None,
     }
+
+
+def render(report: dict) -> str:
+    """A JSON report -> markdown: one row per mutant, then the summary."""
+    rows = ["| id | operator | where | mutant | outcome | first failing test / reason |", "|---|---|---|---|---|---|"]
+    for r in report["mutants"]:
+        outcome = r["outcome"] + (" (equivalent)" if r["equivalent"] else "")
+        why = r["equivalent"] if r["equivalent"] else r["detail"]
+        rows.append(f"| {r['id']} | {r['operator']} | {r['file'].removeprefix('escnet/')} | {r['what']} | {outcome} | "
+                    f"{why.replace('|', '/')} |")
+    return "\n".join(rows) + "\n\n" + format_summary(report["summary"])
 
 
 def format_summary(s: dict) -> str:
