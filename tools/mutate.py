@@ -213,7 +213,7 @@ MUTANTS = [
     M("W3", "escnet/data/vocab.py", 'return " ".join(name.replace("\\ufeff", "").split())',
       'return name.replace("\\ufeff", "").strip()', "normalisation", "inner whitespace runs kept", VOCAB),
     M("G1", "escnet/data/vocab.py", "    if not entries:\n        raise VocabularyError(f\"empty vocabulary",
-      "    if entries:\n        raise VocabularyError(f\"empty vocabulary", "compare",
+      "    if entries is not None:\n        raise VocabularyError(f\"empty vocabulary", "branch",
       "every vocabulary rejected: run against the property tests alone, whose floor must catch it (before, they "
       "returned early on any VocabularyError and passed)", ["tests/engine/test_inference_properties.py"]),
     M("W4", "escnet/data/vocab.py", 'while items and not "".join(items[-1]).strip():',
