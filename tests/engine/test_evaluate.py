@@ -146,8 +146,7 @@ def _prepared_voc_miniature(root):
 
 
 def test_cli_end_to_end_with_a_tiny_model_single_and_torchrun(tmp_path):
-    factory = pytest.importorskip("escnet.models.factory")
-    pytest.importorskip("escnet.inference.segmenter")
+    from escnet.models import factory
     from escnet import lifecycle
     data = tmp_path / "datasets"
     _prepared_voc_miniature(data)

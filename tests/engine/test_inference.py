@@ -215,7 +215,7 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch):
 
 
 def test_chunked_and_unchunked_real_model_agree():
-    factory = pytest.importorskip("escnet.models.factory")
+    from escnet.models import factory
     torch.manual_seed(0)
     model = factory.create_model("escnet", "tiny")
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
@@ -229,7 +229,7 @@ def test_chunked_and_unchunked_real_model_agree():
 
 
 def test_catseg_checkpoint_exact_and_truncated(tmp_path: Path, monkeypatch):
-    factory = pytest.importorskip("escnet.models.factory")
+    from escnet.models import factory
     from escnet import lifecycle
     torch.manual_seed(0)
     lifecycle.save_pretrained(factory.create_model("catseg", "tiny"), tmp_path)
@@ -253,7 +253,7 @@ def test_threads_with_different_class_modes_share_one_model(tmp_path: Path, monk
     model's config is never written."""
     import threading
 
-    factory = pytest.importorskip("escnet.models.factory")
+    from escnet.models import factory
     from escnet.models.catseg import CATSegConfig
 
     torch.manual_seed(0)
@@ -300,7 +300,7 @@ def test_threads_with_different_class_modes_share_one_model(tmp_path: Path, monk
 
 @pytest.mark.parametrize("arch, protocol", [("escnet", "sliding"), ("escnet", "single"), ("catseg", "sliding")])
 def test_batched_segmentation_equals_one_by_one(arch, protocol):
-    factory = pytest.importorskip("escnet.models.factory")
+    from escnet.models import factory
     torch.manual_seed(0)
     segmenter = Segmenter(factory.create_model(arch, "tiny"), device="cpu", protocol=protocol)
     rng = np.random.default_rng(1)

@@ -197,7 +197,8 @@ def _compare(stub, rgb, protocol):
     assert np.array_equal(result.labels, reference.argmax(0).numpy())
 
 
-SHAPES = [(384, 384), (333, 500), (500, 333), (1000, 750), (97, 61)]
+# (60, 400), (400, 60): aspect > 4, so the mapper's long-side cap (2560 = 4 x 640) applies
+SHAPES = [(384, 384), (333, 500), (500, 333), (1000, 750), (97, 61), (60, 400), (400, 60)]
 
 
 @pytest.mark.parametrize("protocol", ["sliding", "single"])
