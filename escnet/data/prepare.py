@@ -220,12 +220,22 @@ def short_side_size(height: int, width: int, max_size: int = 512) -> tuple[int, 
 # CLI
 
 
-def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, force: bool = False) -> dict:
-    """Prepare one benchmark (a key of `CONVERTERS`); returns a summary dict."""
+def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, force: bool = False,
+            num_val: int | None = None) -> dict:
+    """Prepare one benchmark (a key of `CONVERTERS`); returns a summary dict. num_val: scenes in the
+    val split of a generated benchmark (None: its default); scene i is the same for every num_val,
+    so a larger split extends the default one."""
     if name not in CONVERTERS:
         raise PrepareError(f"unknown benchmark {name!r}; choose from {', '.join(CONVERTERS)}")
     module, func = CONVERTERS[name]
-    return getattr(importlib.import_module(module), func)(datasets_root(root), max(1, workers), force)
+    sizes = {}
+    if num_val is not None:
+        if not name.startswith("synthetic"):
+            raise PrepareError(f"--num-val is for the generated benchmarks (synthetic, synthetic-grouping), not {name}")
+        if num_val < 1:
+            raise PrepareError(f"--num-val must be >= 1, got {num_val}")
+        sizes["num_val"] = num_val
+    return getattr(importlib.import_module(module), func)(datasets_root(root), max(1, workers), force, **sizes)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -233,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         try:
-            summary = prepare(name, args.root, args.workers, args.force)
+            summary = prepare(name, args.root, args.workers, args.force, args.num_val)
         except PrepareError as exc:
             # With "all", one missing download should not stop the others.
             print(f"escnet prepare {name}: error: {one_line(exc)}", file=sys.stderr)
@@ -255,4 +265,6 @@ def add_command(subparsers) -> None:
     p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--force", action="store_true", help="rewrite outputs that already exist")
+    p.add_argument("--num-val", type=int, default=None,
+                   help="generated benchmarks: scenes in the val split (default 300; the first 300 are always the same)")
     p.set_defaults(func=_run)
