@@ -367,7 +367,10 @@ def study_eval(run_dir: Path, args: argparse.Namespace) -> None:
             record = {"study": True, "step": step, "eval_images": args.eval_images, "eval": scores,
                       "bootstrap_sd": bootstrap_sd(counts, groups)}
             if step == args.max_iters:
-                record.update(ppg_record(model, cfg, min(args.eval_images, args.ppg_images)))
+                try:
+                    record.update(ppg_record(model, cfg, min(args.eval_images, args.ppg_images)))
+                except Exception as exc:  # noqa: BLE001 - the hook must not cost the run; the record says why
+                    record.update({"ppg": None, "ppg_note": f"{type(exc).__name__}: {str(exc)[:300]}"})
             if step not in done:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
