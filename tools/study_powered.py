@@ -548,6 +548,61 @@ def markdown(rows: list[dict], values: dict, skipped: dict, args: argparse.Names
 
 
 # ---------------------------------------------------------------------------------------------
+# what each variance-reduction step buys (the pilot)
+
+
+def _sd(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and x == x]
+    return float(np.std(xs, ddof=1)) if len(xs) >= 2 else None
+
+
+def variance_report(args: argparse.Namespace) -> dict:
+    """From the finished runs under --out: per run, the bootstrap sd of the final checkpoint's score on
+    the first --single-eval-images scenes and on all --eval-images, of the K-checkpoint mean, and the
+    sd over the K checkpoints; per row, the seed-to-seed sd of the single evaluation (one checkpoint,
+    few scenes: earlier studies), of the final checkpoint on all scenes (step i) and of the K mean
+    (steps i + ii); per pair of rows, the same for their paired differences. Needs the runs' cached
+    per-image counts (per_image_<step>.npz), so it runs where the study ran."""
+    groups = _groups(args)
+    steps = eval_steps(args)
+    runs: dict[str, dict[int, dict]] = {}
+    for run_dir in sorted(Path(args.out).glob("*/seed*")):
+        if run_dir.parent.name == "warmup" or not (run_dir / "study_command.txt").exists() or not run_done(run_dir, args):
+            continue
+        values = run_values(run_dir, args)
+        counts = [np.load(run_dir / f"per_image_{s}.npz")["counts"] for s in steps]
+        few = counts[-1][: args.single_eval_images]
+        entry = {"values": {m: values[m] for m in METRICS},
+                 "study_first_scenes": {m: _number(group_scores(few.sum(0), groups)[k]) for m, k in METRICS.items()},
+                 "bootstrap_sd_single": {m: bootstrap_sd(few, groups)[k] for m, k in METRICS.items()},
+                 "bootstrap_sd_final": {m: bootstrap_sd(counts[-1], groups)[k] for m, k in METRICS.items()},
+                 "bootstrap_sd_last_k": {m: bootstrap_sd(np.stack(counts), groups)[k] for m, k in METRICS.items()},
+                 "checkpoint_sd": {m: _sd(values[m]["checkpoints"]) for m in METRICS}}
+        runs.setdefault(run_dir.parent.name, {})[int(run_dir.name[4:])] = entry
+    rows = {}
+    for row, by_seed in runs.items():
+        rows[row] = {f"seed_sd_{how}": {m: _sd([e["values"][m][how] for e in by_seed.values()]) for m in METRICS}
+                     for how in ("single", "final", "last_k")}
+        rows[row]["seeds"] = sorted(by_seed)
+    pairs = {}
+    names = sorted(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(runs[a]) & set(runs[b]))
+            if len(common) >= 2:
+                pairs[f"{b}-{a}"] = {f"diff_sd_{how}": {m: _sd([runs[b][s]["values"][m][how] - runs[a][s]["values"][m][how]
+                                                               for s in common
+                                                               if None not in (runs[a][s]["values"][m][how],
+                                                                               runs[b][s]["values"][m][how])])
+                                                        for m in METRICS} for how in ("single", "final", "last_k")}
+                pairs[f"{b}-{a}"]["seeds"] = common
+    report = {"eval_images": args.eval_images, "single_eval_images": args.single_eval_images, "steps": steps,
+              "runs": {r: {str(s): e for s, e in v.items()} for r, v in runs.items()}, "rows": rows, "pairs": pairs}
+    (Path(args.out) / "variance.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
 # committed metrics
 
 
@@ -620,6 +675,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="SUMMARY", help="from a pilot's summary.json: the paired seeds each comparison "
                    "needs for a 95 %% half-width <= --half-width on each metric; runs nothing")
     p.add_argument("--half-width", type=float, default=3.0)
+    p.add_argument("--variance", action="store_true", help="run nothing; write <out>/variance.json: what each "
+                   "variance-reduction step buys, from the finished runs (variance_report)")
     p.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     return p
 
@@ -648,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     if needs_sam and not (args.dry_run or args.summarise_only) and not (args.sam and Path(args.sam).is_file()):
         p.error(f"--sam {args.sam}: file not found (run `escnet pretrain-sam --config configs/sam_tiny_synthetic.toml`)")
     _absolute(args)
+    if args.variance:
+        print(json.dumps(variance_report(args), indent=1))
+        return 0
     if args.import_metrics:
         for run_dir in import_metrics(Path(args.import_metrics), args):
             print(f"imported {run_dir}")

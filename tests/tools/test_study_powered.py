@@ -176,3 +176,11 @@ def test_a_tiny_study_runs_shares_the_warm_up_and_resumes(tmp_path):
     assert (tmp_path / "out" / "commands.log").read_text().count(" start ") == 6
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert any(r["comparison"] == "b-a" and r["pairs"] == 2 for r in rows)
+    # the variance report: here the study's scenes are the training's own evaluation scenes
+    assert study.main([*argv, "--variance"]) == 0
+    report = json.loads((tmp_path / "out" / "variance.json").read_text())
+    run = report["runs"]["t2a_no_sam"]["0"]
+    assert run["study_first_scenes"]["seen_miou"] == pytest.approx(run["values"]["seen_miou"]["single"], abs=1e-9)
+    assert run["bootstrap_sd_single"] == run["bootstrap_sd_final"]
+    assert report["rows"]["t2a_no_sam"]["seeds"] == [0, 1]
+    assert report["pairs"]["t2b_random_low-t2a_no_sam"]["seeds"] == [0, 1]
