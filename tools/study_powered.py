@@ -663,7 +663,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=int, default=1000)
     p.add_argument("--eval-every", type=int, default=100, help="steps between the evaluated checkpoints")
     p.add_argument("--last-k", type=int, default=4, help="checkpoints evaluated and averaged (the last K)")
-    p.add_argument("--eval-images", type=int, default=3000, help="val scenes the study evaluates on")
+    p.add_argument("--eval-images", type=int, default=4000, help="val scenes the study evaluates on")
     p.add_argument("--single-eval-images", type=int, default=300, help="val scenes of the training's own final evaluation")
     p.add_argument("--ppg-images", type=int, default=200, help="val scenes of the PPG statistics")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

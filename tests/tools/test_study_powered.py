@@ -97,7 +97,7 @@ def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, s
     for i, step in enumerate(steps):  # checkpoints spread around the value; their mean is the value
         jitter = (i - 1.5) * 0.2
         ev = {k: v + jitter for k, v in values.items()}
-        lines.append({"study": True, "step": step, "eval_images": 3000, "eval": ev, "bootstrap_sd": {"hIoU": 0.3}})
+        lines.append({"study": True, "step": step, "eval_images": study.parser().get_default("eval_images"), "eval": ev, "bootstrap_sd": {"hIoU": 0.3}})
     (folder / f"{row}_seed{seed}.metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
