@@ -19,7 +19,7 @@ What each run is (one row `v` of VARIANTS, one seed `S`):
    (escnet.data.train_dataset; tests/engine/test_clip_warmup_init.py), threads are fixed at 1. Its own
    final evaluation (first 300 val images, one checkpoint) is the single number earlier studies used.
 3. The study's evaluation: each of the last K checkpoints (steps max_iters - (K-1) * eval_every ...
-   max_iters) on the first --eval-images val scenes (`escnet prepare synthetic-grouping --num-val N`),
+   max_iters; by default 900, 950, 1000) on the first --eval-images val scenes (`escnet prepare synthetic-grouping --num-val N`),
    keeping each image's confusion counts, so that `bootstrap_sd` resamples the images. A run's value
    for a metric is the mean over the K checkpoints (the endpoint's own fluctuation averaged out).
    Written to <run>/study_evals.jsonl (one record per checkpoint, with its bootstrap sd), with the
@@ -181,24 +181,45 @@ def group_scores(matrix: np.ndarray, groups: dict[str, list[int]]) -> dict:
     return out
 
 
-def bootstrap_sd(per_image: np.ndarray, groups: dict[str, list[int]], resamples: int = 200, seed: int = 0) -> dict:
-    """sd over `resamples` bootstrap resamples of the images of each group score: per_image (N, T+1,
-    T+1) confusion counts of N images (or (C, N, T+1, T+1): C checkpoints evaluated on the same
-    images, resampled jointly, the score being the mean over the C checkpoints)."""
-    counts = np.asarray(per_image)
-    if counts.ndim == 3:
-        counts = counts[None]
+def _resampled_scores(counts: np.ndarray, groups: dict[str, list[int]], resamples: int, seed: int) -> dict:
+    """counts (C, N, T+1, T+1) -> group scores (R, C) of R bootstrap resamples of the N images (the
+    same resample for the C sets of counts)."""
     c, n = counts.shape[:2]
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)  # (R, N)
     flat = counts.reshape(c, n, -1).astype(np.float64)
     sums = np.einsum("rn,cnk->rck", weights, flat).reshape(resamples, c, *counts.shape[2:])
-    scores = group_scores(sums, groups)
+    return group_scores(sums, groups)
+
+
+def _nan_sd(x: np.ndarray) -> float | None:
     import warnings
 
     with warnings.catch_warnings():  # a score undefined in every resample (no unseen pixel) is None
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {k: _number(np.nanstd(np.nanmean(v, axis=1), ddof=1)) for k, v in scores.items()}
+        return _number(np.nanstd(x, ddof=1))
+
+
+def bootstrap_sd(per_image: np.ndarray, groups: dict[str, list[int]], resamples: int = 200, seed: int = 0) -> dict:
+    """sd over `resamples` bootstrap resamples of the images of each group score: per_image (N, T+1,
+    T+1) confusion counts of N images (or (C, N, T+1, T+1): C checkpoints evaluated on the same
+    images, resampled jointly, the score being the mean over the C checkpoints)."""
+    counts = np.asarray(per_image)
+    counts = counts[None] if counts.ndim == 3 else counts
+    scores = _resampled_scores(counts, groups, resamples, seed)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: _nan_sd(np.nanmean(v, axis=1)) for k, v in scores.items()}
+
+
+def paired_bootstrap_sd(a: np.ndarray, b: np.ndarray, groups: dict[str, list[int]], resamples: int = 200,
+                        seed: int = 0) -> dict:
+    """sd of score(b) - score(a) over bootstrap resamples of the images, both runs scored on the same
+    resample: the evaluation set's share of a paired difference's noise. a, b: (N, T+1, T+1)."""
+    scores = _resampled_scores(np.stack([np.asarray(a), np.asarray(b)]), groups, resamples, seed)
+    return {k: _nan_sd(v[:, 1] - v[:, 0]) for k, v in scores.items()}
 
 
 def _number(x) -> float | None:
@@ -596,6 +617,12 @@ def variance_report(args: argparse.Namespace) -> dict:
                                                                                runs[b][s]["values"][m][how])])
                                                         for m in METRICS} for how in ("single", "final", "last_k")}
                 pairs[f"{b}-{a}"]["seeds"] = common
+            for seed in common:  # the evaluation set's share of each seed's paired difference
+                ca, cb = (np.load(Path(args.out) / r / f"seed{seed}" / f"per_image_{steps[-1]}.npz")["counts"]
+                          for r in (a, b))
+                n = args.single_eval_images
+                pairs.setdefault(f"{b}-{a}", {"seeds": common}).setdefault("paired_bootstrap_sd", {})[str(seed)] = {
+                    "single": paired_bootstrap_sd(ca[:n], cb[:n], groups), "final": paired_bootstrap_sd(ca, cb, groups)}
     report = {"eval_images": args.eval_images, "single_eval_images": args.single_eval_images, "steps": steps,
               "runs": {r: {str(s): e for s, e in v.items()} for r, v in runs.items()}, "rows": rows, "pairs": pairs}
     (Path(args.out) / "variance.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -661,8 +688,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=CONFIG)
     p.add_argument("--data-root", default="", help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
     p.add_argument("--max-iters", type=int, default=1000)
-    p.add_argument("--eval-every", type=int, default=100, help="steps between the evaluated checkpoints")
-    p.add_argument("--last-k", type=int, default=4, help="checkpoints evaluated and averaged (the last K)")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between the evaluated checkpoints")
+    p.add_argument("--last-k", type=int, default=3, help="checkpoints evaluated and averaged (the last K)")
     p.add_argument("--eval-images", type=int, default=4000, help="val scenes the study evaluates on")
     p.add_argument("--single-eval-images", type=int, default=300, help="val scenes of the training's own final evaluation")
     p.add_argument("--ppg-images", type=int, default=200, help="val scenes of the PPG statistics")
@@ -702,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row))
         return 0
     needs_sam = any("init_sam" in o for v, _ in plan_jobs(args, available_keys())[0] for o in VARIANTS[v][2])
-    if needs_sam and not (args.dry_run or args.summarise_only) and not (args.sam and Path(args.sam).is_file()):
+    if needs_sam and not (args.dry_run or args.summarise_only or args.variance) and not (args.sam and Path(args.sam).is_file()):
         p.error(f"--sam {args.sam}: file not found (run `escnet pretrain-sam --config configs/sam_tiny_synthetic.toml`)")
     _absolute(args)
     if args.variance:

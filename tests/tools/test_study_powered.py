@@ -90,12 +90,14 @@ def test_rows_run_primary_first_seed_major_and_unknown_options_are_skipped(tmp_p
     assert study.owner_of("t2b_random_main", 0, args, runnable) == "t2b_random_main"
 
 
-def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, steps=(700, 800, 900, 1000)):
-    """A committed <row>_seed<S>.metrics.jsonl: the training's records, then the study's."""
+def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, steps=None):
+    """A committed <row>_seed<S>.metrics.jsonl: the training's records, then the study's (at the
+    checkpoints the study's defaults evaluate unless `steps` are given)."""
+    steps = steps or study.eval_steps(study.parser().parse_args([]))
     lines = [{"step": 0, "config": {}}, {"step": max_iters, "loss": 0.1},
              {"step": max_iters, "eval": {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0}}]
     for i, step in enumerate(steps):  # checkpoints spread around the value; their mean is the value
-        jitter = (i - 1.5) * 0.2
+        jitter = (i - (len(steps) - 1) / 2) * 0.2
         ev = {k: v + jitter for k, v in values.items()}
         lines.append({"study": True, "step": step, "eval_images": study.parser().get_default("eval_images"), "eval": ev, "bootstrap_sd": {"hIoU": 0.3}})
     (folder / f"{row}_seed{seed}.metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -134,7 +136,7 @@ def test_summarise_only_reproduces_the_summary_from_committed_metrics(tmp_path):
     # an unfinished run is refused by name
     bad = tmp_path / "bad"
     bad.mkdir()
-    _fake_run(bad, "t2a_no_sam", 0, {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0}, steps=(900, 1000))
+    _fake_run(bad, "t2a_no_sam", 0, {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0}, steps=(1000,))
     with pytest.raises(RuntimeError, match="t2a_no_sam_seed0.metrics.jsonl: not a finished run"):
         study.main([*argv, "--import-metrics", str(bad), "--out", str(tmp_path / "three")])
 
@@ -184,3 +186,15 @@ def test_a_tiny_study_runs_shares_the_warm_up_and_resumes(tmp_path):
     assert run["bootstrap_sd_single"] == run["bootstrap_sd_final"]
     assert report["rows"]["t2a_no_sam"]["seeds"] == [0, 1]
     assert report["pairs"]["t2b_random_low-t2a_no_sam"]["seeds"] == [0, 1]
+
+
+def test_paired_bootstrap_sd_counts_only_what_the_two_runs_do_not_share():
+    rng = np.random.default_rng(2)
+    a, b = _random_counts(rng, 60), _random_counts(rng, 60)
+    assert study.paired_bootstrap_sd(a, a, GROUPS)["seen_mIoU"] == pytest.approx(0.0, abs=1e-9)
+    near = a.copy()
+    near[0] = b[0]  # one image scored differently
+    sd_a, sd_b = study.bootstrap_sd(a, GROUPS, 2000)["seen_mIoU"], study.bootstrap_sd(b, GROUPS, 2000)["seen_mIoU"]
+    assert 0 < study.paired_bootstrap_sd(a, near, GROUPS, 2000)["seen_mIoU"] < sd_a / 3
+    # unrelated runs on the same images: the variances add
+    assert study.paired_bootstrap_sd(a, b, GROUPS, 2000)["seen_mIoU"] == pytest.approx(math.hypot(sd_a, sd_b), rel=0.2)

@@ -7,14 +7,14 @@
 # Two runner processes at a time (disjoint seeds), nice'd, one thread each; every command with its wall
 # time goes to $OUT/commands.log, each runner's output to the study folder. Interrupted: run it again
 # (finished runs are reused, a cut training resumes from its last checkpoint). Partial results at any time:
-#   python tools/study_powered.py --sam output/sam_tiny/sam_tiny.pth --seeds 0,1,2,3,4,5,6,7 \
+#   python tools/study_powered.py --sam output/sam_tiny/sam_tiny.pth --seeds 0,1,2,3,4,5,6,7,8,9,10,11,12 \
 #       --out output/table2_powered --summarise-only --publish docs/studies/table2_powered
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 STUDY=docs/studies/table2_powered
 OUT=${OUT:-output/table2_powered}
-SEEDS_A=${SEEDS_A:-0,2,4,6}          # runner 1
-SEEDS_B=${SEEDS_B:-1,3,5,7}          # runner 2 (the seed count: README.md, "Power")
+SEEDS_A=${SEEDS_A:-0,2,4,6,8,10,12}  # runner 1
+SEEDS_B=${SEEDS_B:-1,3,5,7,9,11}     # runner 2 (13 seeds: README.md, "Power")
 EVAL_IMAGES=${EVAL_IMAGES:-4000}     # val scenes of the study's evaluation (pilot: bootstrap sd 0.53 at 3000)
 SAM=${SAM:-output/sam_tiny/sam_tiny.pth}
 PY=${PY:-python}
