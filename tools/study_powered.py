@@ -266,10 +266,25 @@ def signature(cmd: list[str]) -> str:
     return tables23.signature(cmd)
 
 
-def owner_of(variant: str, seed: int, args: argparse.Namespace, runnable: list[str]) -> str:
-    """The first row of `runnable` whose run is the same config as `variant`'s: its folder holds the run."""
-    mine = signature(command(variant, seed, args)[0])
-    return next(v for v in runnable if signature(command(v, seed, args)[0]) == mine)
+_SIGNATURES: dict[tuple, str | None] = {}
+
+
+def _signature_of(variant: str, seed: int, args: argparse.Namespace) -> str | None:
+    """The row's resolved config for this seed, or None where this checkout cannot build it."""
+    key = (variant, seed, args.out, args.sam, args.config, tuple(base_args(args)))
+    if key not in _SIGNATURES:
+        try:
+            _SIGNATURES[key] = signature(command(variant, seed, args)[0])
+        except ValueError:  # ConfigError: an unknown key or value
+            _SIGNATURES[key] = None
+    return _SIGNATURES[key]
+
+
+def owner_of(variant: str, seed: int, args: argparse.Namespace) -> str:
+    """The first row of VARIANTS (all of them, not only those asked for) whose run is the same config
+    as `variant`'s: its folder holds the run (Table 3 (d) is Table 2 (c)'s run)."""
+    mine = _signature_of(variant, seed, args)
+    return next((v for v in VARIANTS if mine is not None and _signature_of(v, seed, args) == mine), variant)
 
 
 def final_eval_of(path: Path, step: int) -> dict | None:
@@ -355,6 +370,7 @@ def ppg_record(model, cfg, images: int) -> dict:
             image, gt = data[i]
             img = torch.nn.functional.interpolate(torch.as_tensor(image).permute(2, 0, 1)[None].float(),
                                                   size=(size, size), mode="bilinear", align_corners=False)
+            gt = np.where(gt == data.ignore_label, 0, gt)  # unlabelled pixels count as no class's
             lab = torch.nn.functional.interpolate(torch.as_tensor(gt.astype(np.int64))[None, None].float(),
                                                   size=(size, size), mode="nearest")[0, 0].long()
             _, records = model(img, text, return_ppg=True)
@@ -471,8 +487,7 @@ def run_study(args: argparse.Namespace) -> dict:
     owners = {}
     with open(out / "commands.log", "a") as log:
         for variant, seed in jobs:
-            owner = owners.setdefault((variant, seed), owner_of(variant, seed, args, [v for v in VARIANTS
-                                                                                     if v in runnable or v == variant]))
+            owner = owners.setdefault((variant, seed), owner_of(variant, seed, args))
             cmd, run_dir = command(owner, seed, args)
             wcmd, wdir = warmup_command(seed, args)
             if args.dry_run:
@@ -522,7 +537,7 @@ def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]
     seeds = [int(s) for s in args.seeds.split(",")]
     values: dict[str, dict[int, dict]] = {}
     for variant, seed in jobs:
-        owner = owner_of(variant, seed, args, [v for v in VARIANTS if v in runnable or v == variant])
+        owner = owner_of(variant, seed, args)
         v = run_values(command(owner, seed, args)[1], args)
         if v is not None:
             values.setdefault(variant, {})[seed] = v

@@ -85,9 +85,12 @@ def test_rows_run_primary_first_seed_major_and_unknown_options_are_skipped(tmp_p
     assert [s for _, s in primary] == sorted(s for _, s in primary)  # seed-major
     assert {"t2a_no_sam", "t2b_random_low", "t2b_random_main", "t2c_pretrained", "t3a_point"} <= {v for v, _ in jobs}
     # Table 3 (d) is Table 2 (c)'s run: one training
-    runnable = [v for v in rows if v not in skipped]
-    assert study.owner_of("t3d_point_mask", 0, args, runnable) == "t2c_pretrained"
-    assert study.owner_of("t2b_random_main", 0, args, runnable) == "t2b_random_main"
+    assert study.owner_of("t3d_point_mask", 0, args) == "t2c_pretrained"
+    assert study.owner_of("t2b_random_main", 0, args) == "t2b_random_main"
+    assert study.owner_of("zz_bad_value", 0, args) == "zz_bad_value"  # cannot be built: its own (skipped) row
+    # asked for alone, Table 3 (d) still names Table 2 (c)'s folder, so the run is not trained twice
+    only = _args(tmp_path, "--seeds", "0", "--rows", "t3d_point_mask")
+    assert study.owner_of("t3d_point_mask", 0, only) == "t2c_pretrained"
 
 
 def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, steps=None):
