@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         try:
-            summary = library.prepare(name, args.root, args.workers, args.force)
+            summary = library.prepare(name, args.root, args.workers, args.force, args.num_val)
         except library.PrepareError as exc:
             # With "all", one missing download should not stop the others.
             report_error(f"prepare {name}", exc)
@@ -37,4 +37,6 @@ def add_command(subparsers) -> None:
     p.add_argument("--root", default=None, help="datasets folder (default: $DETECTRON2_DATASETS or ./datasets)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--force", action="store_true", help="rewrite outputs that already exist")
+    p.add_argument("--num-val", type=int, default=None,
+                   help="generated benchmarks: scenes in the val split (default 300; the first 300 are always the same)")
     p.set_defaults(func=_run)

@@ -218,9 +218,19 @@ def short_side_size(height: int, width: int, max_size: int = 512) -> tuple[int, 
 # CLI
 
 
-def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, force: bool = False) -> dict:
-    """Prepare one benchmark (a key of `CONVERTERS`); returns a summary dict."""
+def prepare(name: str, root: str | os.PathLike | None = None, workers: int = 1, force: bool = False,
+            num_val: int | None = None) -> dict:
+    """Prepare one benchmark (a key of `CONVERTERS`); returns a summary dict. num_val: scenes in the
+    val split of a generated benchmark (None: its default); scene i is the same for every num_val,
+    so a larger split extends the default one."""
     if name not in CONVERTERS:
         raise PrepareError(f"unknown benchmark {name!r}; choose from {', '.join(CONVERTERS)}")
     module, func = CONVERTERS[name]
-    return getattr(importlib.import_module(module), func)(datasets_root(root), max(1, workers), force)
+    sizes = {}
+    if num_val is not None:
+        if not name.startswith("synthetic"):
+            raise PrepareError(f"--num-val is for the generated benchmarks (synthetic, synthetic-grouping), not {name}")
+        if num_val < 1:
+            raise PrepareError(f"--num-val must be >= 1, got {num_val}")
+        sizes["num_val"] = num_val
+    return getattr(importlib.import_module(module), func)(datasets_root(root), max(1, workers), force, **sizes)

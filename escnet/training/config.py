@@ -69,6 +69,9 @@ class TrainConfig:
     clip_warmup_iters: int = 0  # steps training CLIP alone as a per-pixel classifier over the class names
     clip_warmup_lr: float = 2e-3
     clip_warmup_batch: int = 16
+    # a clip_warmup.pt written by an earlier run's warm-up (same seed and warm-up settings): its CLIP
+    # weights and RNG state replace this run's warm-up, so variants of one seed share one warm-up
+    clip_warmup_init: str = ""
     # optimisation
     batch_size: int = 4  # global batch, split over the processes
     max_iters: int = 80000

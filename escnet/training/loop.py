@@ -24,7 +24,7 @@ from escnet.data.train_dataset import SplitInfo, StreamSampler, TrainDataset, re
 from escnet.data.transforms import ColorJitter, TrainAugmentation
 from escnet.data.vocab import VocabularyError
 from escnet.training.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                        remove_stale_temporaries, save_checkpoint, set_rng_state)
+                                        remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from escnet.training.config import ConfigError, TrainConfig, config_from_dict
 from escnet.training.optim import cosine_schedule, make_optimizer  # noqa: F401 - also this module's API
 from escnet.weights.common import WeightsError
@@ -273,6 +273,56 @@ def warm_up_clip(model: nn.Module, data, augment: TrainAugmentation, cfg: TrainC
     model.set_finetune(model.cfg.clip_finetune)
 
 
+# What decides the warm-up's outcome (with the CLIP built under `seed`): a clip_warmup.pt is used only
+# by a run that agrees on all of them. model.crop_size enters through the augmentation.
+WARMUP_SETTINGS = ("seed", "preset", "clip", "init_clip", "dataset", "min_size_train", "max_size_train",
+                   "single_category_max_area", "color_aug", "hue_delta", "flip", "clip_warmup_iters", "clip_warmup_lr",
+                   "clip_warmup_batch", "weight_decay", "warmup_iters", "grad_clip", "precision")
+WARMUP_FILE = "clip_warmup.pt"
+
+
+def _warmup_settings(cfg: TrainConfig, model: nn.Module) -> dict:
+    settings = {k: v for k, v in cfg.to_dict().items() if k in WARMUP_SETTINGS}
+    return {**settings, "model.crop_size": model.cfg.crop_size}
+
+
+def save_clip_warmup(model: nn.Module, cfg: TrainConfig, out: Path) -> Path:
+    """out/clip_warmup.pt: model.clip's weights right after the warm-up, the RNG state then, and the
+    settings that decided them (WARMUP_SETTINGS)."""
+    path = out / WARMUP_FILE
+    payload = {"clip": model.clip.state_dict(), "rng": rng_state(), "settings": _warmup_settings(cfg, model)}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+def load_clip_warmup(model: nn.Module, cfg: TrainConfig) -> None:
+    """In place of `warm_up_clip`: model.clip and the RNG state from cfg.clip_warmup_init, after
+    checking that its settings are this run's (a difference is a ConfigError naming the key), so the
+    run goes on exactly as if it had warmed up itself."""
+    path = cfg.clip_warmup_init
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"clip_warmup_init = {path!r}: file not found") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file ends in one line
+        raise ConfigError(f"clip_warmup_init = {path!r}: not a {WARMUP_FILE} ({type(exc).__name__})") from None
+    if not isinstance(saved, dict) or not {"clip", "rng", "settings"} <= saved.keys():
+        raise ConfigError(f"clip_warmup_init = {path!r}: not a {WARMUP_FILE} (needs clip, rng, settings)")
+    mine = _warmup_settings(cfg, model)
+    differ = [k for k in mine if saved["settings"].get(k) != mine[k]]
+    if differ:
+        raise ConfigError(f"clip_warmup_init = {path!r} was warmed up with other settings: "
+                          + "; ".join(f"{k}: file {saved['settings'].get(k)!r}, now {mine[k]!r}" for k in differ))
+    try:
+        model.clip.load_state_dict(saved["clip"])
+    except RuntimeError as exc:
+        raise ConfigError(f"clip_warmup_init = {path!r}: its CLIP does not fit this model "
+                          f"({str(exc).splitlines()[0]})") from None
+    set_rng_state(saved["rng"])
+    model.zero_grad(set_to_none=True)
+    model.set_finetune(model.cfg.clip_finetune)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation and logging
 
@@ -409,8 +459,12 @@ def _train(cfg: TrainConfig, resume: str | bool, rt: Runtime) -> dict:
     if log is not None and ckpt is None:
         log.write({"step": 0, "config": cfg.to_dict(), "world_size": rt.world_size,
                    "train_images": len(data), "classes": len(data.prompt_classes)})
-    if ckpt is None and cfg.clip_warmup_iters:
+    if ckpt is None and cfg.clip_warmup_init:
+        load_clip_warmup(model, cfg)
+    elif ckpt is None and cfg.clip_warmup_iters:
         warm_up_clip(model, data, augment, cfg, rt.device, log, autocast)
+        if rt.main:
+            save_clip_warmup(model, cfg, out)
     optimizer, scheduler = make_optimizer(model, cfg)
     start = 0
     if ckpt is not None:

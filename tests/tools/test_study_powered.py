@@ -1,0 +1,203 @@
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "tools" / "study_powered.py"
+_spec = importlib.util.spec_from_file_location("study_powered", _PATH)
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+GROUPS = {"seen": [1, 2, 3], "unseen": [4, 5], "background": [0]}
+
+
+def test_seeds_needed_iterates_n_with_t_of_n_minus_1():
+    # sd 3: n = 6 gives 2.571 * 3 / sqrt(6) = 3.15 > 3, n = 7 gives 2.447 * 3 / sqrt(7) = 2.77
+    assert study.seeds_needed(3.0) == 7
+    diffs = [1.0, 4.0, -2.0, 5.0]  # sd 3.16: n = 7 gives 2.93, n = 6 gives 3.32
+    assert study.seeds_needed(diffs) == 7
+    assert study.seeds_needed([0.1, 0.2]) == 5 and study.seeds_needed(0.0) == 5  # never fewer than 5
+    assert study.seeds_needed(6.0) == 18  # 2.110 * 6 / sqrt(18) = 2.98; n = 17: 2.120 * 6 / sqrt(17) = 3.09
+    with pytest.raises(ValueError, match=">= 2 paired differences"):
+        study.seeds_needed([1.0])
+    with pytest.raises(ValueError, match="more than 200 seeds"):
+        study.seeds_needed(100.0)
+
+
+def _random_counts(rng, n_images, t=6):
+    """Per-image confusion counts of a noisy segmenter: (N, T+1, T+1)."""
+    counts = np.zeros((n_images, t + 1, t + 1), np.int64)
+    for i in range(n_images):
+        gt = rng.integers(0, t, 200)
+        pred = np.where(rng.random(200) < 0.6, gt, rng.integers(0, t, 200))
+        np.add.at(counts[i], (pred, gt), 1)
+    return counts
+
+
+def test_group_scores_are_what_the_evaluator_reports():
+    from escnet.evaluation.evaluate import group_metrics
+    from escnet.evaluation.metrics import compute_metrics
+
+    counts = _random_counts(np.random.default_rng(0), 20).sum(0)
+    counts[:, 5] = 0  # an unseen class absent from the ground truth is left out of its group
+    mine = study.group_scores(counts, GROUPS)
+    theirs = group_metrics(compute_metrics(counts)["per_class"], GROUPS)
+    for key in ("seen_mIoU", "unseen_mIoU", "hIoU"):
+        assert float(mine[key]) == pytest.approx(theirs[key], rel=1e-9)
+    assert float(mine["mIoU"]) == pytest.approx(compute_metrics(counts)["mIoU"], rel=1e-9)
+
+
+def test_bootstrap_sd_is_zero_for_identical_images_and_halves_with_four_times_the_images():
+    rng = np.random.default_rng(1)
+    same = np.repeat(_random_counts(rng, 1), 30, axis=0)
+    assert study.bootstrap_sd(same, GROUPS)["seen_mIoU"] == pytest.approx(0.0, abs=1e-9)
+    counts = _random_counts(rng, 40)
+    small = study.bootstrap_sd(counts, GROUPS, resamples=2000)
+    large = study.bootstrap_sd(np.tile(counts, (4, 1, 1)), GROUPS, resamples=2000)
+    for key in ("seen_mIoU", "unseen_mIoU", "hIoU"):
+        assert small[key] > 0 and large[key] == pytest.approx(small[key] / 2, rel=0.15), key
+    # several checkpoints on the same images: the mean's sd, no larger than one checkpoint's
+    two = study.bootstrap_sd(np.stack([counts, counts]), GROUPS, resamples=2000)
+    assert two["seen_mIoU"] == pytest.approx(small["seen_mIoU"], rel=1e-9)
+
+
+def _args(tmp_path, *more):
+    p = study.parser()
+    args = p.parse_args(["--sam", str(tmp_path / "sam.pth"), "--out", str(tmp_path / "out"), *more])
+    study._absolute(args)
+    return args
+
+
+def test_rows_run_primary_first_seed_major_and_unknown_options_are_skipped(tmp_path, monkeypatch):
+    rows = {**study.VARIANTS, "zz_future": (1, "an option yet to land", ["model.no_such_option=1"]),
+            "zz_bad_value": (1, "a value this checkout refuses", ["model.mask_combine=no_such_rule"])}
+    monkeypatch.setattr(study, "VARIANTS", rows)
+    args = _args(tmp_path, "--seeds", "0,1")
+    jobs, skipped = study.plan_jobs(args, study.available_keys())
+    assert skipped["zz_future"] == ["no model.no_such_option"]
+    assert "mask_combine" in skipped["zz_bad_value"][0]
+    tiers = [rows[v][0] for v, _ in jobs]
+    assert tiers == sorted(tiers)  # every primary job before any secondary one
+    primary = [(v, s) for v, s in jobs if rows[v][0] == 1]
+    assert [s for _, s in primary] == sorted(s for _, s in primary)  # seed-major
+    assert {"t2a_no_sam", "t2b_random_low", "t2b_random_main", "t2c_pretrained", "t3a_point"} <= {v for v, _ in jobs}
+    # Table 3 (d) is Table 2 (c)'s run: one training
+    assert study.owner_of("t3d_point_mask", 0, args) == "t2c_pretrained"
+    assert study.owner_of("t2b_random_main", 0, args) == "t2b_random_main"
+    assert study.owner_of("zz_bad_value", 0, args) == "zz_bad_value"  # cannot be built: its own (skipped) row
+    # asked for alone, Table 3 (d) still names Table 2 (c)'s folder, so the run is not trained twice
+    only = _args(tmp_path, "--seeds", "0", "--rows", "t3d_point_mask")
+    assert study.owner_of("t3d_point_mask", 0, only) == "t2c_pretrained"
+
+
+def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, steps=None):
+    """A committed <row>_seed<S>.metrics.jsonl: the training's records, then the study's (at the
+    checkpoints the study's defaults evaluate unless `steps` are given)."""
+    steps = steps or study.eval_steps(study.parser().parse_args([]))
+    lines = [{"step": 0, "config": {}}, {"step": max_iters, "loss": 0.1},
+             {"step": max_iters, "eval": {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0}}]
+    for i, step in enumerate(steps):  # checkpoints spread around the value; their mean is the value
+        jitter = (i - (len(steps) - 1) / 2) * 0.2
+        ev = {k: v + jitter for k, v in values.items()}
+        lines.append({"study": True, "step": step, "eval_images": study.parser().get_default("eval_images"), "eval": ev, "bootstrap_sd": {"hIoU": 0.3}})
+    (folder / f"{row}_seed{seed}.metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_summarise_only_reproduces_the_summary_from_committed_metrics(tmp_path):
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    b = {0: 40.0, 1: 45.0, 2: 38.0}
+    c = {0: 44.0, 1: 47.0, 2: 43.0}
+    a = {0: 41.0, 1: 46.0, 2: 35.0}
+    for seed in (0, 1, 2):
+        for row, table in (("t2b_random_low", b), ("t2c_pretrained", c), ("t2a_no_sam", a)):
+            _fake_run(committed, row, seed, {"seen_mIoU": table[seed], "unseen_mIoU": table[seed] / 4,
+                                             "hIoU": table[seed] / 2})
+    _fake_run(committed, "t3a_point", 0, {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0})  # one seed: no row
+    argv = ["--sam", str(tmp_path / "sam.pth"), "--seeds", "0,1,2", "--summarise-only"]
+    assert study.main([*argv, "--import-metrics", str(committed), "--out", str(tmp_path / "one"),
+                       "--publish", str(tmp_path / "published")]) == 0
+    rows = json.loads((tmp_path / "one" / "summary.json").read_text())
+    cb = next(r for r in rows if r["comparison"] == "c-b" and r["metric"] == "seen_miou")
+    diffs = [4.0, 2.0, 5.0]
+    half = 4.303 * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert cb["pairs"] == 3 and cb["mean"] == pytest.approx(11 / 3, abs=1e-4)
+    assert cb["ci95"] == pytest.approx([11 / 3 - half, 11 / 3 + half], abs=1e-4)
+    assert {(r["comparison"], r["metric"]) for r in rows} == {
+        (k, m) for k in ("c-b", "c-a", "b-a") for m in ("seen_miou", "unseen_miou", "hiou")}
+    ca = next(r for r in rows if r["comparison"] == "c-a" and r["metric"] == "hiou")
+    assert ca["mean"] == pytest.approx((3 + 1 + 8) / 2 / 3, abs=1e-4) and ca["primary"]
+    # the published folder holds the runs again; summarising from it gives the same file
+    assert sorted(p.name for p in (tmp_path / "published").glob("*.metrics.jsonl")) == sorted(
+        [f"{r}_seed{s}.metrics.jsonl" for r in ("t2a_no_sam", "t2b_random_low", "t2c_pretrained") for s in (0, 1, 2)]
+        + ["t3a_point_seed0.metrics.jsonl"])
+    assert study.main([*argv, "--import-metrics", str(tmp_path / "published"), "--out", str(tmp_path / "two")]) == 0
+    assert (tmp_path / "two" / "summary.json").read_text() == (tmp_path / "published" / "summary.json").read_text()
+    # an unfinished run is refused by name
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _fake_run(bad, "t2a_no_sam", 0, {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0}, steps=(1000,))
+    with pytest.raises(RuntimeError, match="t2a_no_sam_seed0.metrics.jsonl: not a finished run"):
+        study.main([*argv, "--import-metrics", str(bad), "--out", str(tmp_path / "three")])
+
+
+def test_plan_gives_the_seeds_each_comparison_needs(tmp_path):
+    rows = [{"comparison": "c-b", "metric": "seen_miou", "pairs": 2, "sd": 3.0},
+            {"comparison": "c-a", "metric": "seen_miou", "pairs": 2, "sd": 1.0}]
+    out = study.plan(rows)
+    assert [r["seeds_needed"] for r in out] == [7, 5]
+
+
+def test_a_tiny_study_runs_shares_the_warm_up_and_resumes(tmp_path):
+    """Two rows x two seeds of a tiny model end to end: one warm-up per seed, the study's evaluation of
+    the final checkpoint equals the training's own final evaluation on the same images, a second
+    invocation trains nothing."""
+    from escnet.data.synthetic_grouping import prepare_synthetic_grouping
+
+    root = tmp_path / "datasets"
+    prepare_synthetic_grouping(root, workers=1, num_train=12, num_val=6, size=64)
+    small = ["clip.image_size=48", "clip.patch_size=12", "model.crop_size=48", "model.window=2", "min_size_train=48",
+             "clip_warmup_iters=2", "clip_warmup_batch=2", "batch_size=2", "log_every=1"]
+    argv = ["--seeds", "0,1", "--rows", "t2a_no_sam,t2b_random_low", "--out", str(tmp_path / "out"),
+            "--data-root", str(root), "--max-iters", "3", "--eval-every", "1", "--last-k", "2", "--eval-images", "6",
+            "--single-eval-images", "6", *small]
+    assert study.main(argv) == 0
+    log = (tmp_path / "out" / "commands.log").read_text()
+    warmups = [x for x in log.splitlines() if " start " in x and f"output_dir={tmp_path / 'out' / 'warmup'}" in x]
+    assert log.count(" start ") == 6 and len(warmups) == 2  # one warm-up per seed, 4 variant runs
+    for row in ("t2a_no_sam", "t2b_random_low"):
+        for seed in (0, 1):
+            run = tmp_path / "out" / row / f"seed{seed}"
+            recs = study.study_records(run)
+            assert [r["step"] for r in recs if "eval" in r] == [2, 3]
+            own = study.final_eval_of(run / "metrics.jsonl", 3)
+            final = next(r for r in recs if r.get("step") == 3)["eval"]
+            assert final["seen_mIoU"] == pytest.approx(own["seen_mIoU"], abs=1e-9)
+            assert not any("warmup_step" in json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines())
+    assert study.main(argv) == 0
+    assert (tmp_path / "out" / "commands.log").read_text().count(" start ") == 6
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any(r["comparison"] == "b-a" and r["pairs"] == 2 for r in rows)
+    # the variance report: here the study's scenes are the training's own evaluation scenes
+    assert study.main([*argv, "--variance"]) == 0
+    report = json.loads((tmp_path / "out" / "variance.json").read_text())
+    run = report["runs"]["t2a_no_sam"]["0"]
+    assert run["study_first_scenes"]["seen_miou"] == pytest.approx(run["values"]["seen_miou"]["single"], abs=1e-9)
+    assert run["bootstrap_sd_single"] == run["bootstrap_sd_final"]
+    assert report["rows"]["t2a_no_sam"]["seeds"] == [0, 1]
+    assert report["pairs"]["t2b_random_low-t2a_no_sam"]["seeds"] == [0, 1]
+
+
+def test_paired_bootstrap_sd_counts_only_what_the_two_runs_do_not_share():
+    rng = np.random.default_rng(2)
+    a, b = _random_counts(rng, 60), _random_counts(rng, 60)
+    assert study.paired_bootstrap_sd(a, a, GROUPS)["seen_mIoU"] == pytest.approx(0.0, abs=1e-9)
+    near = a.copy()
+    near[0] = b[0]  # one image scored differently
+    sd_a, sd_b = study.bootstrap_sd(a, GROUPS, 2000)["seen_mIoU"], study.bootstrap_sd(b, GROUPS, 2000)["seen_mIoU"]
+    assert 0 < study.paired_bootstrap_sd(a, near, GROUPS, 2000)["seen_mIoU"] < sd_a / 3
+    # unrelated runs on the same images: the variances add
+    assert study.paired_bootstrap_sd(a, b, GROUPS, 2000)["seen_mIoU"] == pytest.approx(math.hypot(sd_a, sd_b), rel=0.2)
