@@ -21,18 +21,19 @@ from escnet import cli
 PACKAGE = Path(__file__).resolve().parents[1] / "escnet"
 # room (a sub-package or a top-level module of escnet) -> rank; a room imports only lower ranks
 RANKS = {
-    "errors": 0, "fileio": 0, "progress": 0, "runtime": 0, "modelcard": 0,  # plain helpers, no model
-    "models": 1,  # the networks (nn.Modules and their configs)
-    "weights": 2, "data": 2, "registry": 2,  # public weight formats -> models; datasets; the named-model table
-    "lifecycle": 3,  # save / load / build a model in escnet's format
-    "hub": 4,  # names -> local paths: fetch, verify, convert (imports the registry; nothing imports back)
-    "inference": 5, "evaluation": 5,  # the Segmenter and its protocol / outputs / text cache / ONNX; metrics
-    "training": 6, "demo": 6,  # the training loop (evaluates while training); the web demo over a Segmenter
-    "benchmarks": 7,  # measures inference and training
-    "commands": 8,  # one module per `escnet X`
-    "cli": 9,
-    "__main__": 10,
-    "engine": 11,  # deprecated stand-ins for the old escnet.engine.X paths: nothing may import them
+    "errors": 0,  # the error types and their one-line form: every room may raise them
+    "fileio": 1, "progress": 1, "runtime": 1, "modelcard": 1,  # plain helpers, no model
+    "models": 2,  # the networks (nn.Modules and their configs)
+    "weights": 3, "data": 3, "registry": 3,  # public weight formats -> models; datasets; the named-model table
+    "lifecycle": 4,  # save / load / build a model in escnet's format
+    "hub": 5,  # names -> local paths: fetch, verify, convert (imports the registry; nothing imports back)
+    "inference": 6, "evaluation": 6,  # the Segmenter and its protocol / outputs / text cache / ONNX; metrics
+    "training": 7, "demo": 7,  # the training loop (evaluates while training); the web demo over a Segmenter
+    "benchmarks": 8,  # measures inference and training
+    "commands": 9,  # one module per `escnet X`
+    "cli": 10,
+    "__main__": 11,
+    "engine": 12,  # deprecated stand-ins for the old escnet.engine.X paths: nothing may import them
 }
 # the declared exceptions (source module, imported module): models/common.py reads class names the
 # way the vocabulary parser writes them (display_name), which lives with the vocabularies in data/
