@@ -25,11 +25,11 @@ from PIL import Image
 
 from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
 from escnet.commands.policy import EXIT_CANNOT_START, EXIT_FAILED, fail, load_segmenter
-from escnet.data.images import load_image
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
-from escnet.inference.outputs import FORMAT_HELP, parse_formats, save_outputs
-from escnet.progress import note, progress
-from escnet.runtime import resolve_device, set_threads
+from escnet.inference.outputs import FORMAT_HELP, parse_formats
+from escnet.progress import note
+from escnet.inference.folder import FolderRun, ResumeError, run_jobs, run_settings
+from escnet.runtime import resolve_device, set_threads, setup_runtime
 
 
 def add_command(subparsers) -> None:
@@ -48,6 +48,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images whose views go through the model together (default %(default)s)")
     parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip images whose outputs in --out are complete (a run interrupted, or one "
+                             "over torchrun processes: see docs/deploy.md); the settings must match those in --out's escnet-run/manifest.json")
     parser.set_defaults(func=run)
 
 
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         return fail("segment", "no images to segment", EXIT_FAILED)
     # loads torch, which building the parser (`escnet --help`) must not
-    segmenter = load_segmenter("segment", args.model, device=device, **segmenter_options(args))
+    runtime = setup_runtime(device)  # torchrun: joins the process group, cuda:LOCAL_RANK on GPUs
+    segmenter = load_segmenter("segment", args.model, device=runtime.device, **segmenter_options(args))
 
     def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
         message = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
@@ -116,28 +120,20 @@ def run(args: argparse.Namespace) -> int:
         failures.append(message)
 
     jobs = list(zip(files, _unique_names(files)))
-    batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
-    done = 0
-    for batch in progress(batches, desc="segment", unit="batch"):
-        loaded = []
-        for path, name in batch:
-            try:
-                loaded.append((path, name, load_image(path)))
-            except Exception as exc:
-                report(path, exc)
-        try:
-            results = segmenter.segment([image for _, _, image in loaded], vocabulary, batch_size=len(loaded) or 1)
-        except Exception as exc:
-            for path, _, _ in loaded:
-                report(path, exc)
-            continue
-        for (path, name, _), result in zip(loaded, results):
-            try:
-                save_outputs(result, args.out, name, formats, file_name=path.name)
-                done += 1
-            except Exception as exc:
-                report(path, exc)
-    print(f"segmented {done} of {len(files)} image(s) into {args.out}", file=sys.stderr)
+    # torchrun: this process's share of the jobs (escnet.inference.folder), less those done (--resume)
+    try:
+        run = FolderRun.start(args.out, jobs, formats, run_settings(segmenter, vocabulary, formats), resume=args.resume)
+    except ResumeError as exc:
+        return fail("segment", exc, EXIT_CANNOT_START)
+    run_jobs(segmenter, run, vocabulary, batch_size=args.batch_size, on_error=lambda path, exc: report(path, exc) or failures[-1])
+    manifest = run.finish()
+    runtime.close()
+    done = run.counts["done"]
+    if manifest is not None and run.world_size > 1:
+        print(f"{run.world_size} processes: {manifest['this_run']}", file=sys.stderr)
+    if run.counts["skipped"]:
+        print(f"skipped {run.counts['skipped']} image(s) whose outputs exist (--resume)", file=sys.stderr)
+    print(f"segmented {done} of {len(run.todo) + run.counts['skipped']} image(s) into {args.out}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for problem in failures:
