@@ -253,6 +253,12 @@ def run_jobs(segmenter, run: FolderRun, vocabulary, batch_size: int = 1,
                 run.done(path, name, written)
             except Exception as exc:
                 report(path, name, exc)
+    compiled = getattr(segmenter, "backend_info", {})
+    if "first_call_s" in compiled:  # escnet.inference.backends: what the first image's compile cost
+        from escnet.progress import note
+
+        note(f"compile: first model call {compiled['first_call_s']:.1f} s (compile + run; "
+             f"cached in {compiled['cache_dir']} for later runs)")
 
 
 def run_settings(segmenter, vocabulary: list[str], formats: Sequence[str]) -> dict[str, Any]:
