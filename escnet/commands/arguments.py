@@ -2,7 +2,7 @@
 escnet.inference.options, the ones the Segmenter takes). Torch-free: building the parser imports it.
 
     add_inference_options(parser)                 # --protocol --resize --class-mode --no-text-cache
-    add_inference_options(parser, precision=True) # ... and --half --memory-budget --max-side
+    add_inference_options(parser, precision=True) # ... and --half --memory-budget --max-side --backend
     add_runtime_options(parser)                   # --device --threads
     segmenter_options(args)                       # -> the Segmenter.from_pretrained keywords they give
 """
@@ -12,8 +12,8 @@ import argparse
 import math
 
 from escnet.data.images import MAX_SIDE
-from escnet.inference.options import (CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE, PROTOCOLS, RESIZE_MODES,
-                                      TEXT_CACHE_HELP)
+from escnet.inference.options import (BACKEND_HELP, BACKENDS, CLASS_MODES, DEFAULT_MEMORY_BUDGET_MB, MIN_MAX_SIDE,
+                                      PROTOCOLS, RESIZE_MODES, TEXT_CACHE_HELP)
 from escnet.runtime import DEVICES, THREADS_HELP
 
 PROTOCOL_HELP = "sliding: CAT-Seg's sliding window, 4 crops + a global view (the paper's, default); single: one resized view"
@@ -46,7 +46,7 @@ def max_side(text: str) -> int:
 
 def add_inference_options(parser: argparse.ArgumentParser, precision: bool = False, text_cache: bool = True) -> None:
     """--protocol, --resize, --class-mode (and --no-text-cache); precision: also --half,
-    --memory-budget and --max-side."""
+    --memory-budget, --max-side and --backend."""
     parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding", help=PROTOCOL_HELP)
     parser.add_argument("--resize", choices=RESIZE_MODES, default="official", help=RESIZE_HELP)
     parser.add_argument("--class-mode", choices=CLASS_MODES, default="exact", help=CLASS_MODE_HELP)
@@ -57,6 +57,7 @@ def add_inference_options(parser: argparse.ArgumentParser, precision: bool = Fal
         parser.add_argument("--max-side", type=max_side, default=MAX_SIDE,
                             help="images with a longer side are processed at this size and their labels "
                                  "upsampled back (default %(default)s)")
+        parser.add_argument("--backend", choices=BACKENDS, default="eager", help=BACKEND_HELP)
     if text_cache:
         parser.add_argument("--no-text-cache", action="store_true", help=TEXT_CACHE_HELP)
 
@@ -75,7 +76,7 @@ def add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) ->
 
 def segmenter_options(args: argparse.Namespace) -> dict:
     """The Segmenter.from_pretrained keywords that the parsed inference options give (those present)."""
-    options = {key: getattr(args, key) for key in ("protocol", "resize", "class_mode", "half", "max_side")
+    options = {key: getattr(args, key) for key in ("protocol", "resize", "class_mode", "half", "max_side", "backend")
                if hasattr(args, key)}
     if hasattr(args, "memory_budget"):
         options["memory_budget_mb"] = args.memory_budget

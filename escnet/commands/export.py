@@ -16,9 +16,12 @@ ONNX needs `pip install 'escnet[export]'` (onnx, onnxruntime; torch's exporter a
 onnxscript). The exporter is torch.export-based; attention over more than 4 dimensions (CAT-Seg's
 Swin windows) is written out as MatMul/Softmax by `_attention`, as ONNX's own translation only
 takes 4-D inputs. After writing, the graph runs in ONNX Runtime on CPU on a fresh random batch
-and the largest difference from PyTorch is printed (and must stay within --tolerance).
+and the largest difference from PyTorch is printed (and must stay within --tolerance). What the
+exporter reports that needs no action (torchvision's operators not registered, constant folding
+skipped for multi-output nodes, torch-internal deprecations) is silenced; anything else is shown.
 
-ESC-Net does not export yet: see escnet.inference.export.ESCNET_LIMITATION.
+ESC-Net does not export yet (its pseudo prompt generator has data-dependent shapes): the error
+says so; see escnet.inference.export.ESCNET_LIMITATION.
 """
 from __future__ import annotations
 

@@ -26,13 +26,14 @@ from PIL import Image
 
 from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
 from escnet.commands.policy import fail, load_segmenter
-from escnet.data.images import DEFAULT_MAX_PIXELS, load_image
+from escnet.data.images import DEFAULT_MAX_PIXELS
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
-from escnet.inference.outputs import FORMAT_HELP, parse_formats, save_outputs
 from escnet.errors import one_line, shown_path
 from escnet.fileio import check_out_folder
-from escnet.progress import note, progress
-from escnet.runtime import resolve_device, set_threads
+from escnet.inference.folder import FolderRun, ResumeError, run_jobs, run_settings
+from escnet.inference.outputs import FORMAT_HELP, parse_formats
+from escnet.progress import note
+from escnet.runtime import resolve_device, set_threads, setup_runtime
 
 
 def add_command(subparsers) -> None:
@@ -53,6 +54,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--format", default="png", help=f"comma-separated output formats. {FORMAT_HELP}")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help="larger images are refused, from their header before decoding (default %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip images whose outputs in --out are complete (a run interrupted, or one "
+                             "over torchrun processes: see docs/deploy.md); the settings must match those in --out's escnet-run/manifest.json")
     parser.set_defaults(func=run)
 
 
@@ -116,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         fail("no images to segment")
     # loads torch, which building the parser (`escnet --help`) must not
-    segmenter = load_segmenter(args.model, device=device, max_pixels=args.max_pixels, **segmenter_options(args))
+    runtime = setup_runtime(device)  # torchrun: joins the process group, cuda:LOCAL_RANK on GPUs
+    segmenter = load_segmenter(args.model, device=runtime.device, max_pixels=args.max_pixels, **segmenter_options(args))
 
     def report(path: Path, exc: Exception) -> None:  # one bad image must not end the run
         shown = shown_path(path)
@@ -125,28 +130,20 @@ def run(args: argparse.Namespace) -> int:
         failures.append(message)
 
     jobs = list(zip(files, _unique_names(files)))
-    batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
-    done = 0
-    for batch in progress(batches, desc="segment", unit="batch"):
-        loaded = []
-        for path, name in batch:
-            try:
-                loaded.append((path, name, load_image(path, args.max_pixels)))
-            except Exception as exc:
-                report(path, exc)
-        try:
-            results = segmenter.segment([image for _, _, image in loaded], vocabulary, batch_size=len(loaded) or 1)
-        except Exception as exc:
-            for path, _, _ in loaded:
-                report(path, exc)
-            continue
-        for (path, name, _), result in zip(loaded, results):
-            try:
-                save_outputs(result, args.out, name, formats, file_name=path.name)
-                done += 1
-            except Exception as exc:
-                report(path, exc)
-    print(f"segmented {done} of {len(files)} image(s) into {shown_path(args.out)}", file=sys.stderr)
+    # torchrun: this process's share of the jobs (escnet.inference.folder), less those done (--resume)
+    try:
+        run = FolderRun.start(args.out, jobs, formats, run_settings(segmenter, vocabulary, formats), resume=args.resume)
+    except ResumeError as exc:
+        fail(exc)
+    run_jobs(segmenter, run, vocabulary, batch_size=args.batch_size, on_error=lambda path, exc: report(path, exc) or failures[-1])
+    manifest = run.finish()
+    runtime.close()
+    done = run.counts["done"]
+    if manifest is not None and run.world_size > 1:
+        print(f"{run.world_size} processes: {manifest['this_run']}", file=sys.stderr)
+    if run.counts["skipped"]:
+        print(f"skipped {run.counts['skipped']} image(s) whose outputs exist (--resume)", file=sys.stderr)
+    print(f"segmented {done} of {len(run.todo) + run.counts['skipped']} image(s) into {shown_path(args.out)}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for problem in failures:

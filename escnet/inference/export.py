@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,12 @@ from escnet.models.swin import window_attention_mask
 
 INSTALL_HINT = "pip install 'escnet[export]'"
 ESCNET_LIMITATION = (
-    "ESC-Net's pseudo prompt generator (escnet/models/ppg.py, generate_pseudo_prompts) cannot be "
-    "exported: it sizes its k-means table by the largest foreground of the batch "
-    "(int(fg.sum(-1).max()), a data-dependent shape that a traced graph would freeze), and packs the "
-    "foreground pixels with a stable argsort (aten.sort.stable, which has no ONNX translation). With "
-    "both replaced (table width h*w, argsort of distinct keys), the next blocker is VLF's linear "
-    "class attention (escnet/models/swin.py, einsum '...lhd,...hd->...lh' with operands of different "
-    "rank, which ONNX Einsum does not broadcast). Closest exportable form: a CAT-Seg checkpoint "
+    "ESC-Net does not export yet: its pseudo prompt generator (escnet/models/ppg.py, "
+    "generate_pseudo_prompts) sizes its k-means table by the largest foreground of the batch "
+    "(int(fg.sum(-1).max()), a data-dependent shape that a traced graph would freeze) and packs the "
+    "foreground pixels with a stable argsort (aten.sort.stable, which has no ONNX translation); a PPG "
+    "whose shapes depend only on the input's is what it waits for (the rest of ESC-Net exports: VLF's "
+    "linear attention goes through `_einsum`). Closest exportable form: a CAT-Seg checkpoint "
     "(escnet export --model <catseg checkpoint>); ESC-Net runs through PyTorch (escnet segment)."
 )
 
@@ -77,27 +78,48 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     return op.MatMul(op.Softmax(scores, axis=-1), value)
 
 
+def _einsum(equation, tensors, path=None):
+    """aten.einsum with torch's ellipsis broadcasting: an operand whose "..." covers fewer axes than
+    another's (VLF's linear attention, escnet/models/swin.py: "...lhd,...hd->...lh") gets leading
+    size-1 axes first, as ONNX Einsum requires every ellipsis to cover the same number of axes."""
+    from onnxscript import opset18 as op
+
+    inputs = equation.split("->")[0].split(",")
+    tensors = list(tensors)
+    covered = [len(t.shape) - len(spec.replace("...", "")) if "..." in spec else 0 for spec, t in zip(inputs, tensors)]
+    most = max(covered)
+    for i, (spec, count) in enumerate(zip(inputs, covered)):
+        if "..." in spec and count < most:
+            tensors[i] = op.Unsqueeze(tensors[i], op.Constant(value_ints=list(range(most - count))))
+    return op.Einsum(*tensors, equation=equation)
+
+
+# What the exporter says that a user cannot act on, silenced around the export (anything else it
+# says is shown):
+# - torch.onnx's registry: "torchvision is not installed. Skipping torchvision::nms" (and roi_align,
+#   ...): it registers translations for torchvision's operators, which escnet's models do not use.
+# - onnxscript's optimiser: "Skipping constant folding for op Split / LayerNormalization with multiple
+#   outputs": those nodes stay in the graph as they are, computed by ONNX Runtime; nothing is lost.
+# - torch.export's pytree (FutureWarning "isinstance(treespec, LeafSpec) is deprecated"): an
+#   internal deprecation inside torch's own code, for torch's maintainers.
+_QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding")
+_QUIET_WARNINGS = ((FutureWarning, r".*LeafSpec"),)
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter's own chatter, none of it about this model: "torchvision is not installed. Skipping
-    torchvision::nms" (torch.onnx's registry of ops escnet does not use), "Skipping constant folding for op
-    Split with multiple outputs" (onnxscript's optimiser leaving an op as it is) and torch-internal
-    FutureWarnings. Silenced while exporting; errors still raise, and the result is checked by `check_onnx`."""
-    import logging
-    import warnings
-
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
-    try:
+    with warnings.catch_warnings():
+        for category, message in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
         for logger in loggers:
             logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
             yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def _require_onnx() -> None:
@@ -116,8 +138,6 @@ def export_onnx(model: nn.Module, text: torch.Tensor, path, text_input: bool = F
     """Write `model` (ESC-Net or CAT-Seg, eval mode, CPU) with vocabulary features text (T, D)
     to path as ONNX (what the graph takes and gives: escnet/commands/export.py); the batch axis N is dynamic."""
     _require_onnx()
-    if getattr(model.cfg, "arch", None) == "escnet" and getattr(model.cfg, "use_sam", False):
-        raise ExportError(ESCNET_LIMITATION)
     model = copy.deepcopy(model).eval().cpu()
     crop = model.cfg.crop_size
     images = torch.rand(example_views, 3, crop, crop) * 255
@@ -128,6 +148,7 @@ def export_onnx(model: nn.Module, text: torch.Tensor, path, text_input: bool = F
     else:
         wrapper, args, names = FixedVocabulary(model, text.float()), (images,), ["images"]
         shapes = {"images": {0: batch}}
+    wrapper.eval()  # a new module starts in training mode; the exporter warns about it
     # swin.window_attention_mask caches its tensors process-wide: tracing would leave fake
     # tensors in that cache, and every later forward of any CAT-Seg model would return them.
     window_attention_mask.cache_clear()
@@ -136,12 +157,14 @@ def export_onnx(model: nn.Module, text: torch.Tensor, path, text_input: bool = F
         with _quiet_exporter():
             program = torch.onnx.export(
                 wrapper, args, dynamo=True, input_names=names, output_names=["probs"], dynamic_shapes=shapes,
-                custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: _attention},
+                custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: _attention,
+                                          torch.ops.aten.einsum.default: _einsum},
                 verbose=False,
             )
     except Exception as exc:
+        why = f" ({ESCNET_LIMITATION})" if model.cfg.arch == "escnet" and getattr(model.cfg, "use_sam", False) else ""
         raise ExportError(f"the exporter failed on this {model.cfg.arch} model: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0]}") from exc
+                          f"{str(exc).splitlines()[0]}{why}") from exc
     finally:
         window_attention_mask.cache_clear()
     path = Path(path)

@@ -14,3 +14,6 @@ MIN_MAX_SIDE = 16
 TEXT_CACHE_ENV = "ESCNET_TEXT_CACHE"
 TEXT_CACHE_HELP = (f"do not read or write the on-disk cache of text features (also {TEXT_CACHE_ENV}=0; "
                    "it lives in $ESCNET_CACHE or ~/.cache/escnet, under text_embeddings/)")
+BACKENDS = ("eager", "compile")  # escnet.inference.backends: PyTorch as written, or torch.compile (inductor)
+BACKEND_HELP = ("eager: PyTorch as written (default); compile: torch.compile with inductor, faster on CPU after "
+                "a first image that compiles (minutes for ViT-B; cached on disk for the next run)")

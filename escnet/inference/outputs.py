@@ -92,8 +92,10 @@ def class_masks(result) -> list[dict[str, Any]]:
 
 def pipeline_output(result) -> list[dict[str, Any]]:
     """The list a Hugging Face `pipeline("image-segmentation")` returns: {"label", "score",
-    "mask"} per class present, the mask a PIL "L" image (255 inside the class, 0 elsewhere)."""
-    return [{"label": m["label"], "score": m["score"], "mask": Image.fromarray(m["mask"].astype(np.uint8) * 255)}
+    "mask"} per class present, the mask a PIL "L" image (255 inside the class, 0 elsewhere); score
+    None when the result has no scores (as the pipeline's semantic subtask gives)."""
+    return [{"label": m["label"], "score": None if result.scores is None else m["score"],
+             "mask": Image.fromarray(m["mask"].astype(np.uint8) * 255)}
             for m in class_masks(result)]
 
 

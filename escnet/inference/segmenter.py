@@ -205,6 +205,7 @@ class Segmenter:
     Text features are cached per vocabulary in memory, so a folder of images encodes its classes
     once, and on disk (escnet.inference.text_cache), so the next process does not encode them again;
     text_cache: False turns the disk cache off (None: on unless ESCNET_TEXT_CACHE=0).
+    backend: "eager" or "compile" (torch.compile, escnet.inference.backends; `backend_info` reports it).
     """
 
     def __init__(
@@ -219,6 +220,7 @@ class Segmenter:
         resize: str = "official",
         text_cache: Optional[bool] = None,
         max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+        backend: str = "eager",
     ):
         _check_choice("protocol", protocol, PROTOCOLS)
         _check_choice("resize", resize, RESIZE_MODES)
@@ -246,6 +248,9 @@ class Segmenter:
         self.disk_text_cache = TextCache(self.model) if wanted and TextCache.supports(self.model) else None
         if class_mode == "top256":
             self._check_truncation()
+        from escnet.inference.backends import apply_backend
+
+        self.backend_info = apply_backend(self.model, backend)
 
     @classmethod
     def from_pretrained(
@@ -395,6 +400,7 @@ class Segmenter:
             "working_size": list(work),
             "device": str(self.device),
             "half": self.half,
+            "backend": self.backend_info["backend"],
         }
         if self.description:
             info["model_description"] = self.description
