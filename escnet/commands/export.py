@@ -20,8 +20,8 @@ and the largest difference from PyTorch is printed (and must stay within --toler
 exporter reports that needs no action (torchvision's operators not registered, constant folding
 skipped for multi-output nodes, torch-internal deprecations) is silenced; anything else is shown.
 
-ESC-Net does not export yet (its pseudo prompt generator has data-dependent shapes): the error
-says so; see escnet.inference.export.ESCNET_LIMITATION.
+Both models export (ESC-Net's pseudo prompt generator has shapes that depend only on the
+input's); a failure on an ESC-Net says what to use instead (escnet.inference.export.ESCNET_LIMITATION).
 """
 from __future__ import annotations
 

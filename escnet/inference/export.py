@@ -19,13 +19,10 @@ from escnet.models.swin import window_attention_mask
 
 INSTALL_HINT = "pip install 'escnet[export]'"
 ESCNET_LIMITATION = (
-    "ESC-Net does not export yet: its pseudo prompt generator (escnet/models/ppg.py, "
-    "generate_pseudo_prompts) sizes its k-means table by the largest foreground of the batch "
-    "(int(fg.sum(-1).max()), a data-dependent shape that a traced graph would freeze) and packs the "
-    "foreground pixels with a stable argsort (aten.sort.stable, which has no ONNX translation); a PPG "
-    "whose shapes depend only on the input's is what it waits for (the rest of ESC-Net exports: VLF's "
-    "linear attention goes through `_einsum`). Closest exportable form: a CAT-Seg checkpoint "
-    "(escnet export --model <catseg checkpoint>); ESC-Net runs through PyTorch (escnet segment)."
+    "an ESC-Net exports when its pseudo prompt generator's shapes depend only on the input's (every "
+    "reading of this release; a model whose PPG options make them data-dependent does not). Closest "
+    "exportable form: a CAT-Seg checkpoint (escnet export --model <catseg checkpoint>); any ESC-Net runs "
+    "through PyTorch (escnet segment)"
 )
 
 

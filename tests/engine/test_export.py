@@ -49,7 +49,7 @@ def test_text_input_takes_other_features_of_the_same_size(catseg, exported):
 
 
 def test_escnet_export_failure_says_why_and_what_can(tmp_path, monkeypatch):
-    """While ESC-Net's PPG has data-dependent shapes the exporter fails on it; the error says why."""
+    """If the exporter fails on an ESC-Net (e.g. PPG options with data-dependent shapes), the error says why."""
     def fails(*args, **kwargs):
         raise RuntimeError("No ONNX function found for <OpOverload(op='aten.sort', overload='stable')>\nmore")
 
@@ -58,7 +58,7 @@ def test_escnet_export_failure_says_why_and_what_can(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="aten.sort.*pseudo prompt generator.*Closest exportable form") as info:
         export_onnx(model, torch.randn(3, model.cfg.clip.embed_dim), tmp_path / "escnet.onnx")
     assert "\n" not in str(info.value) and not (tmp_path / "escnet.onnx").exists()
-    assert "aten.sort.stable" in ESCNET_LIMITATION
+    assert "pseudo prompt generator" in ESCNET_LIMITATION
     catseg = create_model("catseg", "tiny")
     with pytest.raises(ExportError) as info:
         export_onnx(catseg, torch.randn(3, catseg.cfg.clip.embed_dim), tmp_path / "catseg.onnx")
@@ -80,8 +80,7 @@ def _ort_against_pytorch(path, model, text, views=3, seed=0):
 
 @pytest.mark.parametrize("arch", [
     "catseg",
-    pytest.param("escnet", marks=pytest.mark.xfail(strict=True, raises=ExportError,
-                                                   reason="waits for the input-shaped PPG")),
+    "escnet",
 ])
 def test_tiny_models_export_and_match_onnx_runtime(arch, catseg, exported, tmp_path):
     """Tiny ESC-Net and CAT-Seg: ONNX Runtime's probabilities within 1e-4 of PyTorch's, labels equal,
