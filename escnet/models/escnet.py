@@ -92,6 +92,13 @@ class ESCNetConfig:
     class_truncation: int | None = None
     # SAM block
     use_sam: bool = True  # False = the paper's "W/O SAM" ablation (Table 2a)
+    # with use_sam = false, VLF's image guidance: none (no image guidance at all) | unrefined (F_v through
+    # the SAM block's image projection and a 1x1 conv, no SAM layer: the paper's words "F_v is not
+    # refined", docs/readings-options.md)
+    no_sam_guidance: str = "none"
+    # block k+1's SAM block starts from block k's refined SAM image tokens (their mean over all classes,
+    # the class-agnostic tokens eq. (2) merges) instead of projecting F_v again (block 1 projects F_v)
+    sam_chain_tokens: bool = False
     sam_guidance: str = "merge"  # merge: eq. (2), one F'_v per image | perclass: each class its own
     sam_layers: str = "one"  # one: one SAM two-way attention layer per ESC block | full: SAM's whole transformer
     sam_seed_layers: tuple[int, ...] = (0, 1)  # with "one": pretrained layer seeding block i = [i % len]
@@ -121,6 +128,7 @@ class ESCNetConfig:
                 "ppg_source": ("rescaled", "stem_inverse", "initial"), "mask_combine": MASK_COMBINES,
                 "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none"),
                 "sam_guidance": ("merge", "perclass"), "sam_layers": ("one", "full"),
+                "no_sam_guidance": ("none", "unrefined"),
                 "vlf_swin": ("single", "pair")}
 
     def __post_init__(self) -> None:
@@ -141,6 +149,8 @@ class ESCNetConfig:
             raise ValueError(f"ESCNetConfig.ppg_smooth = {self.ppg_smooth}: an odd filter side >= 1 (1: no smoothing)")
         if self.class_truncation is not None and self.class_truncation < 1:
             raise ValueError(f"ESCNetConfig.class_truncation must be None or >= 1, got {self.class_truncation}")
+        if self.use_sam and self.no_sam_guidance != "none":
+            raise ValueError(f"ESCNetConfig.no_sam_guidance = {self.no_sam_guidance!r} applies only with use_sam = false")
         if self.use_sam and not (self.prompt_points or self.prompt_boxes or self.prompt_masks or self.sam_text_token):
             raise ValueError("ESCNetConfig: the SAM block needs a prompt: enable prompt_points, prompt_boxes, "
                              "prompt_masks or sam_text_token (or set use_sam = false)")
@@ -242,10 +252,13 @@ class SAMBlock(nn.Module):
     `perclass` -> (B*T, G, g, g).
     """
 
-    def __init__(self, cfg: ESCNetConfig, transformer: SAMLayers, prompt_encoder: PromptEncoder):
+    def __init__(self, cfg: ESCNetConfig, transformer: SAMLayers, prompt_encoder: PromptEncoder, project: bool = True):
+        """project: the block projects F_v to its image tokens (False: it is given the previous block's
+        refined tokens, `sam_chain_tokens`, and has no projection of its own)."""
         super().__init__()
         self.cfg = cfg
-        self.image_proj = nn.Sequential(nn.Conv2d(cfg.clip.embed_dim, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim))
+        self.image_proj = (nn.Sequential(nn.Conv2d(cfg.clip.embed_dim, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim))
+                           if project else None)
         self.prompt_encoder = prompt_encoder
         self.ppg = PseudoPromptGenerator.from_config(cfg)
         self.records: list[PseudoPrompts] | None = None  # PPG's records, only while ESCNet.forward(return_ppg=True)
@@ -260,6 +273,8 @@ class SAMBlock(nn.Module):
 
     def project_image(self, feats: Tensor) -> Tensor:
         """F_v (B, D, g, g) -> SAM image tokens (B, S, g, g)."""
+        if self.image_proj is None:
+            raise ValueError("this SAM block takes the previous block's refined tokens (sam_chain_tokens): no projection of F_v")
         return self.image_proj(feats)
 
     def prompts(self, corr: Tensor, text: Tensor, class_lse: Tensor | None = None) -> tuple[Tensor, DensePrompt]:
@@ -422,16 +437,22 @@ class ESCNet(CLIPBackedModel):
             g = cfg.grid
             make_pe = lambda: PromptEncoder(cfg.sam_dim, (g, g), (cfg.crop_size, cfg.crop_size),  # noqa: E731
                                             cfg.sam_mask_in_chans)
+            project = [i == 0 or not cfg.sam_chain_tokens for i in range(cfg.num_blocks)]
             if cfg.sam_sharing == "copies":
-                self.sam = nn.ModuleList(SAMBlock(cfg, SAMLayers(cfg, cfg.seed_layer(i)), make_pe())
+                self.sam = nn.ModuleList(SAMBlock(cfg, SAMLayers(cfg, cfg.seed_layer(i)), make_pe(), project[i])
                                          for i in range(cfg.num_blocks))
             else:
                 layers, pe = SAMLayers(cfg, cfg.seed_layer(0)), make_pe()
-                self.sam = nn.ModuleList(SAMBlock(cfg, layers, pe) for _ in range(cfg.num_blocks))
+                self.sam = nn.ModuleList(SAMBlock(cfg, layers, pe, project[i]) for i in range(cfg.num_blocks))
             if not cfg.prompt_masks:  # never used: frozen, so that every trainable parameter gets a gradient
                 for block in self.sam:
                     block.prompt_encoder.mask_downscaling.requires_grad_(False)
-        guidance = cfg.guidance_dim if cfg.use_sam else 0
+        guidance = cfg.guidance_dim if cfg.use_sam or cfg.no_sam_guidance == "unrefined" else 0
+        # Table 2 (a) as worded: F_v, not refined, through the SAM block's image projection (Conv1x1 + LN)
+        # and a 1x1 conv to the guidance width, one per ESC block
+        self.unrefined = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim), nn.Conv2d(cfg.sam_dim, guidance, 1))
+            for _ in range(cfg.num_blocks)) if not cfg.use_sam and cfg.no_sam_guidance == "unrefined" else None
         half = cfg.window // 2
         shifts = [(0, half) if cfg.vlf_swin == "pair" else ((0,) if i % 2 == 0 else (half,))
                   for i in range(cfg.num_blocks)]
@@ -568,31 +589,44 @@ class ESCNet(CLIPBackedModel):
         corr = [torch.einsum("bdhw,td->bthw", unit, F.normalize(text[c], dim=-1)) for c in chunks]
         b, _, g, _ = feats.shape
         es = [self.stem(x.reshape(-1, 1, g, g)).view(b, x.shape[1], -1, g, g).transpose(1, 2) for x in corr]
+        tokens = None  # sam_chain_tokens: the previous SAM block's refined image tokens (B, S, g, g)
         for i, vlf in enumerate(self.vlf):
             state = vlf.classes.text_state(text)
             sam_guidance = [None] * len(chunks)
             if self.cfg.use_sam:
-                sam_guidance = self._sam_guidance(i, feats, es, corr, text, chunks)
+                sam_guidance, tokens = self._sam_guidance(i, feats, es, corr, text, chunks, tokens)
+            elif self.unrefined is not None:
+                sam_guidance = [self.unrefined[i](feats)] * len(chunks)
             es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
         outs = [run_block(self, self.decoder, e, guidance) for e in es]
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
     def _sam_guidance(self, i: int, feats: Tensor, es: list[Tensor], corr: list[Tensor], text: Tensor,
-                      chunks: list[slice]) -> list[Tensor]:
-        """ESC block i's SAM block for every chunk -> the guidance each chunk's VLF sees: eq. (2)'s
-        F'_v (B, G, g, g) shared by all chunks (a mean over ALL classes), or (B*T', G, g, g) per chunk."""
+                      chunks: list[slice], tokens: Tensor | None = None) -> tuple[list[Tensor], Tensor | None]:
+        """ESC block i's SAM block for every chunk -> (the guidance each chunk's VLF sees: eq. (2)'s
+        F'_v (B, G, g, g) shared by all chunks (a mean over ALL classes), or (B*T', G, g, g) per chunk;
+        with sam_chain_tokens the mean over all classes of the refined tokens (B, S, g, g), the next
+        block's image tokens, else None). tokens: this block's image tokens (None: project F_v)."""
         block = self.sam[i]
-        image = block.project_image(feats)
+        image = block.project_image(feats) if tokens is None else tokens
         maps = [self.ppg_map(i, x, e) for x, e in zip(corr, es)]
         lse = None
         if block.ppg.needs_class_lse:  # the per-pixel softmax over ALL classes: its normaliser first
             tau, s = self.cfg.ppg_tau, self.cfg.ppg_smooth
             lse = torch.logsumexp(torch.stack([class_logsumexp(smooth_maps(m.flatten(0, 1), s).view(m.shape), tau)
                                                for m in maps]), 0)
-        always = self.cfg.sam_checkpointing
+        always, chain = self.cfg.sam_checkpointing, self.cfg.sam_chain_tokens
+        refined = (run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always)
+                   for m, c in zip(maps, chunks))
         if self.cfg.sam_guidance == "perclass":
-            return [block.perclass_guidance(run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always))
-                    for m, c in zip(maps, chunks)]
-        total = sum(run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always).sum(1)
-                    for m, c in zip(maps, chunks))
-        return [block.merge_guidance(image, total / text.shape[0])] * len(chunks)
+            guidance, total = [], 0
+            for r in refined:
+                guidance.append(block.perclass_guidance(r))
+                if chain:
+                    total = total + r.sum(1)
+        else:
+            total = sum(r.sum(1) for r in refined)
+            guidance = [block.merge_guidance(image, total / text.shape[0])] * len(chunks)
+        if not chain:
+            return guidance, None
+        return guidance, (total / text.shape[0]).transpose(1, 2).reshape(image.shape)

@@ -42,7 +42,12 @@ PPG_OPTIONS = [{"ppg_threshold": r} for r in ("otsu", "quantile", "class_softmax
     {"ppg_init": "farthest_raster"}, {"ppg_source": "stem_inverse"}, {"ppg_source": "initial"},
     {"mask_combine": "union"}, {"mask_combine": "sum"}, {"mask_combine": "mean"}, {"mask_logit": 2.0},
     {"ppg_threshold": "class_softmax", "ppg_source": "stem_inverse", "ppg_smooth": 1}]
-ABLATIONS = [{"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
+# the open readings' options (docs/readings-options.md)
+READING_OPTIONS = [{"sam_chain_tokens": True}, {"sam_chain_tokens": True, "sam_guidance": "perclass"},
+                   {"sam_chain_tokens": True, "sam_sharing": "shared"},
+                   {"use_sam": False, "no_sam_guidance": "unrefined"}]
+OPTIONS = PPG_OPTIONS + READING_OPTIONS
+ABLATIONS = [*READING_OPTIONS, {"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
              {"prompt_masks": False}, {"sam_text_token": True}, *PPG_OPTIONS,
              {"sam_seed_layers": (0, 0)}, {"sam_seed_layers": (1, 1)}, {"use_sam": False},
              {"sam_guidance": "perclass"}, {"sam_layers": "full"}, {"vlf_swin": "pair"}, {"sam_sharing": "shared"}]
@@ -56,19 +61,22 @@ def _reading(reading, **over):
     return model
 
 
-@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in PPG_OPTIONS])
+@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in OPTIONS])
 def test_chunked_equals_unchunked(reading, over):
     model = _reading(reading, **over)
     images, text = _inputs(model, t=7)
+    ppg = model.cfg.use_sam  # PPG's records exist only with SAM blocks
     with torch.no_grad():
-        full, records = model(images, text, return_ppg=True)
+        full, records = model(images, text, return_ppg=True) if ppg else (model(images, text), None)
         for chunk in (1, 3, 7, 100):
-            out, chunked = model(images, text, class_chunk=chunk, return_ppg=True)
+            out, chunked = model(images, text, class_chunk=chunk, return_ppg=True) if ppg else (
+                model(images, text, class_chunk=chunk), None)
             assert torch.allclose(out, full, atol=1e-5), chunk
-            assert torch.equal(chunked[0].foreground, records[0].foreground), chunk  # block 1 reads C0: exact
+            if ppg:
+                assert torch.equal(chunked[0].foreground, records[0].foreground), chunk  # block 1 reads C0: exact
 
 
-@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in PPG_OPTIONS])
+@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in OPTIONS])
 def test_order_agnostic_over_classes(reading, over):
     model = _reading(reading, **over)
     images, text = _inputs(model, t=6)
@@ -268,7 +276,7 @@ def test_config_validation():
 def test_ablations_build_and_run():
     images = None
     for over in ({"use_sam": False}, {"sam_sharing": "shared"}, {"mask_combine": "union"},
-                 {"ppg_source": "initial", "prompt_points": False}, *PPG_OPTIONS):
+                 {"ppg_source": "initial", "prompt_points": False}, *OPTIONS):
         model = create_model("escnet", "tiny", **over).eval()
         images, text = _inputs(model, b=1, t=3)
         with torch.no_grad():
@@ -440,3 +448,40 @@ def test_class_ffn_backward_under_bf16_autocast_matches_autograd():
     assert torch.allclose(y.float(), y2.float(), atol=1e-2)
     for a, b in zip(grads, grads2):
         assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("guidance", ["merge", "perclass"])
+def test_chained_sam_tokens_are_the_previous_blocks_refined_tokens(guidance):
+    """sam_chain_tokens: block k+1's SAM block starts from the mean over all classes of block k's
+    refined image tokens (B, S, g, g); only block 1 projects F_v."""
+    model = _reading("paper", sam_chain_tokens=True, sam_guidance=guidance)
+    assert model.sam[0].image_proj is not None and all(b.image_proj is None for b in model.sam[1:])
+    images, text = _inputs(model, t=4)
+    calls = []  # (image tokens, refined tokens) of each SAM block's refine, in call order
+    for block in model.sam:
+        orig = block.refine
+        block.refine = (lambda orig: lambda image, *a: calls.append((image, orig(image, *a))) or calls[-1][1])(orig)
+    with torch.no_grad():
+        model(images, text)
+    assert len(calls) == 2
+    image1, refined0 = calls[1][0], calls[0][1]
+    assert torch.allclose(image1, refined0.mean(1).transpose(1, 2).reshape(image1.shape), atol=1e-6)
+    plain = _reading("paper", sam_guidance=guidance)
+    with torch.no_grad():
+        assert not torch.allclose(plain(images, text), model(images, text), atol=1e-3)
+
+
+def test_unrefined_guidance_is_fv_through_the_projection():
+    """Table 2 (a) as worded: no SAM block, no PPG, but VLF still gets F_v (projected) as its image
+    guidance; use_sam = false alone keeps no image guidance at all."""
+    model = _reading("paper", use_sam=False, no_sam_guidance="unrefined")
+    assert not hasattr(model, "sam")  # no SAM block, no PPG
+    images, text = _inputs(model, t=3)
+    with torch.no_grad():
+        feats, _, _ = model.encode_image(images)
+        got = _first_guidance(model, images, text)
+    assert torch.allclose(got, model.unrefined[0](feats), atol=1e-6)
+    assert got.shape == (2, model.cfg.guidance_dim, model.cfg.grid, model.cfg.grid)
+    assert _first_guidance(_reading("paper", use_sam=False), images, text) is None
+    with pytest.raises(ValueError, match="no_sam_guidance = 'unrefined' applies only with use_sam = false"):
+        ESCNetConfig.preset("tiny", no_sam_guidance="unrefined")
