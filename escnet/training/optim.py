@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from escnet.training.config import TrainConfig
 
 SAM_LR_RULES = ("all", "attention")
-_PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens")
+_PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens", "mask_head")
 
 
 def _pretrained_sam_params(model: nn.Module, rule: str) -> set[int]:

@@ -45,7 +45,8 @@ PPG_OPTIONS = [{"ppg_threshold": r} for r in ("otsu", "quantile", "class_softmax
 # the open readings' options (docs/readings-options.md)
 READING_OPTIONS = [{"sam_chain_tokens": True}, {"sam_chain_tokens": True, "sam_guidance": "perclass"},
                    {"sam_chain_tokens": True, "sam_sharing": "shared"},
-                   {"use_sam": False, "no_sam_guidance": "unrefined"}]
+                   {"use_sam": False, "no_sam_guidance": "unrefined"}, {"sam_layers": "decoder"},
+                   {"sam_layers": "decoder", "sam_guidance": "perclass", "sam_chain_tokens": True}]
 OPTIONS = PPG_OPTIONS + READING_OPTIONS
 ABLATIONS = [*READING_OPTIONS, {"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
              {"prompt_masks": False}, {"sam_text_token": True}, *PPG_OPTIONS,
@@ -113,7 +114,7 @@ def test_merge_is_one_map_per_image_and_perclass_is_not():
 @pytest.mark.parametrize("reading", READINGS)
 @pytest.mark.parametrize("over", [{}, {"prompt_boxes": True, "sam_text_token": True}, {"mask_combine": "mean"},
                                   {"mask_combine": "union"}, {"mask_combine": "sum"}, {"sam_seed_layers": (1, 0)},
-                                  {"prompt_masks": False}])
+                                  {"prompt_masks": False}, {"sam_layers": "decoder"}, {"sam_chain_tokens": True}])
 @pytest.mark.parametrize("b", [1, 2])
 def test_folded_sam_layer_equals_plain(reading, over, b):
     """The SAM layer on the per-class keys in factored form == SAM's own TwoWayAttentionBlock on the
@@ -129,7 +130,9 @@ def test_folded_sam_layer_equals_plain(reading, over, b):
     corr = torch.randn(b * t, g, g, generator=gen, dtype=torch.float64)
     text = torch.randn(t, model.cfg.clip.embed_dim, generator=gen, dtype=torch.float64).repeat(b, 1)
     for block in model.sam:
-        image = block.project_image(feats).flatten(2).transpose(1, 2)
+        # sam_chain_tokens: blocks after the first are given tokens (here block 1's projection of F_v)
+        proj = block if block.image_proj is not None else model.sam[0]
+        image = proj.project_image(feats).flatten(2).transpose(1, 2)
         tokens, dense = block.prompts(corr, text)
         assert (dense.h is not None and dense.h.abs().sum() > 0) == over.get("prompt_masks", True)
         pos = block.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
@@ -139,7 +142,7 @@ def test_folded_sam_layer_equals_plain(reading, over, b):
         keys = (image.unsqueeze(1) + dense.materialise().expand(b * t, g * g, -1).view(b, t, g * g, -1)).flatten(0, 1)
         q2, k2 = layer(queries=tokens, keys=keys, query_pe=tokens, key_pe=pos)
         assert (q1 - q2).abs().max() <= 1e-5 and (k1 - k2).abs().max() <= 1e-5
-        params = [w for w in [*layer.parameters(), *block.image_proj.parameters()] if w.requires_grad]
+        params = [w for w in [*layer.parameters(), *proj.image_proj.parameters()] if w.requires_grad]
         g1 = torch.autograd.grad((k1 * weights).sum() + q1.sum(), params, allow_unused=True, retain_graph=True)
         g2 = torch.autograd.grad((k2 * weights).sum() + q2.sum(), params, allow_unused=True)
         for x, y in zip(g1, g2):
@@ -284,6 +287,32 @@ def test_ablations_build_and_run():
     shared = create_model("escnet", "tiny", sam_sharing="shared")
     copies = create_model("escnet", "tiny")
     assert count_parameters(shared)["sam"] < count_parameters(copies)["sam"]
+
+
+def test_four_complete_sam_decoders_match_the_papers_count():
+    """sam_layers = "decoder" (four complete SAM mask decoders) at ViT-L: within 1 % of Table 4's 451.3 M."""
+    with torch.device("meta"):
+        model = create_model("escnet", "vitl14", sam_layers="decoder")
+    total = count_parameters(model)["total"] / 1e6
+    assert abs(total - 451.3) / 451.3 < 0.01, total
+    assert abs(total - 451.3) / 451.3 < 0.005, total  # in fact within 0.5 %
+
+
+def test_decoder_layout_loads_the_final_attention_and_runs_the_heads():
+    """The decoder layout takes SAM's final token->image attention from the pretrained transformer and
+    its heads' mask enters E: zeroing mask_embed gives the model without the mask term."""
+    model = _reading("paper", sam_layers="decoder")
+    sd = {f"transformer.final_attn_token_to_image.q_proj.weight": torch.full_like(
+        model.sam[0].mask_head.final_attn_token_to_image.q_proj.weight, 0.5)}
+    own = model.sam_block_state(1, sd)
+    assert set(own) == {"mask_head.final_attn_token_to_image.q_proj.weight"}
+    images, text = _inputs(model, t=3)
+    with torch.no_grad():
+        out = model(images, text)
+        for block in model.sam:
+            block.mask_embed.weight.zero_()
+            block.mask_embed.bias.zero_()
+        assert not torch.allclose(model(images, text), out, atol=1e-4)
 
 
 @pytest.mark.parametrize("preset,paper", [("vitb16", None), ("vitl14", 451.3)])
@@ -485,3 +514,17 @@ def test_unrefined_guidance_is_fv_through_the_projection():
     assert _first_guidance(_reading("paper", use_sam=False), images, text) is None
     with pytest.raises(ValueError, match="no_sam_guidance = 'unrefined' applies only with use_sam = false"):
         ESCNetConfig.preset("tiny", no_sam_guidance="unrefined")
+
+
+@pytest.mark.parametrize("over", [{"sam_layers": "decoder"}, {"sam_chain_tokens": True},
+                                  {"use_sam": False, "no_sam_guidance": "unrefined"}])
+def test_reading_options_save_and_load(tmp_path, over):
+    """A model with a reading option saves and loads to the same outputs (the decoder layout's final
+    attention lives under mask_head.*, which the pre-v0.2 clean-up of saved models leaves alone)."""
+    model = _reading("paper", **over)
+    save_pretrained(model, tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m").eval()
+    assert loaded.cfg == model.cfg
+    images, text = _inputs(model, t=3)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, text), model(images, text))
