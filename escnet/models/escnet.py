@@ -120,6 +120,9 @@ class ESCNetConfig:
     # VLF
     vlf_swin: str = "single"  # single: one Swin block per VLF, shift alternating over blocks | pair
     class_ffn: bool = True  # feed-forward after the class attention
+    # text: the paper's class attention (text as keys and values) | catseg: CAT-Seg's class aggregation
+    # (keys / values from the class embeddings at each pixel, projected text (width guidance_dim) as guidance)
+    class_attention: str = "text"
     guidance_dim: int = 128
     heads: int = 4
     window: int = 12
@@ -132,7 +135,7 @@ class ESCNetConfig:
                 "ppg_source": ("rescaled", "stem_inverse", "initial"), "mask_combine": MASK_COMBINES,
                 "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none"),
                 "sam_guidance": ("merge", "perclass"), "sam_layers": ("one", "full", "decoder"),
-                "no_sam_guidance": ("none", "unrefined"),
+                "no_sam_guidance": ("none", "unrefined"), "class_attention": ("text", "catseg"),
                 "vlf_swin": ("single", "pair")}
 
     def __post_init__(self) -> None:
@@ -505,7 +508,8 @@ class ESCNet(CLIPBackedModel):
         half = cfg.window // 2
         shifts = [(0, half) if cfg.vlf_swin == "pair" else ((0,) if i % 2 == 0 else (half,))
                   for i in range(cfg.num_blocks)]
-        self.vlf = nn.ModuleList(VLFBlock(c, guidance, d, cfg.heads, cfg.window, shifts[i], cfg.class_ffn)
+        self.vlf = nn.ModuleList(VLFBlock(c, guidance, d, cfg.heads, cfg.window, shifts[i], cfg.class_ffn,
+                                          cfg.class_attention, cfg.guidance_dim)
                                  for i in range(cfg.num_blocks))
         self.skips = SkipProjector(cfg.clip.vision_width, cfg.skip_dims, cfg.skip_proj_dims)
         self.decoder = Decoder(c, cfg.decoder_dims, cfg.skip_proj_dims)
@@ -649,7 +653,6 @@ class ESCNet(CLIPBackedModel):
         es = [self.stem(x.reshape(-1, 1, g, g)).view(b, x.shape[1], -1, g, g).transpose(1, 2) for x in corr]
         tokens = None  # sam_chain_tokens: the previous SAM block's refined image tokens (B, S, g, g)
         for i, vlf in enumerate(self.vlf):
-            state = vlf.classes.text_state(text)
             sam_guidance = [None] * len(chunks)
             if self.cfg.use_sam:
                 sam_guidance, tokens, masks = self._sam_guidance(i, feats, es, corr, text, chunks, tokens)
@@ -657,7 +660,16 @@ class ESCNet(CLIPBackedModel):
                     es = [self.sam[i].embed_mask(e, m) for e, m in zip(es, masks)]
             elif self.unrefined is not None:
                 sam_guidance = [self.unrefined[i](feats)] * len(chunks)
-            es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
+            if self.cfg.class_attention == "text":  # keys / values from text: one state per vocabulary
+                state = vlf.classes.text_state(text)
+                es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
+            else:  # "catseg": keys / values per pixel from every chunk's embeddings, summed, then applied
+                ys = [run_block(self, vlf.spatial_part, e, s) for e, s in zip(es, sam_guidance)]
+                state = None
+                for y, c in zip(ys, chunks):
+                    part = vlf.classes.state(y, text[c], t)
+                    state = part if state is None else state.add(part)
+                es = [run_block(self, vlf.class_part, y, state, t, text[c]) for y, c in zip(ys, chunks)]
         outs = [run_block(self, self.decoder, e, guidance) for e in es]
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 

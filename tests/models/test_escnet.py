@@ -46,7 +46,8 @@ PPG_OPTIONS = [{"ppg_threshold": r} for r in ("otsu", "quantile", "class_softmax
 READING_OPTIONS = [{"sam_chain_tokens": True}, {"sam_chain_tokens": True, "sam_guidance": "perclass"},
                    {"sam_chain_tokens": True, "sam_sharing": "shared"},
                    {"use_sam": False, "no_sam_guidance": "unrefined"}, {"sam_layers": "decoder"},
-                   {"sam_layers": "decoder", "sam_guidance": "perclass", "sam_chain_tokens": True}]
+                   {"sam_layers": "decoder", "sam_guidance": "perclass", "sam_chain_tokens": True},
+                   {"class_attention": "catseg"}, {"class_attention": "catseg", "class_ffn": False, "use_sam": False}]
 OPTIONS = PPG_OPTIONS + READING_OPTIONS
 ABLATIONS = [*READING_OPTIONS, {"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
              {"prompt_masks": False}, {"sam_text_token": True}, *PPG_OPTIONS,
@@ -528,3 +529,22 @@ def test_reading_options_save_and_load(tmp_path, over):
     images, text = _inputs(model, t=3)
     with torch.no_grad():
         assert torch.equal(loaded(images, text), model(images, text))
+
+
+def test_catseg_class_attention_exchanges_information_between_classes_at_a_pixel():
+    """class_attention = "catseg": class 0's output at a pixel depends on class 1's embedding at that
+    pixel and at no other pixel; the paper's text attention (keys / values from text) on neither."""
+    from escnet.models.vlf import CostClassAttention, TextClassAttention
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 4, 16, dtype=torch.double)
+    text = torch.randn(3, 8, dtype=torch.double)
+    y = x.clone()
+    y[0, 1, 2, 2] += torch.randn(16, dtype=torch.double)  # class 1 at pixel (2, 2) (not a constant: LayerNorm)
+    cat, txt = CostClassAttention(16, 8, 8, heads=2).double(), TextClassAttention(16, 8, heads=2).double()
+    a, b = (cat(z, cat.state(z, text, 3), 3, text) for z in (x, y))
+    assert (a[0, 0, 2, 2] - b[0, 0, 2, 2]).abs().max() > 1e-4
+    changed = (a[0, 0] - b[0, 0]).abs().amax(-1) > 0
+    assert changed.sum() == 1 and changed[2, 2]
+    state = txt.text_state(text)
+    assert torch.equal(txt(x, state, 3)[0, 0], txt(y, state, 3)[0, 0])
