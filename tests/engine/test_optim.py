@@ -80,7 +80,7 @@ def test_random_sam_at_the_main_rate(init, rule, expected):
     assert all(rates[n] == 2e-4 for n in rates if n.startswith(("vlf.", "decoder.", "sam.0.image_proj.")))
 
 
-def test_random_sam_rate_and_sam_lr_are_one_choice(tmp_path):
+def test_random_sam_rate_and_sam_lr_are_one_choice():
     from escnet.training.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="sam_lr = 0.001 and sam_lr_random = 'main' both set the SAM rate"):

@@ -303,7 +303,7 @@ def test_decoder_layout_loads_the_final_attention_and_runs_the_heads():
     """The decoder layout takes SAM's final token->image attention from the pretrained transformer and
     its heads' mask enters E: zeroing mask_embed gives the model without the mask term."""
     model = _reading("paper", sam_layers="decoder")
-    sd = {f"transformer.final_attn_token_to_image.q_proj.weight": torch.full_like(
+    sd = {"transformer.final_attn_token_to_image.q_proj.weight": torch.full_like(
         model.sam[0].mask_head.final_attn_token_to_image.q_proj.weight, 0.5)}
     own = model.sam_block_state(1, sd)
     assert set(own) == {"mask_head.final_attn_token_to_image.q_proj.weight"}
