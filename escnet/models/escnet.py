@@ -30,7 +30,8 @@ from escnet.models.decoder import Decoder, SkipProjector
 from escnet.models.catseg import FROM_CONFIG
 from escnet.models.ppg import (INITS, LEGACY_THRESHOLDS, MASK_COMBINES, THRESHOLDS, PseudoPromptGenerator, PseudoPrompts,
                                class_logsumexp, mask_prompt, smooth_maps)
-from escnet.models.sam import LayerNorm2d, PromptEncoder, TwoWayAttentionBlock
+from escnet.models.mask_decoder import MLP
+from escnet.models.sam import Attention, LayerNorm2d, PromptEncoder, TwoWayAttentionBlock
 from escnet.models.vlf import VLFBlock
 
 # Named readings of the paper: field overrides applied by `ESCNetConfig.preset(name, reading=...)`.
@@ -92,8 +93,18 @@ class ESCNetConfig:
     class_truncation: int | None = None
     # SAM block
     use_sam: bool = True  # False = the paper's "W/O SAM" ablation (Table 2a)
+    # with use_sam = false, VLF's image guidance: none (no image guidance at all) | unrefined (F_v through
+    # the SAM block's image projection and a 1x1 conv, no SAM layer: the paper's words "F_v is not
+    # refined", docs/readings-options.md)
+    no_sam_guidance: str = "none"
+    # block k+1's SAM block starts from block k's refined SAM image tokens (their mean over all classes,
+    # the class-agnostic tokens eq. (2) merges) instead of projecting F_v again (block 1 projects F_v)
+    sam_chain_tokens: bool = False
     sam_guidance: str = "merge"  # merge: eq. (2), one F'_v per image | perclass: each class its own
-    sam_layers: str = "one"  # one: one SAM two-way attention layer per ESC block | full: SAM's whole transformer
+    # one: one SAM two-way attention layer per ESC block | full: SAM's whole transformer | decoder: SAM's
+    # complete mask decoder (whole transformer, final token->image attention, upscaling, hypernetworks,
+    # IoU head); its IoU-weighted mask of each class enters E (docs/readings-options.md)
+    sam_layers: str = "one"
     sam_seed_layers: tuple[int, ...] = (0, 1)  # with "one": pretrained layer seeding block i = [i % len]
     sam_text_token: bool = False  # a class's text feature as one more prompt token (the literal SA(F_l^n))
     grad_checkpointing: bool = False  # training: recompute each ESC block and the decoder in backward (less memory)
@@ -109,6 +120,9 @@ class ESCNetConfig:
     # VLF
     vlf_swin: str = "single"  # single: one Swin block per VLF, shift alternating over blocks | pair
     class_ffn: bool = True  # feed-forward after the class attention
+    # text: the paper's class attention (text as keys and values) | catseg: CAT-Seg's class aggregation
+    # (keys / values from the class embeddings at each pixel, projected text (width guidance_dim) as guidance)
+    class_attention: str = "text"
     guidance_dim: int = 128
     heads: int = 4
     window: int = 12
@@ -120,7 +134,8 @@ class ESCNetConfig:
     _CHOICES = {"ppg_threshold": THRESHOLDS, "ppg_init": INITS,
                 "ppg_source": ("rescaled", "stem_inverse", "initial"), "mask_combine": MASK_COMBINES,
                 "sam_sharing": ("copies", "shared"), "clip_finetune": ("attention", "full", "none"),
-                "sam_guidance": ("merge", "perclass"), "sam_layers": ("one", "full"),
+                "sam_guidance": ("merge", "perclass"), "sam_layers": ("one", "full", "decoder"),
+                "no_sam_guidance": ("none", "unrefined"), "class_attention": ("text", "catseg"),
                 "vlf_swin": ("single", "pair")}
 
     def __post_init__(self) -> None:
@@ -141,6 +156,8 @@ class ESCNetConfig:
             raise ValueError(f"ESCNetConfig.ppg_smooth = {self.ppg_smooth}: an odd filter side >= 1 (1: no smoothing)")
         if self.class_truncation is not None and self.class_truncation < 1:
             raise ValueError(f"ESCNetConfig.class_truncation must be None or >= 1, got {self.class_truncation}")
+        if self.use_sam and self.no_sam_guidance != "none":
+            raise ValueError(f"ESCNetConfig.no_sam_guidance = {self.no_sam_guidance!r} applies only with use_sam = false")
         if self.use_sam and not (self.prompt_points or self.prompt_boxes or self.prompt_masks or self.sam_text_token):
             raise ValueError("ESCNetConfig: the SAM block needs a prompt: enable prompt_points, prompt_boxes, "
                              "prompt_masks or sam_text_token (or set use_sam = false)")
@@ -199,12 +216,46 @@ class SAMLayers(nn.Module):
 
     def __init__(self, cfg: ESCNetConfig, first_layer: int):
         super().__init__()
-        indices = [first_layer] if cfg.sam_layers == "one" else list(range(cfg.sam_depth))
+        indices = [first_layer] if cfg.sam_layers == "one" else list(range(cfg.sam_depth))  # full, decoder
         self.seeds = indices  # pretrained layer each of `layers` is loaded from
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(cfg.sam_dim, cfg.sam_heads, cfg.sam_mlp_dim, nn.ReLU, cfg.sam_downsample,
                                  skip_first_layer_pe=(i == 0))
             for i in indices)
+
+
+class MaskHead(nn.Module):
+    """The rest of SAM's mask decoder (sam_layers = "decoder"; names as SAM's `mask_decoder.*`, the
+    final attention as its `transformer.*`): final token->image attention on the refined tokens, then
+    masks = hypernetwork(mask token j) . upscaled image tokens (4 per prompt set, 4g x 4g) and the
+    predicted IoUs. ESC-Net keeps ONE mask per class: the 4 masks weighted by the softmax of their
+    predicted IoUs (SAM picks the best; a weighting keeps every head in the gradient), average-pooled
+    to the grid; `SAMBlock.mask_embed` (1x1 conv 1 -> C) adds it to the class's embedding E."""
+
+    def __init__(self, cfg: ESCNetConfig):
+        super().__init__()
+        s = cfg.sam_dim
+        if s % 8:
+            raise ValueError(f"ESCNetConfig: sam_layers = 'decoder' needs sam_dim divisible by 8, got {s}")
+        self.final_attn_token_to_image = Attention(s, cfg.sam_heads, downsample_rate=cfg.sam_downsample)
+        self.norm_final_attn = nn.LayerNorm(s)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(s, s // 4, kernel_size=2, stride=2), LayerNorm2d(s // 4), nn.GELU(),
+            nn.ConvTranspose2d(s // 4, s // 8, kernel_size=2, stride=2), nn.GELU())
+        self.output_hypernetworks_mlps = nn.ModuleList(MLP(s, s, s // 8, 3) for _ in range(4))
+        self.iou_prediction_head = MLP(s, s, 4, 3)
+
+    def forward(self, queries: Tensor, keys: Tensor, tokens: Tensor, pos: Tensor) -> Tensor:
+        """queries (N, P, S) after the SAM layers (IoU token first, then the 4 mask tokens), keys (N, L, S),
+        tokens (N, P, S) their positional encoding, pos (1, L, S) -> mask logits on the grid (N, g, g)."""
+        q = self.norm_final_attn(queries + self.final_attn_token_to_image(q=queries + tokens, k=keys + pos, v=keys))
+        n, length, s = keys.shape
+        g = int(round(length ** 0.5))
+        up = self.output_upscaling(keys.transpose(1, 2).reshape(n, s, g, g))  # (N, S/8, 4g, 4g)
+        hyper = torch.stack([mlp(q[:, 1 + j]) for j, mlp in enumerate(self.output_hypernetworks_mlps)], 1)  # (N, 4, S/8)
+        masks = (hyper @ up.flatten(2)).view(n, 4, *up.shape[2:])
+        weight = self.iou_prediction_head(q[:, 0]).softmax(-1)  # (N, 4)
+        return F.avg_pool2d(torch.einsum("nkhw,nk->nhw", masks, weight), 4)
 
 
 @dataclass
@@ -242,10 +293,13 @@ class SAMBlock(nn.Module):
     `perclass` -> (B*T, G, g, g).
     """
 
-    def __init__(self, cfg: ESCNetConfig, transformer: SAMLayers, prompt_encoder: PromptEncoder):
+    def __init__(self, cfg: ESCNetConfig, transformer: SAMLayers, prompt_encoder: PromptEncoder, project: bool = True):
+        """project: the block projects F_v to its image tokens (False: it is given the previous block's
+        refined tokens, `sam_chain_tokens`, and has no projection of its own)."""
         super().__init__()
         self.cfg = cfg
-        self.image_proj = nn.Sequential(nn.Conv2d(cfg.clip.embed_dim, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim))
+        self.image_proj = (nn.Sequential(nn.Conv2d(cfg.clip.embed_dim, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim))
+                           if project else None)
         self.prompt_encoder = prompt_encoder
         self.ppg = PseudoPromptGenerator.from_config(cfg)
         self.records: list[PseudoPrompts] | None = None  # PPG's records, only while ESCNet.forward(return_ppg=True)
@@ -253,6 +307,9 @@ class SAMBlock(nn.Module):
         self.iou_token = nn.Embedding(1, cfg.sam_dim)
         self.mask_tokens = nn.Embedding(4, cfg.sam_dim)
         self.text_proj = nn.Linear(cfg.clip.embed_dim, cfg.sam_dim) if cfg.sam_text_token else None
+        decoder = cfg.sam_layers == "decoder"
+        self.mask_head = MaskHead(cfg) if decoder else None
+        self.mask_embed = nn.Conv2d(1, cfg.hidden_dim, 1) if decoder else None  # ESC-Net's: SAM's mask into E
         if cfg.sam_guidance == "merge":
             self.merge = nn.Conv2d(2 * cfg.sam_dim, cfg.guidance_dim, 1)
         else:
@@ -260,6 +317,8 @@ class SAMBlock(nn.Module):
 
     def project_image(self, feats: Tensor) -> Tensor:
         """F_v (B, D, g, g) -> SAM image tokens (B, S, g, g)."""
+        if self.image_proj is None:
+            raise ValueError("this SAM block takes the previous block's refined tokens (sam_chain_tokens): no projection of F_v")
         return self.image_proj(feats)
 
     def prompts(self, corr: Tensor, text: Tensor, class_lse: Tensor | None = None) -> tuple[Tensor, DensePrompt]:
@@ -319,7 +378,8 @@ class SAMBlock(nn.Module):
     def refine(self, image: Tensor, corr: Tensor, text: Tensor, class_lse: Tensor | None = None) -> Tensor:
         """image (B, S, g, g) from `project_image`, PPG maps corr (B, T', g, g), text (T', D),
         class_lse (B, g, g) the per-pixel logsumexp over ALL T classes (ppg_threshold "class_softmax"
-        only) -> the refined image tokens (F_v^n)' of every class (B, T', L, S)."""
+        only) -> the refined image tokens (F_v^n)' of every class (B, T', L, S); with sam_layers =
+        "decoder" also SAM's mask of every class on the grid (B, T', g, g) (`MaskHead`): a tuple."""
         b, t, g, _ = corr.shape
         tokens, dense = self.prompts(corr.reshape(b * t, g, g), text.repeat(b, 1), class_lse)
         image = image.flatten(2).transpose(1, 2)  # (B, L, S)
@@ -328,7 +388,14 @@ class SAMBlock(nn.Module):
         queries, keys = _first_layer(first, tokens, image, pos, dense, t)
         for layer in rest:
             queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=pos)
+        if self.mask_head is not None:
+            return keys.view(b, t, g * g, -1), self.mask_head(queries, keys, tokens, pos).view(b, t, g, g)
         return keys.view(b, t, g * g, -1)
+
+    def embed_mask(self, e: Tensor, mask: Tensor) -> Tensor:
+        """E (B, C, T', g, g) + the 1x1 conv of SAM's class masks (B, T', g, g) -> (B, C, T', g, g)."""
+        w, bias = self.mask_embed.weight.flatten(), self.mask_embed.bias
+        return e + torch.einsum("bthw,c->bcthw", mask.to(e.dtype), w) + bias[:, None, None, None]
 
     def merge_guidance(self, image: Tensor, mean_refined: Tensor) -> Tensor:
         """Eq. (2): image (B, S, g, g), mean over all T classes of (F_v^n)' (B, L, S) -> F'_v (B, G, g, g)."""
@@ -422,20 +489,27 @@ class ESCNet(CLIPBackedModel):
             g = cfg.grid
             make_pe = lambda: PromptEncoder(cfg.sam_dim, (g, g), (cfg.crop_size, cfg.crop_size),  # noqa: E731
                                             cfg.sam_mask_in_chans)
+            project = [i == 0 or not cfg.sam_chain_tokens for i in range(cfg.num_blocks)]
             if cfg.sam_sharing == "copies":
-                self.sam = nn.ModuleList(SAMBlock(cfg, SAMLayers(cfg, cfg.seed_layer(i)), make_pe())
+                self.sam = nn.ModuleList(SAMBlock(cfg, SAMLayers(cfg, cfg.seed_layer(i)), make_pe(), project[i])
                                          for i in range(cfg.num_blocks))
             else:
                 layers, pe = SAMLayers(cfg, cfg.seed_layer(0)), make_pe()
-                self.sam = nn.ModuleList(SAMBlock(cfg, layers, pe) for _ in range(cfg.num_blocks))
+                self.sam = nn.ModuleList(SAMBlock(cfg, layers, pe, project[i]) for i in range(cfg.num_blocks))
             if not cfg.prompt_masks:  # never used: frozen, so that every trainable parameter gets a gradient
                 for block in self.sam:
                     block.prompt_encoder.mask_downscaling.requires_grad_(False)
-        guidance = cfg.guidance_dim if cfg.use_sam else 0
+        guidance = cfg.guidance_dim if cfg.use_sam or cfg.no_sam_guidance == "unrefined" else 0
+        # Table 2 (a) as worded: F_v, not refined, through the SAM block's image projection (Conv1x1 + LN)
+        # and a 1x1 conv to the guidance width, one per ESC block
+        self.unrefined = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, cfg.sam_dim, 1), LayerNorm2d(cfg.sam_dim), nn.Conv2d(cfg.sam_dim, guidance, 1))
+            for _ in range(cfg.num_blocks)) if not cfg.use_sam and cfg.no_sam_guidance == "unrefined" else None
         half = cfg.window // 2
         shifts = [(0, half) if cfg.vlf_swin == "pair" else ((0,) if i % 2 == 0 else (half,))
                   for i in range(cfg.num_blocks)]
-        self.vlf = nn.ModuleList(VLFBlock(c, guidance, d, cfg.heads, cfg.window, shifts[i], cfg.class_ffn)
+        self.vlf = nn.ModuleList(VLFBlock(c, guidance, d, cfg.heads, cfg.window, shifts[i], cfg.class_ffn,
+                                          cfg.class_attention, cfg.guidance_dim)
                                  for i in range(cfg.num_blocks))
         self.skips = SkipProjector(cfg.clip.vision_width, cfg.skip_dims, cfg.skip_proj_dims)
         self.decoder = Decoder(c, cfg.decoder_dims, cfg.skip_proj_dims)
@@ -452,11 +526,20 @@ class ESCNet(CLIPBackedModel):
         """The pretrained SAM decoder pieces (keys prompt_encoder.*, transformer.layers.<j>.*,
         iou_token.weight, mask_tokens.weight, as `escnet.weights.sam` reads them) that ESC block
         `block` starts from, in its own names: its layers take the pretrained layers named by
-        `SAMLayers.seeds` (cfg.sam_seed_layers in the paper's reading)."""
+        `SAMLayers.seeds` (cfg.sam_seed_layers in the paper's reading). With sam_layers "decoder"
+        also the final attention (transformer.final_attn_token_to_image.*, transformer.norm_final_attn.*)
+        and, where `sd` holds them, SAM's output heads (output_upscaling.*, output_hypernetworks_mlps.*,
+        iou_prediction_head.*; `escnet.weights.sam` does not read them yet) -> mask_head.*."""
         own = {k: v for k, v in sd.items() if k.startswith(("prompt_encoder.", "iou_token.", "mask_tokens."))}
         for j, seed in enumerate(self.sam[block].transformer.seeds):
             prefix = f"transformer.layers.{seed}."
             own.update({f"transformer.layers.{j}.{k[len(prefix):]}": v for k, v in sd.items() if k.startswith(prefix)})
+        if self.sam[block].mask_head is not None:  # sam_layers "decoder": the rest of SAM's mask decoder
+            head = {"transformer.final_attn_token_to_image.": "final_attn_token_to_image.",
+                    "transformer.norm_final_attn.": "norm_final_attn.", "output_upscaling.": "output_upscaling.",
+                    "output_hypernetworks_mlps.": "output_hypernetworks_mlps.", "iou_prediction_head.": "iou_prediction_head."}
+            for src, dst in head.items():
+                own.update({f"mask_head.{dst}{k[len(src):]}": v for k, v in sd.items() if k.startswith(src)})
         return own
 
     def load_sam_weights(self, sd: dict[str, Tensor]) -> None:
@@ -568,31 +651,65 @@ class ESCNet(CLIPBackedModel):
         corr = [torch.einsum("bdhw,td->bthw", unit, F.normalize(text[c], dim=-1)) for c in chunks]
         b, _, g, _ = feats.shape
         es = [self.stem(x.reshape(-1, 1, g, g)).view(b, x.shape[1], -1, g, g).transpose(1, 2) for x in corr]
+        tokens = None  # sam_chain_tokens: the previous SAM block's refined image tokens (B, S, g, g)
         for i, vlf in enumerate(self.vlf):
-            state = vlf.classes.text_state(text)
             sam_guidance = [None] * len(chunks)
             if self.cfg.use_sam:
-                sam_guidance = self._sam_guidance(i, feats, es, corr, text, chunks)
-            es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
+                sam_guidance, tokens, masks = self._sam_guidance(i, feats, es, corr, text, chunks, tokens)
+                if masks is not None:  # sam_layers "decoder": SAM's mask of each class enters E
+                    es = [self.sam[i].embed_mask(e, m) for e, m in zip(es, masks)]
+            elif self.unrefined is not None:
+                sam_guidance = [self.unrefined[i](feats)] * len(chunks)
+            if self.cfg.class_attention == "text":  # keys / values from text: one state per vocabulary
+                state = vlf.classes.text_state(text)
+                es = [run_block(self, vlf, e, s, state, t) for e, s in zip(es, sam_guidance)]
+            else:  # "catseg": keys / values per pixel from every chunk's embeddings, summed, then applied
+                ys = [run_block(self, vlf.spatial_part, e, s) for e, s in zip(es, sam_guidance)]
+                state = None
+                for y, c in zip(ys, chunks):
+                    part = vlf.classes.state(y, text[c], t)
+                    state = part if state is None else state.add(part)
+                es = [run_block(self, vlf.class_part, y, state, t, text[c]) for y, c in zip(ys, chunks)]
         outs = [run_block(self, self.decoder, e, guidance) for e in es]
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
     def _sam_guidance(self, i: int, feats: Tensor, es: list[Tensor], corr: list[Tensor], text: Tensor,
-                      chunks: list[slice]) -> list[Tensor]:
-        """ESC block i's SAM block for every chunk -> the guidance each chunk's VLF sees: eq. (2)'s
-        F'_v (B, G, g, g) shared by all chunks (a mean over ALL classes), or (B*T', G, g, g) per chunk."""
+                      chunks: list[slice], tokens: Tensor | None = None
+                      ) -> tuple[list[Tensor], Tensor | None, list[Tensor] | None]:
+        """ESC block i's SAM block for every chunk -> (the guidance each chunk's VLF sees: eq. (2)'s
+        F'_v (B, G, g, g) shared by all chunks (a mean over ALL classes), or (B*T', G, g, g) per chunk;
+        with sam_chain_tokens the mean over all classes of the refined tokens (B, S, g, g), the next
+        block's image tokens, else None; with sam_layers "decoder" SAM's class masks (B, T', g, g) per
+        chunk, else None). tokens: this block's image tokens (None: project F_v)."""
         block = self.sam[i]
-        image = block.project_image(feats)
+        image = block.project_image(feats) if tokens is None else tokens
         maps = [self.ppg_map(i, x, e) for x, e in zip(corr, es)]
         lse = None
         if block.ppg.needs_class_lse:  # the per-pixel softmax over ALL classes: its normaliser first
             tau, s = self.cfg.ppg_tau, self.cfg.ppg_smooth
             lse = torch.logsumexp(torch.stack([class_logsumexp(smooth_maps(m.flatten(0, 1), s).view(m.shape), tau)
                                                for m in maps]), 0)
-        always = self.cfg.sam_checkpointing
+        always, chain = self.cfg.sam_checkpointing, self.cfg.sam_chain_tokens
+        masks = [] if block.mask_head is not None else None
+
+        def chunk_tokens():  # one chunk's refined tokens at a time: a chunk's (B, T', L, S) is not kept
+            for m, c in zip(maps, chunks):
+                out = run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always)
+                if masks is not None:
+                    out, mask = out
+                    masks.append(mask)
+                yield out
+
+        refined = chunk_tokens()
         if self.cfg.sam_guidance == "perclass":
-            return [block.perclass_guidance(run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always))
-                    for m, c in zip(maps, chunks)]
-        total = sum(run_block(self, block.refine, image, m, text[c], lse, checkpoint_always=always).sum(1)
-                    for m, c in zip(maps, chunks))
-        return [block.merge_guidance(image, total / text.shape[0])] * len(chunks)
+            guidance, total = [], 0
+            for r in refined:
+                guidance.append(block.perclass_guidance(r))
+                if chain:
+                    total = total + r.sum(1)
+        else:
+            total = sum(r.sum(1) for r in refined)
+            guidance = [block.merge_guidance(image, total / text.shape[0])] * len(chunks)
+        if not chain:
+            return guidance, None, masks
+        return guidance, (total / text.shape[0]).transpose(1, 2).reshape(image.shape), masks

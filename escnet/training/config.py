@@ -29,6 +29,7 @@ CHOICES = {
     "eval_protocol": ("sliding", "single"),
     "reading": ("paper", "efficient", "legacy"),  # escnet.models.escnet.READINGS
     "sam_lr_rule": ("all", "attention"),  # escnet.training.optim.SAM_LR_RULES
+    "sam_lr_random": ("low", "main"),  # escnet.training.optim.sam_rate
 }
 
 
@@ -79,6 +80,9 @@ class TrainConfig:
     low_lr: float = 2e-6  # trainable CLIP weights and the pretrained SAM pieces (sam_lr_rule)
     sam_lr_rule: str = "all"  # SAM parameters at low_lr: all (the paper: every pretrained SAM piece) | attention
     sam_lr: float = 0.0  # a rate of their own for those SAM parameters (groups sam_*); 0 = low_lr (the paper)
+    # ESC-Net whose SAM pieces start random (no init_sam, no init_model; Table 2 (b) "rand init"): low =
+    # low_lr as if pretrained | main = lr (groups sam_*), nothing pretrained to preserve
+    sam_lr_random: str = "low"
     weight_decay: float = 1e-4  # 0 on norms, biases and embeddings
     warmup_iters: int = 0  # linear warm-up before the cosine (CAT-Seg: none)
     grad_clip: float = 0.01  # global gradient-norm clip; 0 = off
@@ -307,6 +311,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if not (cfg.sam_lr >= 0 and math.isfinite(cfg.sam_lr)):
         raise ConfigError(f"sam_lr must be >= 0 (0 = low_lr), got {cfg.sam_lr}")
+    if cfg.sam_lr > 0 and cfg.sam_lr_random == "main":
+        raise ConfigError(f"sam_lr = {cfg.sam_lr} and sam_lr_random = 'main' both set the SAM rate; set one of them")
     if not cfg.min_size_train:
         raise ConfigError("min_size_train needs at least one size")
     if not 0 < cfg.single_category_max_area <= 1:

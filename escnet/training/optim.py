@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from escnet.training.config import TrainConfig
 
 SAM_LR_RULES = ("all", "attention")
-_PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens")
+_PRETRAINED_SAM = ("prompt_encoder", "transformer", "iou_token", "mask_tokens", "mask_head")
 
 
 def _pretrained_sam_params(model: nn.Module, rule: str) -> set[int]:
@@ -79,9 +79,19 @@ def cosine_schedule(max_iters: int, warmup_iters: int = 0):
     return factor
 
 
+def sam_rate(cfg: "TrainConfig") -> float | None:
+    """The rate of the SAM parameters (`param_groups`' sam_lr; None: low_lr): cfg.sam_lr when set;
+    cfg.lr when sam_lr_random = "main" and the SAM pieces start random (ESC-Net without init_sam and
+    init_model: Table 2 (b) "rand init", where there is nothing pretrained for the low rate to keep)."""
+    if cfg.sam_lr:
+        return cfg.sam_lr
+    random_sam = cfg.arch == "escnet" and not cfg.init_sam and not cfg.init_model
+    return cfg.lr if cfg.sam_lr_random == "main" and random_sam else None
+
+
 def make_optimizer(model: nn.Module, cfg: "TrainConfig") -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     groups = param_groups(model, lr=cfg.lr, low_lr=cfg.low_lr, weight_decay=cfg.weight_decay, sam_rule=cfg.sam_lr_rule,
-                          sam_lr=cfg.sam_lr or None)
+                          sam_lr=sam_rate(cfg))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.max_iters, cfg.warmup_iters))
     return optimizer, scheduler

@@ -52,3 +52,38 @@ def test_param_groups_sam_lr_of_its_own():
     for bad in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="sam_lr"):
             param_groups(model, sam_lr=bad)
+
+
+@pytest.mark.parametrize("init,rule,expected", [
+    ({}, "low", 2e-6),  # random SAM at the low rate: today's default
+    ({}, "main", 2e-4),  # Table 2 (b) "rand init" with SAM trained at the main rate
+    ({"init_sam": "sam.pth"}, "main", 2e-6),  # pretrained SAM: the paper's low rate, whatever the field says
+    ({"init_model": "model"}, "main", 2e-6),  # a saved model's SAM is not random either
+])
+def test_random_sam_at_the_main_rate(init, rule, expected):
+    """sam_lr_random = "main": when ESC-Net's SAM pieces start random, the optimiser trains them at lr
+    (groups sam_*), CLIP stays at low_lr; with pretrained SAM the field changes nothing."""
+    from escnet.training.config import TrainConfig
+    from escnet.training.optim import make_optimizer
+
+    cfg = TrainConfig(preset="tiny", lr=2e-4, low_lr=2e-6, sam_lr_random=rule, max_iters=10, **init)
+    model = create_model("escnet", "tiny")
+    optimizer, _ = make_optimizer(model, cfg)
+    rates = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            rates[names[id(p)]] = g["lr"]
+    sam_pretrained = [n for n in rates if n.startswith("sam.") and ".transformer." in n]
+    assert sam_pretrained and all(rates[n] == expected for n in sam_pretrained)
+    assert all(rates[n] == 2e-6 for n in rates if n.startswith("clip."))
+    assert all(rates[n] == 2e-4 for n in rates if n.startswith(("vlf.", "decoder.", "sam.0.image_proj.")))
+
+
+def test_random_sam_rate_and_sam_lr_are_one_choice():
+    from escnet.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="sam_lr = 0.001 and sam_lr_random = 'main' both set the SAM rate"):
+        load_config(None, ["preset=tiny", "sam_lr=0.001", "sam_lr_random=main"])
+    with pytest.raises(ConfigError, match="sam_lr_random = 'fast': choose one of low, main"):
+        load_config(None, ["preset=tiny", "sam_lr_random=fast"])

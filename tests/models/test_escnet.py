@@ -42,7 +42,14 @@ PPG_OPTIONS = [{"ppg_threshold": r} for r in ("otsu", "quantile", "class_softmax
     {"ppg_init": "farthest_raster"}, {"ppg_source": "stem_inverse"}, {"ppg_source": "initial"},
     {"mask_combine": "union"}, {"mask_combine": "sum"}, {"mask_combine": "mean"}, {"mask_logit": 2.0},
     {"ppg_threshold": "class_softmax", "ppg_source": "stem_inverse", "ppg_smooth": 1}]
-ABLATIONS = [{"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
+# the open readings' options (docs/readings-options.md)
+READING_OPTIONS = [{"sam_chain_tokens": True}, {"sam_chain_tokens": True, "sam_guidance": "perclass"},
+                   {"sam_chain_tokens": True, "sam_sharing": "shared"},
+                   {"use_sam": False, "no_sam_guidance": "unrefined"}, {"sam_layers": "decoder"},
+                   {"sam_layers": "decoder", "sam_guidance": "perclass", "sam_chain_tokens": True},
+                   {"class_attention": "catseg"}, {"class_attention": "catseg", "class_ffn": False, "use_sam": False}]
+OPTIONS = PPG_OPTIONS + READING_OPTIONS
+ABLATIONS = [*READING_OPTIONS, {"prompt_boxes": True}, {"prompt_points": False, "prompt_boxes": True},
              {"prompt_masks": False}, {"sam_text_token": True}, *PPG_OPTIONS,
              {"sam_seed_layers": (0, 0)}, {"sam_seed_layers": (1, 1)}, {"use_sam": False},
              {"sam_guidance": "perclass"}, {"sam_layers": "full"}, {"vlf_swin": "pair"}, {"sam_sharing": "shared"}]
@@ -56,19 +63,22 @@ def _reading(reading, **over):
     return model
 
 
-@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in PPG_OPTIONS])
+@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in OPTIONS])
 def test_chunked_equals_unchunked(reading, over):
     model = _reading(reading, **over)
     images, text = _inputs(model, t=7)
+    ppg = model.cfg.use_sam  # PPG's records exist only with SAM blocks
     with torch.no_grad():
-        full, records = model(images, text, return_ppg=True)
+        full, records = model(images, text, return_ppg=True) if ppg else (model(images, text), None)
         for chunk in (1, 3, 7, 100):
-            out, chunked = model(images, text, class_chunk=chunk, return_ppg=True)
+            out, chunked = model(images, text, class_chunk=chunk, return_ppg=True) if ppg else (
+                model(images, text, class_chunk=chunk), None)
             assert torch.allclose(out, full, atol=1e-5), chunk
-            assert torch.equal(chunked[0].foreground, records[0].foreground), chunk  # block 1 reads C0: exact
+            if ppg:
+                assert torch.equal(chunked[0].foreground, records[0].foreground), chunk  # block 1 reads C0: exact
 
 
-@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in PPG_OPTIONS])
+@pytest.mark.parametrize("reading,over", [(r, {}) for r in READINGS] + [("paper", o) for o in OPTIONS])
 def test_order_agnostic_over_classes(reading, over):
     model = _reading(reading, **over)
     images, text = _inputs(model, t=6)
@@ -105,7 +115,7 @@ def test_merge_is_one_map_per_image_and_perclass_is_not():
 @pytest.mark.parametrize("reading", READINGS)
 @pytest.mark.parametrize("over", [{}, {"prompt_boxes": True, "sam_text_token": True}, {"mask_combine": "mean"},
                                   {"mask_combine": "union"}, {"mask_combine": "sum"}, {"sam_seed_layers": (1, 0)},
-                                  {"prompt_masks": False}])
+                                  {"prompt_masks": False}, {"sam_layers": "decoder"}, {"sam_chain_tokens": True}])
 @pytest.mark.parametrize("b", [1, 2])
 def test_folded_sam_layer_equals_plain(reading, over, b):
     """The SAM layer on the per-class keys in factored form == SAM's own TwoWayAttentionBlock on the
@@ -121,7 +131,9 @@ def test_folded_sam_layer_equals_plain(reading, over, b):
     corr = torch.randn(b * t, g, g, generator=gen, dtype=torch.float64)
     text = torch.randn(t, model.cfg.clip.embed_dim, generator=gen, dtype=torch.float64).repeat(b, 1)
     for block in model.sam:
-        image = block.project_image(feats).flatten(2).transpose(1, 2)
+        # sam_chain_tokens: blocks after the first are given tokens (here block 1's projection of F_v)
+        proj = block if block.image_proj is not None else model.sam[0]
+        image = proj.project_image(feats).flatten(2).transpose(1, 2)
         tokens, dense = block.prompts(corr, text)
         assert (dense.h is not None and dense.h.abs().sum() > 0) == over.get("prompt_masks", True)
         pos = block.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
@@ -131,7 +143,7 @@ def test_folded_sam_layer_equals_plain(reading, over, b):
         keys = (image.unsqueeze(1) + dense.materialise().expand(b * t, g * g, -1).view(b, t, g * g, -1)).flatten(0, 1)
         q2, k2 = layer(queries=tokens, keys=keys, query_pe=tokens, key_pe=pos)
         assert (q1 - q2).abs().max() <= 1e-5 and (k1 - k2).abs().max() <= 1e-5
-        params = [w for w in [*layer.parameters(), *block.image_proj.parameters()] if w.requires_grad]
+        params = [w for w in [*layer.parameters(), *proj.image_proj.parameters()] if w.requires_grad]
         g1 = torch.autograd.grad((k1 * weights).sum() + q1.sum(), params, allow_unused=True, retain_graph=True)
         g2 = torch.autograd.grad((k2 * weights).sum() + q2.sum(), params, allow_unused=True)
         for x, y in zip(g1, g2):
@@ -268,7 +280,7 @@ def test_config_validation():
 def test_ablations_build_and_run():
     images = None
     for over in ({"use_sam": False}, {"sam_sharing": "shared"}, {"mask_combine": "union"},
-                 {"ppg_source": "initial", "prompt_points": False}, *PPG_OPTIONS):
+                 {"ppg_source": "initial", "prompt_points": False}, *OPTIONS):
         model = create_model("escnet", "tiny", **over).eval()
         images, text = _inputs(model, b=1, t=3)
         with torch.no_grad():
@@ -276,6 +288,32 @@ def test_ablations_build_and_run():
     shared = create_model("escnet", "tiny", sam_sharing="shared")
     copies = create_model("escnet", "tiny")
     assert count_parameters(shared)["sam"] < count_parameters(copies)["sam"]
+
+
+def test_four_complete_sam_decoders_match_the_papers_count():
+    """sam_layers = "decoder" (four complete SAM mask decoders) at ViT-L: within 1 % of Table 4's 451.3 M."""
+    with torch.device("meta"):
+        model = create_model("escnet", "vitl14", sam_layers="decoder")
+    total = count_parameters(model)["total"] / 1e6
+    assert abs(total - 451.3) / 451.3 < 0.01, total
+    assert abs(total - 451.3) / 451.3 < 0.005, total  # in fact within 0.5 %
+
+
+def test_decoder_layout_loads_the_final_attention_and_runs_the_heads():
+    """The decoder layout takes SAM's final token->image attention from the pretrained transformer and
+    its heads' mask enters E: zeroing mask_embed gives the model without the mask term."""
+    model = _reading("paper", sam_layers="decoder")
+    sd = {"transformer.final_attn_token_to_image.q_proj.weight": torch.full_like(
+        model.sam[0].mask_head.final_attn_token_to_image.q_proj.weight, 0.5)}
+    own = model.sam_block_state(1, sd)
+    assert set(own) == {"mask_head.final_attn_token_to_image.q_proj.weight"}
+    images, text = _inputs(model, t=3)
+    with torch.no_grad():
+        out = model(images, text)
+        for block in model.sam:
+            block.mask_embed.weight.zero_()
+            block.mask_embed.bias.zero_()
+        assert not torch.allclose(model(images, text), out, atol=1e-4)
 
 
 @pytest.mark.parametrize("preset,paper", [("vitb16", None), ("vitl14", 451.3)])
@@ -440,3 +478,73 @@ def test_class_ffn_backward_under_bf16_autocast_matches_autograd():
     assert torch.allclose(y.float(), y2.float(), atol=1e-2)
     for a, b in zip(grads, grads2):
         assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("guidance", ["merge", "perclass"])
+def test_chained_sam_tokens_are_the_previous_blocks_refined_tokens(guidance):
+    """sam_chain_tokens: block k+1's SAM block starts from the mean over all classes of block k's
+    refined image tokens (B, S, g, g); only block 1 projects F_v."""
+    model = _reading("paper", sam_chain_tokens=True, sam_guidance=guidance)
+    assert model.sam[0].image_proj is not None and all(b.image_proj is None for b in model.sam[1:])
+    images, text = _inputs(model, t=4)
+    calls = []  # (image tokens, refined tokens) of each SAM block's refine, in call order
+    for block in model.sam:
+        orig = block.refine
+        block.refine = (lambda orig: lambda image, *a: calls.append((image, orig(image, *a))) or calls[-1][1])(orig)
+    with torch.no_grad():
+        model(images, text)
+    assert len(calls) == 2
+    image1, refined0 = calls[1][0], calls[0][1]
+    assert torch.allclose(image1, refined0.mean(1).transpose(1, 2).reshape(image1.shape), atol=1e-6)
+    plain = _reading("paper", sam_guidance=guidance)
+    with torch.no_grad():
+        assert not torch.allclose(plain(images, text), model(images, text), atol=1e-3)
+
+
+def test_unrefined_guidance_is_fv_through_the_projection():
+    """Table 2 (a) as worded: no SAM block, no PPG, but VLF still gets F_v (projected) as its image
+    guidance; use_sam = false alone keeps no image guidance at all."""
+    model = _reading("paper", use_sam=False, no_sam_guidance="unrefined")
+    assert not hasattr(model, "sam")  # no SAM block, no PPG
+    images, text = _inputs(model, t=3)
+    with torch.no_grad():
+        feats, _, _ = model.encode_image(images)
+        got = _first_guidance(model, images, text)
+    assert torch.allclose(got, model.unrefined[0](feats), atol=1e-6)
+    assert got.shape == (2, model.cfg.guidance_dim, model.cfg.grid, model.cfg.grid)
+    assert _first_guidance(_reading("paper", use_sam=False), images, text) is None
+    with pytest.raises(ValueError, match="no_sam_guidance = 'unrefined' applies only with use_sam = false"):
+        ESCNetConfig.preset("tiny", no_sam_guidance="unrefined")
+
+
+@pytest.mark.parametrize("over", [{"sam_layers": "decoder"}, {"sam_chain_tokens": True},
+                                  {"use_sam": False, "no_sam_guidance": "unrefined"}])
+def test_reading_options_save_and_load(tmp_path, over):
+    """A model with a reading option saves and loads to the same outputs (the decoder layout's final
+    attention lives under mask_head.*, which the pre-v0.2 clean-up of saved models leaves alone)."""
+    model = _reading("paper", **over)
+    save_pretrained(model, tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m").eval()
+    assert loaded.cfg == model.cfg
+    images, text = _inputs(model, t=3)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, text), model(images, text))
+
+
+def test_catseg_class_attention_exchanges_information_between_classes_at_a_pixel():
+    """class_attention = "catseg": class 0's output at a pixel depends on class 1's embedding at that
+    pixel and at no other pixel; the paper's text attention (keys / values from text) on neither."""
+    from escnet.models.vlf import CostClassAttention, TextClassAttention
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 4, 16, dtype=torch.double)
+    text = torch.randn(3, 8, dtype=torch.double)
+    y = x.clone()
+    y[0, 1, 2, 2] += torch.randn(16, dtype=torch.double)  # class 1 at pixel (2, 2) (not a constant: LayerNorm)
+    cat, txt = CostClassAttention(16, 8, 8, heads=2).double(), TextClassAttention(16, 8, heads=2).double()
+    a, b = (cat(z, cat.state(z, text, 3), 3, text) for z in (x, y))
+    assert (a[0, 0, 2, 2] - b[0, 0, 2, 2]).abs().max() > 1e-4
+    changed = (a[0, 0] - b[0, 0]).abs().amax(-1) > 0
+    assert changed.sum() == 1 and changed[2, 2]
+    state = txt.text_state(text)
+    assert torch.equal(txt(x, state, 3)[0, 0], txt(y, state, 3)[0, 0])
