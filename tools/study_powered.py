@@ -65,18 +65,17 @@ CONFIG = "configs/escnet_tiny_grouping.toml"
 SAM = "{sam}"  # replaced by --sam
 METRICS = {"seen_miou": "seen_mIoU", "unseen_miou": "unseen_mIoU", "hiou": "hIoU"}  # summary name -> eval key
 
-# Options that land with the pseudo-prompt revision: fill in the overrides when they exist (a row whose
-# keys this checkout lacks is skipped and listed, so an unfilled entry only skips its row).
+# Options of the pseudo-prompt revision (a row whose keys a checkout lacks is skipped and listed).
 # Table 2 (a) as the paper words it: no SAM block, F_v unrefined but still VLF's guidance.
-PAPER_NO_SAM = ["model.PENDING_paper_no_sam=true"]
+PAPER_NO_SAM = ["model.use_sam=false", "model.no_sam_guidance=unrefined"]
 # the PPG rule before the revision (escnet.models.escnet.PRE_PPG_REVISION on the revision's branch)
 OLD_PPG_RULE = ["model.ppg_threshold=softmax_peak", "model.ppg_alpha=0.5", "model.ppg_smooth=1",
                 "model.ppg_min_contrast=0.0", "model.ppg_region_min=0.0", "model.ppg_init=farthest_raster",
                 "model.ppg_source=stem_inverse", "model.mask_combine=sum"]
-# Random SAM blocks at the low rate (the paper's rule for SAM blocks; the default today) and at the main
-# rate: sam_lr gives the SAM pieces a rate of their own; the tiny recipe's low_lr is 1e-3, its lr 3e-3.
-RANDOM_SAM_LOW = ["sam_lr=1e-3"]
-RANDOM_SAM_MAIN = ["sam_lr=3e-3"]
+# Random SAM blocks at the low rate (the paper's rule for SAM blocks; the default) and at the main rate
+# (TrainConfig.sam_lr_random); the tiny recipe's low_lr is 1e-3, its lr 3e-3.
+RANDOM_SAM_LOW = ["sam_lr_random=low"]
+RANDOM_SAM_MAIN = ["sam_lr_random=main"]
 
 P, T = {"init_sam": f"init_sam={SAM}"}, "model.prompt_"
 _PROMPTS = {"point": [f"{T}points=true", f"{T}boxes=false", f"{T}masks=false"],
