@@ -351,10 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant's test run (default 900)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each test set")
     parser.add_argument("--report", type=Path, help="write the results as JSON here")
-    parser.add_argument("--render", type=Path, metavar="REPORT", help="print a JSON report as a markdown table; run nothing")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="REPORT",
+                        help="print JSON report(s) as one markdown table (a later report's mutant replaces an "
+                             "earlier one's; with --report also write them as one report); run nothing")
     args = parser.parse_args(argv)
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        report = merge_reports([json.loads(path.read_text()) for path in args.render])
+        print(render(report))
+        if args.report:
+            args.report.write_text(json.dumps(report, indent=1) + "\n")
         return 0
 
     mutants = MUTANTS
@@ -430,6 +435,15 @@ def summarise(results: list[dict]) -> dict:
         "unexpected_survivors": [r["id"] for r in counted if r["outcome"] == "survived"],
         "score": len(killed) / len(counted) if counted else None,
     }
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """Reports of runs over parts of MUTANTS -> one report in MUTANTS' order (a later run's result for a
+    mutant replaces an earlier one's), its summary recomputed."""
+    by_id = {r["id"]: r for report in reports for r in report["mutants"]}
+    order = {m.id: i for i, m in enumerate(MUTANTS)}
+    results = sorted(by_id.values(), key=lambda r: order.get(r["id"], len(order)))
+    return {"summary": summarise(results), "mutants": results}
 
 
 def render(report: dict) -> str:
