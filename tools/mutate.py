@@ -52,10 +52,13 @@ class Mutant:
 CATSEG = ["tests/models/test_catseg_reference.py", "tests/models/test_catseg.py",
           "tests/test_pinned_outputs.py::test_pinned_outputs_are_reproduced"]
 SWIN = CATSEG + ["tests/models/test_escnet_maths.py"]
-ESCNET = ["tests/models/test_escnet_maths.py", "tests/models/test_escnet.py"]
+ESCNET = ["tests/models/test_escnet_maths.py", "tests/models/test_escnet.py",
+          "tests/test_pinned_outputs.py::test_pinned_outputs_are_reproduced[escnet_tiny]"]
 DECODER = ["tests/models/test_decoder_reference.py"] + ESCNET
 VLF = ["tests/models/test_gradcheck.py"] + ESCNET
-PPG = ["tests/models/test_ppg_geometry.py", "tests/models/test_ppg.py"]
+PPG = ["tests/models/test_ppg_geometry.py", "tests/models/test_ppg.py", "tests/models/test_ppg_rules.py",
+       "tests/test_pinned_outputs.py::test_pinned_outputs_are_reproduced[escnet_tiny]"]
+PPG_STATS = ["tests/models/test_ppg.py", "tests/models/test_ppg_rules.py"]
 PROTOCOL = ["tests/engine/test_protocol_branches.py", "tests/engine/test_protocol.py"]
 METRICS = ["tests/engine/test_evaluate_ignore_labels.py", "tests/engine/test_metrics.py",
            "tests/engine/test_evaluate.py", "-k", "not torchrun"]
@@ -108,17 +111,34 @@ MUTANTS = [
       "normalisation", "readout without dividing by |w|^2 (issue: survived)", ESCNET, from_issue=True),
     M("E3", "escnet/models/escnet.py", "- self.stem.bias @ w) / w.pow(2).sum()", "+ self.stem.bias @ w) / w.pow(2).sum()",
       "sign", "readout adds the stem bias instead of removing it", ESCNET),
-    M("E4", "escnet/models/escnet.py", 'self.cfg.ppg_source == "initial" or i == 0 else',
-      'self.cfg.ppg_source == "initial" or i >= 0 else', "compare", "every block's PPG sees C0 (no readout)", ESCNET),
-    M("E5", "escnet/models/escnet.py", 'self.cfg.ppg_source == "initial" or i == 0 else',
-      'self.cfg.ppg_source == "initial" else', "branch", "block 1's PPG sees readout(stem(C0)) instead of C0", ESCNET,
-      equivalent="readout(stem(C0)) = C0 (the readout inverts the 1x1 stem; test_readout_inverts_the_stem): the "
-                 "maps differ by float rounding only (~1e-7), which can flip a threshold only at an exact tie"),
+    M("E4", "escnet/models/escnet.py", 'if block == 0 or src == "initial":', 'if block >= 0 or src == "initial":',
+      "compare", "every block's PPG sees C0 (no readout)", ESCNET),
+    M("E5", "escnet/models/escnet.py", 'if block == 0 or src == "initial":', 'if src == "initial":', "branch",
+      "block 1's PPG sees rescaled(readout(stem(C0))) instead of C0", ESCNET,
+      equivalent="readout(stem(C0)) = C0 (the readout inverts the 1x1 stem; test_readout_inverts_the_stem) and "
+                 "rescaling C0 to its own mean and std is the identity: the maps differ by float rounding only "
+                 "(~1e-7), which can flip a threshold only at an exact tie"),
     M("E6", "escnet/models/escnet.py", 'corr = [torch.einsum("bdhw,td->bthw", unit, F.normalize(text[c], dim=-1)) for c in chunks]',
       'corr = [torch.einsum("bdhw,td->bthw", unit, text[c]) for c in chunks]', "normalisation",
       "C0 with unnormalised text", ESCNET),
-    M("E7", "escnet/models/escnet.py", "h = weights.sum(1)[:, None, None] * e0 + covered * (e1 - e0)",
-      "h = weights.sum(1)[:, None, None] * e0 + covered * (e1 + e0)", "sign", "dense mask prompt factorisation", ESCNET),
+    M("E7", "escnet/models/escnet.py", "h = weights.sum(1)[:, None, None] * e_lo + covered * (e_hi - e_lo)",
+      "h = weights.sum(1)[:, None, None] * e_lo + covered * (e_hi + e_lo)", "sign", "dense mask prompt factorisation",
+      ESCNET),
+    # --- ESC-Net's side of the PPG revision: the mask prompt's logits, the rescaled readout (docs/ppg.md) ---
+    M("E10", "escnet/models/escnet.py", 'else (-cfg.mask_logit, cfg.mask_logit)', 'else (cfg.mask_logit, -cfg.mask_logit)',
+      "sign", "the one-mask prompt embedded with -logit on the regions and +logit off them", ESCNET),
+    M("E11", "escnet/models/escnet.py", 'else (-cfg.mask_logit, cfg.mask_logit)', 'else (-1.0, 1.0)',
+      "constant", "the one-mask prompt embedded at +/-1 instead of +/-mask_logit", ESCNET),
+    M("E12", "escnet/models/escnet.py",
+      "return (r - mu) / sd.clamp(min=1e-12) * c0.std((-2, -1), keepdim=True) + c0.mean((-2, -1), keepdim=True)",
+      "return (r - mu) / sd.clamp(min=1e-12) * c0.mean((-2, -1), keepdim=True) + c0.std((-2, -1), keepdim=True)",
+      "swap", "rescaled readout: C0's mean and std swapped", ESCNET),
+    M("E13", "escnet/models/escnet.py", 'if src == "stem_inverse":\n            return r',
+      'if src != "initial":\n            return r', "normalisation", "rescaled readout not rescaled (stem_inverse)",
+      ESCNET),
+    M("E14", "escnet/models/escnet.py", "mu, sd = r.mean((-2, -1), keepdim=True), r.std((-2, -1), keepdim=True)",
+      "mu, sd = r.mean((-2, -1), keepdim=True), 1.0", "normalisation",
+      "rescaled readout: the readout's own std not divided out", ESCNET),
     M("E8", "escnet/models/escnet.py", "q = (a.q_proj(queries + tokens) * dh ** -0.5)",
       "q = (a.q_proj(queries + tokens) * dh ** 0.5)", "constant", "attention scale in the folded SAM layer", ESCNET),
     M("E9", "escnet/models/escnet.py", "any_region = pp.valid.any(1, keepdim=True)",
@@ -137,11 +157,65 @@ MUTANTS = [
       "decoder upsampling with align_corners True", DECODER),
     M("D2", "escnet/models/decoder.py", "y = (y.view(b, -1, *y.shape[1:]) + g.unsqueeze(1)).flatten(0, 1)",
       "y = (y.view(b, -1, *y.shape[1:]) - g.unsqueeze(1)).flatten(0, 1)", "sign", "skip part of the conv subtracted", DECODER),
-    # --- PPG (escnet/models/ppg.py): geometry only (its threshold rule is being changed elsewhere) ---
+    # --- PPG (escnet/models/ppg.py, ppg_stats.py): geometry, the default rule (docs/ppg.md) ---
     M("P1", "escnet/models/ppg.py", "cell = canvas_size / torch.tensor([w, h]", "cell = canvas_size / torch.tensor([h, w]",
       "swap", "point scale: height and width swapped (issue: PPG non-square survived)", PPG, from_issue=True),
     M("P2", "escnet/models/ppg.py", "sy, sx = canvas_size / h, canvas_size / w", "sy, sx = canvas_size / w, canvas_size / h",
       "swap", "box scale: height and width swapped (non-square)", PPG, from_issue=True),
+    M("P3", "escnet/models/ppg.py", "fg = m > lo + alpha * (hi - lo)", "fg = m >= lo + alpha * (hi - lo)",
+      "compare", "range threshold: >= instead of > (a flat map becomes all foreground)", PPG),
+    M("P4", "escnet/models/ppg.py", "fg = m > lo + alpha * (hi - lo)", "fg = m > alpha * hi",
+      "normalisation", "range threshold without the range (a fraction of the max)", PPG),
+    M("P5", "escnet/models/ppg.py", "fg = m > lo + alpha * (hi - lo)", "fg = m > lo + alpha * hi",
+      "normalisation", "range threshold: alpha times the max, not the range, above the min", PPG),
+    M("P6", "escnet/models/ppg.py", "padding=kernel // 2, count_include_pad=False)",
+      "padding=kernel // 2, count_include_pad=True)", "normalisation",
+      "3x3 smoothing: edges averaged with zero padding", PPG),
+    M("P7", "escnet/models/ppg.py", "return F.avg_pool2d(maps[:, None], kernel, stride=1, padding=kernel // 2,",
+      "return F.avg_pool2d(maps[:, None], kernel + 2, stride=1, padding=kernel // 2 + 1,", "off-by-one",
+      "smoothing with a (k + 2) x (k + 2) window", PPG),
+    M("P8", "escnet/models/ppg.py", "if kernel <= 1:\n        return maps", "if kernel <= 3:\n        return maps",
+      "branch", "the default 3x3 smoothing skipped", PPG),
+    M("P9", "escnet/models/ppg.py", "if region_min > 0:  # regions", "if region_min < 0:  # regions", "branch",
+      "region_min rule dropped", PPG),
+    M("P10", "escnet/models/ppg.py", "valid = valid & (torch.gather(m, 1, best) >= lo + region_min * (hi - lo))",
+      "valid = valid & (torch.gather(m, 1, best) < lo + region_min * (hi - lo))", "compare",
+      "region_min rule inverted (keeps the noise regions)", PPG),
+    M("P11", "escnet/models/ppg.py", "valid = valid & (torch.gather(m, 1, best) >= lo + region_min * (hi - lo))",
+      "valid = valid & (torch.gather(m, 1, best) >= region_min * hi)", "normalisation",
+      "region_min rule without the range", PPG),
+    M("P12", "escnet/models/ppg.py", "nxt = torch.where(fg, min_d + tie, -1.0).argmax(-1)",
+      "nxt = torch.where(fg, min_d, -1.0).argmax(-1)", "branch",
+      "farthest init: ties in raster order, not by the map's value", PPG),
+    M("P13", "escnet/models/ppg.py", "min_d = torch.minimum(min_d, ((coords[None] - coords[nxt][:, None]) ** 2).sum(-1))",
+      "min_d = torch.maximum(min_d, ((coords[None] - coords[nxt][:, None]) ** 2).sum(-1))", "aggregate",
+      "farthest init: distance to the farthest seed, not the nearest", PPG),
+    M("P14", "escnet/models/ppg.py", "idx = [rank.argmax(-1)]", "idx = [fg.float().argmax(-1)]", "branch",
+      "farthest init: first seed the first foreground pixel, not the most probable", PPG),
+    M("P15", "escnet/models/ppg.py", "return torch.where(inside, logit, -logit).float()",
+      "return torch.where(inside, -logit, logit).float()", "sign", "mask prompt: -logit on the regions", PPG + ESCNET),
+    M("P16", "escnet/models/ppg.py", "return torch.where(inside, logit, -logit).float()",
+      "return torch.where(inside, logit, 0.0).float()", "constant", "mask prompt: 0 (not -logit) off the regions",
+      PPG + ESCNET),
+    M("P17", "escnet/models/ppg.py", "masks = onehot.reshape(n, k, h, w)", "masks = onehot.reshape(n, k, w, h)",
+      "swap", "region masks reshaped (w, h) on non-square maps", PPG),
+    M("P18", "escnet/models/ppg.py", "valid=valid, foreground=fg.reshape(n, h, w)", "valid=valid, foreground=fg.reshape(n, w, h)",
+      "swap", "foreground reshaped (w, h) on non-square maps", PPG),
+    M("P19", "escnet/models/ppg.py", '"range": 0.65, "otsu"', '"range": 0.6, "otsu"', "constant",
+      "the default alpha 0.6 instead of 0.65", PPG),
+    M("P20", "escnet/models/ppg.py", "region_min: float = 0.68, iters: int = 10,\n                 init",
+      "region_min: float = 0.7, iters: int = 10,\n                 init", "constant",
+      "the generator module's default region_min 0.7", PPG),
+    M("T1", "escnet/models/ppg_stats.py", "out.update(iou=mean(inter[present] / union[present])",
+      "out.update(iou=mean(inter / union.clamp(min=1))", "aggregate",
+      "statistics: IoU averaged over absent classes too", PPG_STATS),
+    M("T2", "escnet/models/ppg_stats.py", "hit = ((hit_id[:, :, None] == obj) & valid[:, :, None]).any(1)",
+      "hit = (hit_id[:, :, None] == obj).any(1)", "branch", "statistics: objects hit by invalid points", PPG_STATS),
+    M("T3", "escnet/models/ppg_stats.py", "cy, cx = float(u((), (a * 0.7, gh - a * 0.7))), float(u((), (a * 0.7, gw - a * 0.7)))",
+      "cy, cx = float(u((), (a * 0.7, gw - a * 0.7))), float(u((), (a * 0.7, gh - a * 0.7)))", "swap",
+      "generated maps: object centres drawn with height and width swapped (non-square)", PPG_STATS),
+    M("T4", "escnet/models/ppg_stats.py", "cover = F.adaptive_avg_pool2d(onehot, grid)[0] > share",
+      "cover = F.adaptive_avg_pool2d(onehot, grid)[0] > 0", "constant", "grid truth: any coverage counts", PPG_STATS),
     # --- common (escnet/models/common.py) ---
     M("K1", "escnet/models/common.py", "x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std",
       "x = (images.to(self.pixel_mean.dtype) - self.pixel_mean)", "normalisation", "images not divided by CLIP's std", COMMON),
@@ -277,10 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant's test run (default 900)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each test set")
     parser.add_argument("--report", type=Path, help="write the results as JSON here")
-    parser.add_argument("--render", type=Path, metavar="REPORT", help="print a JSON report as a markdown table; run nothing")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="REPORT",
+                        help="print JSON report(s) as one markdown table (a later report's mutant replaces an "
+                             "earlier one's; with --report also write them as one report); run nothing")
     args = parser.parse_args(argv)
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        report = merge_reports([json.loads(path.read_text()) for path in args.render])
+        print(render(report))
+        if args.report:
+            args.report.write_text(json.dumps(report, indent=1) + "\n")
         return 0
 
     mutants = MUTANTS
@@ -356,6 +435,15 @@ def summarise(results: list[dict]) -> dict:
         "unexpected_survivors": [r["id"] for r in counted if r["outcome"] == "survived"],
         "score": len(killed) / len(counted) if counted else None,
     }
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """Reports of runs over parts of MUTANTS -> one report in MUTANTS' order (a later run's result for a
+    mutant replaces an earlier one's), its summary recomputed."""
+    by_id = {r["id"]: r for report in reports for r in report["mutants"]}
+    order = {m.id: i for i, m in enumerate(MUTANTS)}
+    results = sorted(by_id.values(), key=lambda r: order.get(r["id"], len(order)))
+    return {"summary": summarise(results), "mutants": results}
 
 
 def render(report: dict) -> str:

@@ -70,19 +70,19 @@ def test_readout_inverts_the_stem(seed):
         torch.testing.assert_close(model._readout(e), c0, atol=1e-12, rtol=1e-12)
 
 
-def test_ppg_sees_the_cosine_map_then_the_readout_of_the_previous_block(monkeypatch):
+@pytest.mark.parametrize("source", ["rescaled", "stem_inverse", "initial"])
+def test_ppg_sees_the_cosine_map_then_the_readout_of_the_previous_block(source):
     """Block 1's PPG map is C0 = cos(F_v, F_l) (the text need not be unit length: the cosine
-    normalises it), block n > 1's is the readout of the embedding block n - 1 produced
-    (ppg_source "stem_inverse", the default)."""
-    import escnet.models.escnet as escnet_module
-
-    model = _model()
-    assert model.cfg.ppg_source == "stem_inverse" and model.cfg.num_blocks == 2
+    normalises it). Block n > 1's, by ppg_source: "rescaled" (the default) the readout of the embedding
+    block n - 1 produced, set per map to C0's mean and standard deviation (an increasing affine map of
+    the readout); "stem_inverse" the readout as it is; "initial" C0 again."""
+    model = _model(ppg_source=source)
+    assert model.cfg.num_blocks == 2 and ESCNetConfig.preset("tiny").ppg_source == "rescaled"
     images, text = _inputs(3, model.cfg.clip.embed_dim)
     text = text * torch.tensor([[0.5], [2.0], [3.0]], dtype=text.dtype)
     maps, embeddings = [], []
-    original = escnet_module.generate_pseudo_prompts
-    monkeypatch.setattr(escnet_module, "generate_pseudo_prompts", lambda corr, **kw: (maps.append(corr), original(corr, **kw))[1])
+    for block in model.sam:  # the map each block's generator is given
+        block.ppg.register_forward_pre_hook(lambda module, args: maps.append(args[0]))
     model.vlf[0].register_forward_hook(lambda module, args, out: embeddings.append(out))
     with torch.no_grad():
         model(images, text)
@@ -90,7 +90,18 @@ def test_ppg_sees_the_cosine_map_then_the_readout_of_the_previous_block(monkeypa
         cosine = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), F.normalize(text, dim=-1))
         readout = model._readout(embeddings[0])
     g = cosine.shape[-1]
+    c0, r = cosine.reshape(-1, g * g), readout.reshape(-1, g * g)
     assert len(maps) == 2
     torch.testing.assert_close(maps[0], cosine.reshape(-1, g, g), atol=1e-12, rtol=0)
-    torch.testing.assert_close(maps[1], readout.reshape(-1, g, g), atol=1e-12, rtol=0)
-    assert (readout - cosine).abs().max() > 1e-3  # the two blocks' maps differ: the check above can fail
+    second = maps[1].reshape(-1, g * g)
+    if source == "initial":
+        torch.testing.assert_close(second, c0, atol=1e-12, rtol=0)
+    elif source == "stem_inverse":
+        torch.testing.assert_close(second, r, atol=1e-12, rtol=0)
+    else:  # C0's mean and (unbiased) std per map, and r's shape: a positive slope, the same offset-free values
+        torch.testing.assert_close(second.mean(-1), c0.mean(-1), atol=1e-12, rtol=0)
+        torch.testing.assert_close(second.std(-1), c0.std(-1), atol=1e-12, rtol=1e-10)
+        z = lambda x: (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True)  # noqa: E731
+        torch.testing.assert_close(z(second), z(r), atol=1e-9, rtol=0)
+        assert (c0.std(-1) - r.std(-1)).abs().min() > 1e-3 and (c0.mean(-1) - r.mean(-1)).abs().min() > 1e-3
+    assert (readout - cosine).abs().max() > 1e-3  # the two blocks' maps differ: the checks above can fail

@@ -1,6 +1,7 @@
 """PPG's geometry on NON-square maps (every map in tests/models/test_ppg.py is square, so swapping
 height and width anywhere would pass them). The maps have one clear region, so every threshold
-rule (relative or uniform) picks the same two pixels: these checks do not depend on the rule."""
+rule (relative or uniform) picks the same two pixels: these checks do not depend on the rule. The maps are
+read as they are (smooth=1, no region rule): a 3 x 3 average would spread the two pixels."""
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,8 @@ def _map(h, w, first, second):
 @pytest.mark.parametrize("h, w", [(4, 7), (7, 4)])
 def test_points_masks_boxes_on_a_non_square_map(threshold, h, w):
     first, second = (1, 2), (2, 3)
-    pp = generate_pseudo_prompts(_map(h, w, first, second), num_regions=1, threshold=threshold, canvas_size=CANVAS)
+    pp = generate_pseudo_prompts(_map(h, w, first, second), num_regions=1, threshold=threshold, canvas_size=CANVAS,
+                                 smooth=1, region_min=0.0)
     expected_fg = torch.zeros(h, w, dtype=torch.bool)
     expected_fg[first], expected_fg[second] = True, True
     assert torch.equal(pp.foreground[0], expected_fg)
