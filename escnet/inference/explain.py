@@ -163,8 +163,9 @@ def run_explained(model, view: torch.Tensor, text: torch.Tensor) -> tuple[list[t
     return [m.float() for m in maps], records, names
 
 
-def _record_arrays(pp, cfg) -> dict[str, Any]:
-    """A PPG record of one image (fields (1, T, ...)) -> numpy arrays (T, ...)."""
+def _record_arrays(pp, cfg, generator) -> dict[str, Any]:
+    """A PPG record of one image (fields (1, T, ...)) from `generator` (the block's
+    PseudoPromptGenerator) -> numpy arrays (T, ...)."""
     out = {name: getattr(pp, name)[0].float().cpu().numpy() for name in ("source", "map", "score")}
     for name in ("foreground", "valid"):
         out[name] = getattr(pp, name)[0].cpu().numpy().astype(bool)
@@ -174,7 +175,7 @@ def _record_arrays(pp, cfg) -> dict[str, Any]:
     out["points"] = pp.points[0].float().cpu().numpy()
     if pp.mask_prompt is not None:
         out["mask_prompt"] = pp.mask_prompt[0].float().cpu().numpy()
-    out["threshold"], out["mask_combine"] = cfg.ppg_threshold, cfg.mask_combine
+    out["threshold"], out["mask_combine"] = generator.options["threshold"], cfg.mask_combine
     out["mask_logit"] = float(getattr(cfg, "mask_logit", 1.0))
     return out
 
@@ -206,7 +207,7 @@ def explain(segmenter, image, classes, draw: Optional[list[str]] = None, max_dra
         drawn = order[:max_drawn]
     else:
         drawn = [_class_index(entries, name) for name in draw]
-    ppg = [_record_arrays(r, model.cfg) for r in records]
+    ppg = [_record_arrays(r, model.cfg, block.ppg) for r, block in zip(records, model.sam)]
     canvas = int(model.cfg.crop_size)
     view_np = view[0].permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()
     ex = Explanation(classes=entries, drawn=drawn, model=getattr(model.cfg, "arch", type(model).__name__),
