@@ -207,7 +207,7 @@ def explain(segmenter, image, classes, draw: Optional[list[str]] = None, max_dra
         drawn = order[:max_drawn]
     else:
         drawn = [_class_index(entries, name) for name in draw]
-    ppg = [_record_arrays(r, model.cfg, block.ppg) for r, block in zip(records, model.sam)]
+    ppg = [_record_arrays(r, model.cfg, model.sam[i].ppg) for i, r in enumerate(records)]
     canvas = int(model.cfg.crop_size)
     view_np = view[0].permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()
     ex = Explanation(classes=entries, drawn=drawn, model=getattr(model.cfg, "arch", type(model).__name__),
