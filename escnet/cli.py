@@ -17,12 +17,13 @@ import argparse
 import os
 import sys
 
-from escnet.commands import (benchmark, convert, demo, evaluate, export, info, models, prepare, pretrain_sam, push,
-                             segment, train)
+from escnet.commands import (benchmark, convert, demo, evaluate, explain, export, info, models, prepare, pretrain_sam,
+                             push, segment, train)
 from escnet.commands.policy import EXIT_FAILED, EXIT_INTERRUPTED
 from escnet.errors import one_line
 
-COMMANDS = (prepare, evaluate, train, pretrain_sam, segment, info, benchmark, convert, models, push, export, demo)
+COMMANDS = (prepare, evaluate, train, pretrain_sam, segment, explain, info, benchmark, convert, models, push, export,
+            demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -527,6 +526,7 @@ def bench_train(preset: str, t: int, batch: int, steps: int, warmup: int, device
 PARTS = (
     (r"clip\.visual(\..*)?", "CLIP image encoder"),
     (r"clip(\..*)?", "CLIP text encoder"),
+    (r"sam\.\d+\.ppg", "PPG"),
     (r"sam\.\d+\.prompt_encoder(\..*)?", "SAM prompt encoder"),
     (r"sam\.\d+\.transformer(\..*)?", "SAM two-way transformer"),
     (r"sam\.\d+", "SAM projections, prompt assembly"),
@@ -560,10 +560,8 @@ def _ranged(fn, part: str):
 
 def _attach_ranges(model: torch.nn.Module, stack: contextlib.ExitStack) -> None:
     """A profiler range named after its part around every module call (a module's own ops, and
-    the methods of it that its parent calls directly, count to its part), around model.encode_image,
-    and around the PPG function wherever escnet bound it; undone by `stack`."""
-    from escnet.models.ppg import generate_pseudo_prompts
-
+    the methods of it that its parent calls directly, count to its part; PPG is the module
+    `sam.N.ppg`), and around model.encode_image; undone by `stack`."""
     parts, handles = {}, []
     for name, module in model.named_modules():
         part = _part_of(name, parts[name.rpartition(".")[0]]) if name else ROOT_PART
@@ -581,9 +579,6 @@ def _attach_ranges(model: torch.nn.Module, stack: contextlib.ExitStack) -> None:
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
     stack.callback(lambda: [h.remove() for h in handles])
     stack.enter_context(mock.patch.object(model, "encode_image", _ranged(model.encode_image, "CLIP image encoder")))
-    for mod in list(sys.modules.values()):  # the function is called through the names modules imported
-        if getattr(mod, "__name__", "").startswith("escnet.") and getattr(mod, "generate_pseudo_prompts", None) is generate_pseudo_prompts:
-            stack.enter_context(mock.patch.object(mod, "generate_pseudo_prompts", _ranged(generate_pseudo_prompts, "PPG")))
 
 
 def split_by_part(events, device_time: bool = False) -> dict[str, float]:

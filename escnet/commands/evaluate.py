@@ -19,6 +19,7 @@ from escnet.runtime import set_threads, setup_runtime
 def _run(args: argparse.Namespace) -> int:
     # imported here, not at the top: they load torch, which building the parser (`escnet --help`) must not
     from escnet.evaluation.metrics import format_table
+    from escnet.inference.ppg_metrics import format_ppg
 
     rt = setup_runtime(args.device)
     rank = rt.rank
@@ -46,6 +47,8 @@ def _run(args: argparse.Namespace) -> int:
         print(format_table(results))
         for name, value in results.get("groups", {}).items():
             print(f"{name}: {'-' if value is None else f'{value:.2f}'}")
+        for line in format_ppg(results.get("ppg", [])):  # ESC-Net: what its pseudo prompt generator did
+            print(line)
         print(f"images: {results['num_images']}  results: {Path(output) / 'results.json'}  "
               f"matrix: {Path(output) / 'confusion_matrix.npy'}")
     return 0

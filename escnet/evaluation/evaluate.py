@@ -16,6 +16,7 @@ identical to a single-process run because the matrix is a sum of per-image count
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -81,7 +82,7 @@ def evaluate(
 
     Returns the results dict (the same on every rank): `compute_metrics` fields plus run info.
     """
-    from escnet.evaluation.metrics import ConfusionMatrix, LabelRangeError, compute_metrics
+    from escnet.evaluation.metrics import ConfusionMatrix, compute_metrics
 
     rank, world = _rank_world()
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -92,6 +93,41 @@ def evaluate(
     bar = progress_of(indices, desc=f"evaluate {Path(dataset.name).name}", unit="img",
                       disable=(not progress) or rank != 0)
     start = time.perf_counter()
+    # ESC-Net: PPG statistics per block from the evaluation's own forwards (Segmenter.observe_ppg:
+    # forward hooks, escnet/inference/ppg_metrics.py); None for other models
+    observe = getattr(segmenter, "observe_ppg", None)
+    with (observe(len(classes)) if observe else contextlib.nullcontext()) as meter:
+        _score(segmenter, dataset, bar, classes, cm, meter)
+    seconds = time.perf_counter() - start
+    cm.all_reduce()
+    matrix = cm.numpy()
+    results = {
+        "dataset": dataset.name,
+        "num_images": n,
+        "limit": limit,
+        "world_size": world,
+        **(meta or {}),
+        **compute_metrics(matrix, dataset.class_names),
+        "confusion_matrix_layout": MATRIX_LAYOUT,
+        "seconds_rank0": round(seconds, 3),
+    }
+    if meter is not None:
+        results["ppg"] = meter.results()
+    if groups:
+        results["groups"] = group_metrics(results["per_class"], groups)
+    if output_dir is not None and rank == 0:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(results, indent=1)
+        atomic_write_all({out / "confusion_matrix.npy": lambda tmp: np.save(tmp, matrix),  # tmp ends in .npy
+                          out / "results.json": lambda tmp: tmp.write_text(text)})
+    return results
+
+
+def _score(segmenter, dataset: SegDataset, bar, classes: list[str], cm, meter) -> None:
+    """Segment every image of `bar` and add it to the confusion matrix `cm` (and the PPG meter)."""
+    from escnet.evaluation.metrics import LabelRangeError
+
     for i in bar:
         image_path, label_path = dataset.items[i]
         image, gt = dataset[i]
@@ -114,28 +150,8 @@ def evaluate(
             cm.update(pred, gt, source=str(label_path))
         except LabelRangeError as exc:
             raise DatasetError(str(exc)) from None
-    seconds = time.perf_counter() - start
-    cm.all_reduce()
-    matrix = cm.numpy()
-    results = {
-        "dataset": dataset.name,
-        "num_images": n,
-        "limit": limit,
-        "world_size": world,
-        **(meta or {}),
-        **compute_metrics(matrix, dataset.class_names),
-        "confusion_matrix_layout": MATRIX_LAYOUT,
-        "seconds_rank0": round(seconds, 3),
-    }
-    if groups:
-        results["groups"] = group_metrics(results["per_class"], groups)
-    if output_dir is not None and rank == 0:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(results, indent=1)
-        atomic_write_all({out / "confusion_matrix.npy": lambda tmp: np.save(tmp, matrix),  # tmp ends in .npy
-                          out / "results.json": lambda tmp: tmp.write_text(text)})
-    return results
+        if meter is not None:
+            meter.image_done(gt, dataset.ignore_label)
 
 
 def group_metrics(per_class: list[dict], groups: dict[str, list[int]]) -> dict:

@@ -387,6 +387,14 @@ class Segmenter:
                 ))
         return results
 
+    def observe_ppg(self, num_classes: int):
+        """A context manager giving a PPGMeter (escnet.inference.ppg_metrics) hooked on this model's pseudo
+        prompt generators while it is open (None for a model without them): what evaluations use to
+        count PPG statistics of their own forwards; `meter.image_done(labels)` after each image."""
+        from escnet.inference.ppg_metrics import PPGMeter
+
+        return PPGMeter.attach(self, num_classes)
+
     def _info(self, protocol: str, class_mode: str, resize: str, num_classes: int, class_chunk, work) -> dict[str, Any]:
         info = {
             "model": getattr(self.model.cfg, "arch", type(self.model).__name__),

@@ -329,8 +329,10 @@ def load_clip_warmup(model: nn.Module, cfg: TrainConfig) -> None:
 
 def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device: torch.device) -> dict:
     """mIoU of the model on the evaluation split (escnet.evaluation.evaluate, sharded over processes);
-    for the synthetic benchmark also seen / unseen class mIoU and their harmonic mean."""
+    for the synthetic benchmark also seen / unseen class mIoU and their harmonic mean; for ESC-Net the
+    PPG statistics of each block, ppg_block<i>_<statistic> (escnet.inference.ppg_metrics.STAT_KEYS)."""
     from escnet.evaluation.evaluate import evaluate
+    from escnet.inference.ppg_metrics import STAT_KEYS as PPG_KEYS
     from escnet.inference.segmenter import Segmenter
 
     # the weights change every evaluation: their text features are not worth a file
@@ -343,6 +345,8 @@ def evaluate_model(model: nn.Module, split: SplitInfo, cfg: TrainConfig, device:
     out = {k: results[k] for k in ("mIoU", "mIoU_v0.6", "pACC")}
     out.update(results.get("groups", {}))
     out["num_images"] = results["num_images"]
+    for block in results.get("ppg", []):  # ESC-Net: PPG statistics per block (escnet/inference/ppg_metrics.py)
+        out.update({f"ppg_block{block['block']}_{key}": block[key] for key in PPG_KEYS})
     return out
 
 
