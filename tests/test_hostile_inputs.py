@@ -258,6 +258,8 @@ def test_pixel_bomb_is_refused_from_its_header_by_segment(tmp_path, pixel_bomb):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "13000 x 13000" in proc.stderr and "--max-pixels" in proc.stderr, proc.stderr[-2000:]
     assert "DecompressionBombWarning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "13000" in line]
+    assert len(errors) == 1, proc.stderr[-2000:]  # one input refused: one line, no repeated summary
 
 
 def test_pixel_bomb_is_refused_from_its_header_by_the_segmenter(tmp_path, pixel_bomb):

@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
-from escnet.commands.policy import fail, load_segmenter
+from escnet.commands.policy import EXIT_FAILED, fail, load_segmenter
 from escnet.data.images import DEFAULT_MAX_PIXELS
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
 from escnet.errors import one_line, shown_path
@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{run.world_size} processes: {manifest['this_run']}", file=sys.stderr)
     if run.counts["skipped"]:
         print(f"skipped {run.counts['skipped']} image(s) whose outputs exist (--resume)", file=sys.stderr)
+    if len(jobs) == 1 and failures:
+        return EXIT_FAILED  # one input: its one error line says it all
     print(f"segmented {done} of {len(run.todo) + run.counts['skipped']} image(s) into {shown_path(args.out)}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
