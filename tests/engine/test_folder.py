@@ -120,6 +120,6 @@ def test_cli_resume_with_other_settings_is_one_line(model_dir, images, tmp_path,
     assert main([*base, "--classes", CLASSES]) == 0
     assert main([*base, "--classes", CLASSES, "--resume"]) == 0
     assert "skipped 1 image(s) whose outputs exist" in capsys.readouterr().err
-    assert main([*base, "--classes", "cat; dog", "--resume"]) == 2
+    assert main([*base, "--classes", "cat; dog", "--resume"]) == 1  # a user error: status 1 (escnet.commands.policy)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "made with other settings (classes)" in err[0]
