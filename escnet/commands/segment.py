@@ -22,7 +22,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image
 
 from escnet.commands.arguments import MODEL_HELP, add_inference_options, add_runtime_options, segmenter_options
 from escnet.commands.policy import EXIT_FAILED, fail, load_segmenter
@@ -30,7 +29,7 @@ from escnet.data.images import DEFAULT_MAX_PIXELS
 from escnet.data.vocab import VocabularyError, known_benchmarks, parse_vocabulary
 from escnet.errors import one_line, shown_path
 from escnet.fileio import check_out_folder
-from escnet.inference.folder import FolderRun, ResumeError, run_jobs, run_settings
+from escnet.inference.folder import FolderRun, ResumeError, image_files, run_jobs, run_settings, unique_names
 from escnet.inference.outputs import FORMAT_HELP, parse_formats
 from escnet.progress import note
 from escnet.runtime import resolve_device, set_threads, setup_runtime
@@ -60,21 +59,12 @@ def add_command(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _image_files(folder: Path, out_dir: Path) -> list[Path]:
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
-    out_dir = out_dir.resolve()
-    return sorted(
-        path for path in folder.iterdir()
-        if path.is_file() and path.suffix.lower() in extensions and path.resolve().parent != out_dir
-    )
-
-
 def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
     files, problems = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = _image_files(path, out_dir)
+            found = image_files(path, exclude=out_dir)
             if not found:
                 problems.append(f"{shown_path(item)}: folder contains no image files")
             files.extend(found)
@@ -83,22 +73,6 @@ def _collect(inputs: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
         else:
             problems.append(f"{shown_path(item)}: no such file or folder")
     return files, problems
-
-
-def _unique_names(files: list[Path]) -> list[str]:
-    """Output base names, unique across all inputs (case-insensitively, for case-insensitive file
-    systems): the file stem, or the first free stem_2, stem_3, ... when it is taken, so d1/a.png,
-    d1/a_2.png and d2/a.png become a, a_2 and a_3."""
-    used: set[str] = set()
-    names = []
-    for path in files:
-        name, count = path.stem, 1
-        while name.casefold() in used:
-            count += 1
-            name = f"{path.stem}_{count}"
-        used.add(name.casefold())
-        names.append(name)
-    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         note(f"error: {message}")
         failures.append(message)
 
-    jobs = list(zip(files, _unique_names(files)))
+    jobs = list(zip(files, unique_names(files)))
     # torchrun: this process's share of the jobs (escnet.inference.folder), less those done (--resume)
     try:
         run = FolderRun.start(args.out, jobs, formats, run_settings(segmenter, vocabulary, formats), resume=args.resume)

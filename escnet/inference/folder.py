@@ -193,12 +193,15 @@ def _read_manifest(out_dir: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def image_files(folder: Union[str, os.PathLike]) -> list[Path]:
-    """The image files of a folder (non-recursive, extensions Pillow knows), sorted by name."""
+def image_files(folder: Union[str, os.PathLike], exclude: Optional[Union[str, os.PathLike]] = None) -> list[Path]:
+    """The image files of a folder (non-recursive, extensions Pillow knows), sorted by name; exclude:
+    a folder whose files are left out (an output folder inside the input folder)."""
     from PIL import Image
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in extensions and (skip is None or p.resolve().parent != skip))
 
 
 def unique_names(files: Sequence[Path]) -> list[str]:

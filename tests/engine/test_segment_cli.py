@@ -207,7 +207,7 @@ def test_bundled_model_prints_one_plain_notice(tmp_path, capfd):
     info = json.loads((tmp_path / "synthetic_scene.json").read_text())["info"]
     assert "knows nothing about real photos" in info["model_description"]
 def test_output_names_are_unique_across_inputs(model_dir, tmp_path, capsys):
-    from escnet.commands.segment import _unique_names
+    from escnet.inference.folder import unique_names as _unique_names
 
     colours = {"d1/a.png": (255, 0, 0), "d1/a_2.png": (0, 255, 0), "d2/a.png": (0, 0, 255)}
     for rel, colour in colours.items():
