@@ -18,6 +18,10 @@ SEEDS_B=${SEEDS_B:-1,3,5,7,9,11}     # runner 2 (13 seeds: README.md, "Power")
 EVAL_IMAGES=${EVAL_IMAGES:-4000}     # val scenes of the study's evaluation (pilot: bootstrap sd 0.53 at 3000)
 SAM=${SAM:-output/sam_tiny/sam_tiny.pth}
 PY=${PY:-python}
+# ROWS: a comma-separated subset of the runner's rows, run first (empty: every row, primary first).
+# Session 2026-12-07b ran ROWS=t2c_pretrained,t2b_random_low,t2a_no_sam first: the rows of the two
+# comparisons the issue asks for at >= 5 pairs (c-b, c-a), see README.md "Order of the runs".
+ROWS=${ROWS:-}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=$PWD
 echo "$(date -u '+%F %T') run.sh at $(git rev-parse HEAD) seeds $SEEDS_A / $SEEDS_B, $EVAL_IMAGES eval scenes"
 
@@ -33,10 +37,10 @@ $PY tools/study_powered.py --sam "$SAM" --seeds "$SEEDS_A,$SEEDS_B" --out "$OUT"
 # 4. two runners, primary rows first, seed-major
 for seeds in "$SEEDS_A" "$SEEDS_B"; do
   nice -n 10 $PY tools/study_powered.py --sam "$SAM" --seeds "$seeds" --out "$OUT" --eval-images "$EVAL_IMAGES" \
-    > "$STUDY/runner_seeds_${seeds//,/-}.log" 2>&1 &
+    ${ROWS:+--rows "$ROWS"} > "$STUDY/runner_seeds_${seeds//,/-}.log" 2>&1 &
 done
 wait
 # 5. the summary over all seeds, with every run's metrics, into the study folder
 $PY tools/study_powered.py --sam "$SAM" --seeds "$SEEDS_A,$SEEDS_B" --out "$OUT" --eval-images "$EVAL_IMAGES" \
-  --summarise-only --publish "$STUDY"
+  ${ROWS:+--rows "$ROWS"} --summarise-only --publish "$STUDY"
 echo "$(date -u '+%F %T') done: $STUDY/summary.json"
