@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -26,6 +25,7 @@ from escnet.data.vocab import VocabularyError
 from escnet.training.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                         remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from escnet.training.config import ConfigError, TrainConfig, config_from_dict
+from escnet.training.losses import dense_clip_loss, segmentation_loss  # noqa: F401 - also this module's API
 from escnet.training.optim import cosine_schedule, make_optimizer  # noqa: F401 - also this module's API
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError
@@ -163,15 +163,17 @@ class Window:
 
 def run_steps(loss_of, batches, optimizer: torch.optim.Optimizer, scheduler, steps: range, cfg: TrainConfig,
               device: torch.device, autocast, report, *, phase: str = "", mean=None, after_step=None,
-              stop_note=None) -> None:
+              stop_note=None, clip_params=None) -> None:
     """The one training loop. For each step number in `steps`: the next (images, labels) batch
     from `batches` onto `device`, loss_of(images, labels) (a scalar) under `autocast`, a stop on a
     non-finite loss (after `mean`, the average over processes) or gradient norm, then zero_grad,
     backward, global gradient-norm clip at `cfg.grad_clip` (none if <= 0), optimizer and scheduler
     step. Every `cfg.log_every` steps and after the last, report(step, window) (then the window
     starts again); after every step, after_step(step). `phase` and stop_note() complete the stop
-    message ("CLIP warm-up loss is nan at step 3; stopping", "...; stopping. Last good checkpoint: ...")."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    message ("CLIP warm-up loss is nan at step 3; stopping", "...; stopping. Last good checkpoint: ...").
+    `clip_params`: the parameters whose global gradient norm is clipped, in this order (the norm's
+    float sum depends on it); default those of the optimizer's groups."""
+    params = list(clip_params) if clip_params is not None else [p for group in optimizer.param_groups for p in group["params"]]
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     window = Window(device)
 
@@ -204,19 +206,7 @@ def run_steps(loss_of, batches, optimizer: torch.optim.Optimizer, scheduler, ste
 
 
 # ---------------------------------------------------------------------------------------------
-# loss
-
-
-def segmentation_loss(logits: Tensor, labels: Tensor, ignore_label: int) -> Tensor:
-    """CAT-Seg's loss. logits (B, T, H, W), labels (B, H, W) int -> scalar: sigmoid BCE against
-    one-hot targets, mean over B, T, H, W; ignored pixels are negatives for every class."""
-    t = logits.shape[1]
-    if logits.shape[-2:] != labels.shape[-2:]:
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    valid = labels != ignore_label
-    target = F.one_hot(torch.where(valid, labels, 0), t).permute(0, 3, 1, 2).to(logits.dtype)
-    target = target * valid[:, None].to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, target)
+# the objective (losses: escnet.training.losses)
 
 
 class Objective(nn.Module):
@@ -234,16 +224,6 @@ class Objective(nn.Module):
         text = self.model.encode_text(self.class_names)
         logits = self.model(images.float(), text)
         return segmentation_loss(logits.float(), labels, self.ignore_label)
-
-
-def dense_clip_loss(model: nn.Module, images: Tensor, labels: Tensor, class_names: list[str], ignore_label: int) -> Tensor:
-    """The warm-up loss. images (B, 3, H, W) uint8, labels (B, H, W) -> per-pixel softmax
-    cross-entropy of exp(logit_scale) * cos(F_v, F_l) (B, T, H, W) against the labels."""
-    feats, _, size = model.encode_image(images.float())
-    text = model.encode_text(class_names)
-    corr = torch.einsum("bdhw,td->bthw", F.normalize(feats, dim=1), text)
-    logits = F.interpolate(corr, size=size, mode="bilinear", align_corners=False) * model.clip.logit_scale.exp()
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_label)
 
 
 def warm_up_clip(model: nn.Module, data, augment: TrainAugmentation, cfg: TrainConfig, device: torch.device,

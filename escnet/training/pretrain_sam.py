@@ -5,6 +5,7 @@ command that runs them, `escnet pretrain-sam` (escnet/commands/pretrain_sam.py, 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -20,6 +21,7 @@ from torch import Tensor
 from escnet.training.config import ConfigError, _read_toml, coerce, parse_text
 from escnet.fileio import atomic_write
 from escnet.models.sam_model import SAM, SAMConfig
+from escnet.training.losses import mask_losses  # noqa: F401 - also this module's API
 
 COMBOS = ("point", "box", "mask", "point+box", "point+mask", "box+mask", "point+box+mask")
 WEIGHTS_NAME = "sam_tiny.pth"
@@ -171,18 +173,6 @@ def corrective_points(pred: Tensor, targets: Tensor, gen: torch.Generator) -> tu
 # losses and scores
 
 
-def mask_losses(logits: Tensor, targets: Tensor, focal_weight: float) -> Tensor:
-    """SAM's loss per mask: focal_weight x focal (gamma 2, alpha 0.25) + dice.
-    logits (N, K, s, s), targets (N, s, s) in [0, 1] -> (N, K)."""
-    t = targets[:, None].float().expand_as(logits)
-    p = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    focal = ((0.25 * t + 0.75 * (1 - t)) * ce * (1 - p_t) ** 2).mean((2, 3))
-    dice = 1 - (2 * (p * t).sum((2, 3)) + 1) / (p.sum((2, 3)) + t.sum((2, 3)) + 1)
-    return focal_weight * focal + dice
-
-
 def mask_iou(pred: Tensor, targets: Tensor) -> Tensor:
     """pred (N, K, S, S) or (N, S, S) bool vs targets (N, S, S) bool -> IoU (N, K) or (N,)."""
     t = targets if pred.dim() == 3 else targets[:, None]
@@ -272,6 +262,7 @@ def _augment(images: np.ndarray, instances: np.ndarray, rng: np.random.Generator
 def pretrain(cfg: PretrainSAMConfig, log=print) -> dict:
     """Train, evaluate, save `output_dir`/sam_tiny.pth (plain state dict, official SAM names) and
     metrics.json. Returns the metrics."""
+    from escnet.training.loop import run_steps
     from escnet.training.optim import cosine_schedule
     from escnet.runtime import set_threads
 
@@ -291,29 +282,28 @@ def pretrain(cfg: PretrainSAMConfig, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     before = evaluate(model, eval_images, eval_inst)
-    history, window = [], []
-    for step in range(1, cfg.iters + 1):
-        pick = rng.choice(cfg.num_train_scenes, cfg.batch_images, replace=False)
-        images, inst = _augment(train_images[pick], train_inst[pick], rng)
-        index, targets = _pick_objects(inst, cfg.objects_per_image, rng)
+    history = []
+
+    def batches():  # each step's scenes, flipped and turned: (images (B, 3, S, S) uint8, instances (B, S, S))
+        while True:
+            pick = rng.choice(cfg.num_train_scenes, cfg.batch_images, replace=False)
+            images, inst = _augment(train_images[pick], train_inst[pick], rng)
+            yield torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(inst)
+
+    def loss_of(images: Tensor, inst: Tensor) -> Tensor:  # the objects and the prompt combination, then the rounds
+        index, targets = _pick_objects(inst.numpy(), cfg.objects_per_image, rng)
         combo = COMBOS[rng.integers(len(COMBOS))]
-        emb = model.embed(torch.from_numpy(images).permute(0, 3, 1, 2))
+        emb = model.embed(images)
         losses, _ = run_rounds(model, emb, torch.from_numpy(index), torch.from_numpy(targets), combo,
                                cfg.corrective_rounds, gen, jitter=True, focal_weight=cfg.focal_weight)
-        loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"pretrain-sam: non-finite loss at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        window.append(loss.item())
-        if step % cfg.log_every == 0 or step == cfg.iters:
-            history.append({"step": step, "loss": float(np.mean(window))})
-            log(f"pretrain-sam: step {step}/{cfg.iters} loss {np.mean(window):.4f} ({time.time() - start:.0f} s)")
-            window = []
+        return torch.stack(losses).mean()
+
+    def report(step: int, window) -> None:
+        history.append({"step": step, "loss": window.mean_loss})
+        log(f"pretrain-sam: step {step}/{cfg.iters} loss {window.mean_loss:.4f} ({time.time() - start:.0f} s)")
+
+    run_steps(loss_of, batches(), opt, sched, range(1, cfg.iters + 1), cfg, torch.device("cpu"),
+              contextlib.nullcontext(), report, phase="pretrain-sam", clip_params=model.parameters())
     after = evaluate(model, eval_images, eval_inst)
     metrics = {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg), "loss": history,
                "eval_before": before, "eval": after, "seconds": time.time() - start}

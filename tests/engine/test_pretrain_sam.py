@@ -71,3 +71,44 @@ def test_short_run_lowers_the_loss_and_segments_held_out_objects(tmp_path):
     assert best > 4 * after["baseline: whole image"] and best > 4 * max(before[k] for k in with_mask)
     sd = load_sam_decoder_weights(tmp_path / WEIGHTS_NAME)
     assert "transformer.layers.0.self_attn.q_proj.weight" in sd
+
+
+def _tiny(tmp_path, *more):
+    return load_config(None, ["num_train_scenes=8", "num_eval_scenes=2", "batch_images=2", "objects_per_image=2",
+                              "corrective_rounds=1", "iters=4", "warmup_iters=1", "log_every=2",
+                              "encoder_depth=1", f"output_dir={tmp_path}", *more])
+
+
+def test_pretraining_runs_on_the_shared_training_loop(tmp_path, monkeypatch):
+    """Tiny-SAM pretraining steps through escnet.training.loop.run_steps (one loop for every training
+    program): every step and every report passes through it, with SAM's own parameter order for the clip."""
+    import escnet.training.loop as loop
+
+    calls = []
+    real = loop.run_steps
+
+    def spy(loss_of, batches, optimizer, scheduler, steps, cfg, *args, **kwargs):
+        calls.append((list(steps), kwargs.get("phase"), kwargs.get("clip_params") is not None))
+        return real(loss_of, batches, optimizer, scheduler, steps, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_steps", spy)
+    metrics = pretrain(_tiny(tmp_path), log=lambda line: None)
+    assert calls == [([1, 2, 3, 4], "pretrain-sam", True)]
+    assert [h["step"] for h in metrics["loss"]] == [2, 4]
+
+
+def test_pretraining_stops_on_a_non_finite_loss_with_one_line(tmp_path, monkeypatch):
+    """A non-finite loss stops the run with the loop's TrainingError (phase, what, step), and no weights are written."""
+    import escnet.training.pretrain_sam as ps
+    from escnet.training.loop import TrainingError
+
+    real = ps.run_rounds
+
+    def poisoned(*args, **kwargs):
+        losses, outs = real(*args, **kwargs)
+        return [loss * float("nan") for loss in losses], outs
+
+    monkeypatch.setattr(ps, "run_rounds", poisoned)
+    with pytest.raises(TrainingError, match=r"^pretrain-sam loss is nan at step 1; stopping$"):
+        pretrain(_tiny(tmp_path), log=lambda line: None)
+    assert not (tmp_path / WEIGHTS_NAME).exists()
