@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 
 from escnet.runtime import peak_memory
@@ -177,6 +178,95 @@ def _latency_job(arch: str, preset: str, t: int, protocol: str, device: str, rep
         q.put(row)
     except Exception as e:  # noqa: BLE001 - reported in the table instead of killing the whole run
         q.put({"error": f"{type(e).__name__}: {e}"})
+
+
+PAIR_MODES = ("eager", "compile", "compile-freezing")
+
+
+def _pair_forward(model, mode: str):
+    """model's forward for one bench_pair mode: eager, torch.compile (inductor), or inductor with
+    freezing (weights folded in as constants and pre-packed for the CPU matmul kernels; inference only)."""
+    if mode == "eager":
+        return model
+    if mode == "compile":
+        return torch.compile(model, backend="inductor")
+    if mode == "compile-freezing":
+        return torch.compile(model, backend="inductor", options={"freezing": True})
+    raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(PAIR_MODES)}")
+
+
+def bench_pair(preset: str, t: int, protocol: str, device: str, modes=("compile",), rounds: int = 5,
+               warmup: int = 2, log=print) -> dict:
+    """ESC-Net and CAT-Seg in ONE process, timed in alternating rounds, so that a host whose speed
+    drifts (a shared virtual machine: its matmul ceiling can move by a third between minutes) slows
+    both alike. Each round measures the fp32 matmul ceiling (best of 3), then one forward of every
+    (mode, model), the models' order reversed every other round. Per (mode, model): every round's
+    latency and its share of that round's ceiling (GFLOPs / latency / ceiling); per mode: the
+    median over rounds of the ESC/CAT latency ratio, and the label agreement with eager fp32.
+    `warmup` untimed forwards per callable first (the first one compiles; its seconds are kept)."""
+    models = {arch: _build(arch, preset).to(device) for arch in ("escnet", "catseg")}
+    gflops = {arch: count_gflops(arch, preset, t, VIEWS[protocol]) for arch in models}
+    inputs = {arch: _model_inputs(m, t, VIEWS[protocol], device) for arch, m in models.items()}
+    out = {"preset": preset, "T": t, "protocol": protocol, "device": device, "threads": torch.get_num_threads(),
+           "rounds": rounds, "gflops": gflops, "modes": {}}
+    calls = {}
+    with torch.inference_mode():
+        reference = {arch: m(*inputs[arch]) for arch, m in models.items()}
+        for mode in modes:
+            for arch, m in models.items():
+                fn = _pair_forward(m, mode)
+                first = None
+                for i in range(warmup):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    result = fn(*inputs[arch])
+                    _sync(device)
+                    first = first if first is not None else time.perf_counter() - t0
+                calls[mode, arch] = fn
+                out["modes"].setdefault(mode, {})[arch] = {"first_call_s": first, "latency_s": [], "ceiling_share": [],
+                                                           **label_agreement(result, reference[arch])}
+                log(f"pair: {mode} {arch} ready (first call {first:.1f} s)")
+        ceilings = []
+        for r in range(rounds):
+            ceiling = matmul_throughput(device, "fp32", repeats=3)["gflops_per_s"]
+            ceilings.append(ceiling)
+            order = list(calls) if r % 2 == 0 else list(reversed(calls))
+            for mode, arch in order:
+                _sync(device)
+                t0 = time.perf_counter()
+                calls[mode, arch](*inputs[arch])
+                _sync(device)
+                dt = time.perf_counter() - t0
+                row = out["modes"][mode][arch]
+                row["latency_s"].append(dt)
+                row["ceiling_share"].append(gflops[arch] / dt / ceiling)
+            log(f"pair: round {r + 1}/{rounds}: ceiling {ceiling:.0f} GFLOP/s; " + ", ".join(
+                f"{m} {a} {out['modes'][m][a]['latency_s'][-1]:.2f} s" for m, a in calls))
+    out["ceiling_gflops_per_s"] = ceilings
+    for mode, rows in out["modes"].items():
+        ratios = [e / c for e, c in zip(rows["escnet"]["latency_s"], rows["catseg"]["latency_s"])]
+        rows["esc_cat_ratio"] = ratios
+        rows["esc_cat_ratio_median"] = float(np.median(ratios))
+        for arch in models:
+            rows[arch]["latency_median_s"] = float(np.median(rows[arch]["latency_s"]))
+            rows[arch]["ceiling_share_median"] = float(np.median(rows[arch]["ceiling_share"]))
+    return out
+
+
+def format_pair(r: dict) -> str:
+    lines = [f"ESC-Net and CAT-Seg in one process, {r['preset']}, T = {r['T']}, {r['protocol']}, {r['device']}, "
+             f"{r['threads']} threads, {r['rounds']} alternating rounds (medians; fp32 matmul ceiling "
+             f"{min(r['ceiling_gflops_per_s']):.0f}-{max(r['ceiling_gflops_per_s']):.0f} GFLOP/s over the rounds)", "",
+             "| mode | ESC-Net latency (s) | CAT-Seg latency (s) | ESC/CAT (median of rounds) | ESC-Net share of matmul "
+             "| CAT-Seg share of matmul | first call ESC / CAT (s) | labels as eager fp32 ESC / CAT |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mode, rows in r["modes"].items():
+        e, c = rows["escnet"], rows["catseg"]
+        lines.append(f"| {mode} | {e['latency_median_s']:.3f} | {c['latency_median_s']:.3f} | "
+                     f"{rows['esc_cat_ratio_median']:.3f} | {e['ceiling_share_median']:.3f} | "
+                     f"{c['ceiling_share_median']:.3f} | {e['first_call_s']:.1f} / {c['first_call_s']:.1f} | "
+                     f"{100 * e['label_agreement']:.2f} % / {100 * c['label_agreement']:.2f} % |")
+    return "\n".join(lines)
 
 
 def _in_subprocess(target, *args) -> dict:

@@ -14,6 +14,10 @@ Sections (pick with --what):
           image and text encoders, correlation, PPG, SAM blocks, Swin, class attention, decoder,
           resizes; torch.profiler with a range per module, each op's own time counted to the
           innermost range.
+  pair    ESC-Net and CAT-Seg in one process, timed in alternating rounds with the matmul ceiling
+          measured again in each round (robust to a host whose speed drifts), for each --pair-modes
+          mode (eager, compile, compile-freezing); the first --sizes / --classes / --protocols entry;
+          --repeats rounds (at least 3), --warmup untimed calls per model first.
   ppg     the batched PPG against a per-class loop of scikit-learn KMeans on the same maps.
   vocab   peak memory and time of exact all-class inference for T=150 vs T=847 with a memory budget.
   text-cache  text features of ADE-847's 847 names at --text-cache-size (random weights): cold (key
@@ -97,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         out["models"] = bench.bench_models(sizes, classes, args.protocols, device, args.repeats,
                                            args.latency_classes, args.warmup, args.dtype, args.compile, ceiling)
         print(bench.format_models(out["models"]))
+    if "pair" in what:
+        out["pair"] = bench.bench_pair(sizes[0], classes[0], args.protocols[0], device, args.pair_modes,
+                                       max(args.repeats, 3), max(args.warmup, 1))
+        print(bench.format_pair(out["pair"]))
     if "profile" in what:
         out["profile"] = bench.bench_profile(sizes, classes, args.protocols, device, args.dtype, args.warmup)
         print(bench.format_profile(out["profile"]))
@@ -126,7 +134,7 @@ def add_command(sub) -> None:
     p = sub.add_parser("benchmark", help="ESC-Net vs CAT-Seg: parameters, GFLOPs, latency against the matmul "
                                          "ceiling, per-part profile, memory; PPG; vocabularies")
     p.add_argument("--what", nargs="+", default=None,
-                   choices=["flops", "roofline", "ppg", "models", "profile", "vocab", "text-cache", "train", "batch"],
+                   choices=["flops", "roofline", "ppg", "models", "pair", "profile", "vocab", "text-cache", "train", "batch"],
                    help=f"sections to run (default: a quick {' + '.join(QUICK['what'])}; the full matrix is "
                         f"{' '.join(FULL['what'])}; train is opt-in: it is slow on a CPU)")
     p.add_argument("--sizes", nargs="+", default=None, choices=["vitb16", "vitl14", "tiny"],
@@ -143,6 +151,8 @@ def add_command(sub) -> None:
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="time torch.compile(model, backend=BACKEND) (default backend inductor) instead of eager; "
                         "give --warmup >= 1 so that compiling is not timed")
+    p.add_argument("--pair-modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile", "compile-freezing"],
+                   help="pair section: the forwards timed side by side (default eager compile)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: $OMP_NUM_THREADS if set, else the physical cores)")
     p.add_argument("--matmul-size", type=int, default=None,

@@ -266,3 +266,35 @@ def test_flops_rows_are_printed_once_each(capsys):
     rows = bench_flops(["vitb16"], [20], ["single", "sliding"], readings=("paper",))
     printed = [json_mod.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert printed == rows and len(rows) == 6
+
+
+def test_pair_section_alternates_both_models_with_a_ceiling_per_round(tmp_path, capsys, restore_threads):
+    """--what pair: both models in one process, every round a fresh ceiling and one forward of each; the
+    reported ratio is the median of the per-round ESC/CAT ratios and each share uses its round's ceiling.
+    (eager only here: compiling ViT-B or even tiny models with inductor takes minutes on a small CPU.)"""
+    import numpy as np
+
+    out = tmp_path / "pair.json"
+    assert main(["benchmark", "--what", "pair", "--sizes", "tiny", "--classes", "5", "--protocols", "single",
+                 "--pair-modes", "eager", "--repeats", "3", "--warmup", "1", "--threads", "1", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["pair"]
+    assert r["rounds"] == 3 and len(r["ceiling_gflops_per_s"]) == 3 and list(r["modes"]) == ["eager"]
+    rows = r["modes"]["eager"]
+    for arch in ("escnet", "catseg"):
+        row = rows[arch]
+        assert len(row["latency_s"]) == 3 and all(t > 0 for t in row["latency_s"])
+        assert row["label_agreement"] == 1.0  # eager against itself
+        shares = [r["gflops"][arch] / t / c for t, c in zip(row["latency_s"], r["ceiling_gflops_per_s"])]
+        assert row["ceiling_share"] == pytest.approx(shares)
+        assert row["latency_median_s"] == pytest.approx(float(np.median(row["latency_s"])))
+    ratios = [e / c for e, c in zip(rows["escnet"]["latency_s"], rows["catseg"]["latency_s"])]
+    assert rows["esc_cat_ratio_median"] == pytest.approx(float(np.median(ratios)))
+    assert "| eager |" in capsys.readouterr().out
+
+
+def test_pair_section_refuses_an_unknown_mode():
+    from escnet.benchmarks.benchmark import _pair_forward
+
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        _pair_forward(torch.nn.Identity(), "fast")
