@@ -67,15 +67,23 @@ def test_every_writer_says_no_space_left_with_the_path(tmp_path):
         r = SegmentationResult(labels=np.zeros((600, 600), np.int32), classes=["a"],
                                image=np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8))
         attempt("outputs", lambda: r.save(full / "out", name="photo"))
+        from escnet.inference.export import export_onnx
+        tiny = create_model("catseg", "tiny").eval()
+        text = torch.nn.functional.normalize(torch.randn(3, tiny.cfg.clip.embed_dim), dim=-1)
+        attempt("onnx", lambda: export_onnx(tiny, text, full / "model.onnx"))
+        from escnet.training.loop import MetricsLog
+        (full / "train").mkdir(exist_ok=True)
+        log = MetricsLog(full / "train", None)
+        attempt("metrics", lambda: log.write({"step": 1, "note": "x" * 400_000}))
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = {}
     for line in proc.stdout.splitlines():
         name, message, left = line.split(" | ")
         lines[name] = (message, left)
-    assert set(lines) == {"checkpoint", "model", "text", "outputs"}, proc.stdout
+    assert set(lines) == {"checkpoint", "model", "text", "outputs", "onnx", "metrics"}, proc.stdout
     expected = {"checkpoint": "run/checkpoint_00000010.pt", "model": "model/model.safetensors", "text": "notes.txt",
-                "outputs": "out/photo_overlay.png"}
+                "outputs": "out/photo_overlay.png", "onnx": "model.onnx", "metrics": "train/metrics.jsonl"}
     for name, (message, left) in lines.items():
         assert message.startswith("no space left on device: "), (name, message)
         assert message.endswith(expected[name]), (name, message)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from escnet.fileio import atomic_write
 from escnet.models.swin import window_attention_mask
 
 INSTALL_HINT = "pip install 'escnet[export]'"
@@ -166,7 +167,7 @@ def export_onnx(model: nn.Module, text: torch.Tensor, path, text_input: bool = F
         window_attention_mask.cache_clear()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    atomic_write(path, lambda tmp: program.save(str(tmp)))  # a full disk names `path`, leaves no partial file
     return path
 
 

@@ -6,6 +6,7 @@ that runs them, `escnet train` (escnet/commands/train.py, or `escnet train --hel
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import sys
@@ -29,7 +30,7 @@ from escnet.training.losses import dense_clip_loss, segmentation_loss  # noqa: F
 from escnet.training.optim import cosine_schedule, make_optimizer  # noqa: F401 - also this module's API
 from escnet.weights.common import WeightsError
 from escnet.errors import EscnetError
-from escnet.fileio import atomic_write
+from escnet.fileio import DiskFullError, atomic_write
 from escnet.runtime import Runtime, peak_memory, set_threads, setup_runtime
 
 # Settings a resumed run may change; any other difference from the checkpoint's config is an error.
@@ -361,8 +362,13 @@ class MetricsLog:
             pass
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise DiskFullError(self.path) from exc
+            raise
         if self.tb is not None:
             step = record.get("step", record.get("warmup_step", 0))
             flat = {**{k: v for k, v in record.items() if k != "eval"},
