@@ -38,7 +38,7 @@ FORMATS = ("onnx",)
 
 def add_command(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a model to ONNX (CAT-Seg; needs escnet[export])",
+        "export", help="export a model to ONNX (ESC-Net or CAT-Seg; needs escnet[export])",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default %(default)s)")
     parser.add_argument("--model", default=None, help=MODEL_HELP)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +120,35 @@ def test_export_command_prints_only_its_result(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"wrote {tmp_path / 'c.onnx'} (3 classes"), lines
+
+
+def test_bundled_escnet_exports_and_onnx_runtime_gives_its_labels(tmp_path):
+    """The bundled (trained) ESC-Net: exported with its example vocabulary, ONNX Runtime's
+    probabilities are within 1e-4 of PyTorch's and the per-pixel labels are equal, on the bundled
+    example scene (a real input, resized to the crop) and on random views."""
+    import numpy as np
+    import onnxruntime
+    from PIL import Image
+
+    import escnet
+    from escnet.data.vocab import parse_vocabulary
+    from escnet.inference.segmenter import Segmenter
+
+    examples = Path(escnet.__file__).parent / "assets" / "examples"
+    segmenter = Segmenter.from_pretrained(device="cpu", protocol="single")
+    model = segmenter.model.eval()
+    assert model.cfg.arch == "escnet"
+    text = segmenter.text_features(parse_vocabulary(str(examples / "synthetic_scene.txt")))
+    path = export_onnx(model, text, tmp_path / "bundled.onnx")
+    crop = model.cfg.crop_size
+    with Image.open(examples / "synthetic_scene.png") as image:
+        scene = torch.from_numpy(np.asarray(image.convert("RGB").resize((crop, crop), Image.BILINEAR)).copy())
+    views = torch.cat([scene.permute(2, 0, 1)[None].float(),
+                       torch.rand(2, 3, crop, crop, generator=torch.Generator().manual_seed(1)) * 255])
+    with torch.no_grad():
+        reference = model(views, text.float()).sigmoid()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output = torch.from_numpy(session.run(["probs"], {"images": views.numpy()})[0])
+    assert float((output - reference).abs().max()) < 1e-4
+    assert torch.equal(output.argmax(1), reference.argmax(1))
+    assert len(torch.unique(reference[0].argmax(0))) > 3  # the scene is segmented into several classes
