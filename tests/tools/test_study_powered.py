@@ -201,3 +201,26 @@ def test_paired_bootstrap_sd_counts_only_what_the_two_runs_do_not_share():
     assert 0 < study.paired_bootstrap_sd(a, near, GROUPS, 2000)["seen_mIoU"] < sd_a / 3
     # unrelated runs on the same images: the variances add
     assert study.paired_bootstrap_sd(a, b, GROUPS, 2000)["seen_mIoU"] == pytest.approx(math.hypot(sd_a, sd_b), rel=0.2)
+
+
+STUDY = Path(__file__).resolve().parents[2] / "docs" / "studies" / "table2_powered"
+
+
+@pytest.mark.parametrize("folder", ["", "lr_half"])
+def test_the_committed_study_reproduces_its_summary(folder, tmp_path):
+    """docs/studies/table2_powered (recipe A) and its lr_half/ (recipe B, Amendment 3): the summary
+    computed again from the committed per-run metrics equals the committed summary.json."""
+    committed = STUDY / folder
+    if not (committed / "summary.json").exists():
+        pytest.skip(f"{committed} has no published summary yet")
+    runs = sorted(committed.glob("*.metrics.jsonl"))
+    assert runs, "a summary without the runs behind it"
+    rows = sorted({p.name.split("_seed")[0] for p in runs})
+    seeds = sorted({int(p.name.split("_seed")[1].split(".")[0]) for p in runs})
+    argv = ["--import-metrics", str(committed), "--summarise-only", "--sam", str(tmp_path / "sam.pth"),
+            "--seeds", ",".join(map(str, seeds)), "--rows", ",".join(rows), "--eval-images", "4000",
+            "--out", str(tmp_path / "again")]
+    assert study.main(argv) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again == json.loads((committed / "summary.json").read_text())
+    assert any(r["comparison"] == "c-b" and r["metric"] == "seen_miou" and r["pairs"] >= 2 for r in again)
