@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stability pilot (Amendment 3, README.md "Collapsed runs"): do the two runs that collapsed to
+# Stability pilot (preregistration.md, Amendment 3; ../README.md, "Seed-to-seed sd, before and after"): do the two runs that collapsed to
 # all-background under the tiny recipe (Table 2 (c) seed 4, Table 2 (a) seed 7) train when the two
 # learning rates are halved (lr 3e-3 -> 1.5e-3, low_lr 1e-3 -> 5e-4), and what does halving cost a
 # run that did not collapse (Table 2 (c) seed 0)? Same warm-up checkpoints as the study's runs.
