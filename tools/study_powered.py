@@ -529,7 +529,20 @@ def run_values(run_dir: Path, args: argparse.Namespace) -> dict | None:
                      "final": recs[steps[-1]]["eval"][key], "single": single.get(key),
                      "checkpoints": vals, "bootstrap_sd_final": recs[steps[-1]]["bootstrap_sd"].get(key)}
     out["ppg"] = recs[steps[-1]].get("ppg")
+    out["recipe"] = run_recipe(run_dir / "metrics.jsonl")
     return out
+
+
+RECIPE_KEYS = ("lr", "low_lr", "max_iters")
+
+
+def run_recipe(metrics: Path) -> dict:
+    """The learning rates and length a run trained with, read from the config its training wrote into
+    metrics.jsonl (the first record that has one): the recipe is the run's own record, not an argument."""
+    for line in metrics.read_text().splitlines():
+        if line.strip() and "config" in (rec := json.loads(line)):
+            return {k: rec["config"][k] for k in RECIPE_KEYS}
+    raise ValueError(f"{metrics}: no record with the training config")
 
 
 def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]) -> dict:
@@ -551,10 +564,14 @@ def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]
             if len(pairs) < 2:
                 continue
             s = paired_interval(*map(list, zip(*pairs)))
+            recipes = {json.dumps(values[v][x]["recipe"], sort_keys=True) for v in (a, b) for x in seeds
+                       if x in values[a] and x in values[b]}
+            if len(recipes) != 1:
+                raise ValueError(f"{label}: its runs trained with different recipes {sorted(recipes)}")
             rows.append({"comparison": label, "metric": metric, "pairs": s["n"], "mean": round(s["mean"], 4),
                          "ci95": [round(s["low"], 4), round(s["high"], 4)], "half_width": round(s["half_width"], 4),
                          "sd": round(s["sd"], 4), "a": a, "b": b, "primary": label in PRIMARY,
-                         "diffs": [round(d, 4) for d in s["diffs"]]})
+                         "recipe": json.loads(recipes.pop()), "diffs": [round(d, 4) for d in s["diffs"]]})
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "summary.md").write_text(markdown(rows, values, skipped, args))
@@ -563,7 +580,10 @@ def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]
 
 def markdown(rows: list[dict], values: dict, skipped: dict, args: argparse.Namespace) -> str:
     lines = [f"{args.max_iters} steps per run; each value the mean of the checkpoints at steps "
-             f"{', '.join(map(str, eval_steps(args)))} on the first {args.eval_images} val scenes; mIoU in %.", "",
+             f"{', '.join(map(str, eval_steps(args)))} on the first {args.eval_images} val scenes; mIoU in %.",
+             "Recipe (from the runs' own configs): " + "; ".join(sorted({
+                 ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
+                 for by_seed in values.values() for r in by_seed.values()})) + ".", "",
              "| row | seeds | seen mIoU | unseen mIoU | hIoU |", "|---|---:|---:|---:|---:|"]
     for v in VARIANTS:
         if v in values:

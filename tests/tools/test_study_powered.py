@@ -93,17 +93,38 @@ def test_rows_run_primary_first_seed_major_and_unknown_options_are_skipped(tmp_p
     assert study.owner_of("t3d_point_mask", 0, only) == "t2c_pretrained"
 
 
-def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, steps=None):
-    """A committed <row>_seed<S>.metrics.jsonl: the training's records, then the study's (at the
-    checkpoints the study's defaults evaluate unless `steps` are given)."""
+def _fake_run(folder: Path, row: str, seed: int, values: dict, max_iters=1000, steps=None, lr=3e-3):
+    """A committed <row>_seed<S>.metrics.jsonl: the training's records (its config with learning rates
+    `lr` and lr / 3), then the study's (at the checkpoints the study's defaults evaluate unless `steps`
+    are given)."""
     steps = steps or study.eval_steps(study.parser().parse_args([]))
-    lines = [{"step": 0, "config": {}}, {"step": max_iters, "loss": 0.1},
+    config = {"lr": lr, "low_lr": lr / 3, "max_iters": max_iters, "seed": seed}
+    lines = [{"step": 0, "config": config}, {"step": max_iters, "loss": 0.1},
              {"step": max_iters, "eval": {"seen_mIoU": 1.0, "unseen_mIoU": 1.0, "hIoU": 1.0}}]
     for i, step in enumerate(steps):  # checkpoints spread around the value; their mean is the value
         jitter = (i - (len(steps) - 1) / 2) * 0.2
         ev = {k: v + jitter for k, v in values.items()}
         lines.append({"study": True, "step": step, "eval_images": study.parser().get_default("eval_images"), "eval": ev, "bootstrap_sd": {"hIoU": 0.3}})
     (folder / f"{row}_seed{seed}.metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_a_comparison_never_pairs_runs_of_different_recipes(tmp_path):
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    for seed in (0, 1):
+        _fake_run(committed, "t2b_random_low", seed, {"seen_mIoU": 40.0 + seed, "unseen_mIoU": 9.0, "hIoU": 9.0})
+        _fake_run(committed, "t2c_pretrained", seed, {"seen_mIoU": 42.0, "unseen_mIoU": 9.0, "hIoU": 9.0},
+                  lr=1.5e-3 if seed == 1 else 3e-3)
+    argv = ["--sam", str(tmp_path / "sam.pth"), "--seeds", "0,1", "--summarise-only",
+            "--import-metrics", str(committed)]
+    with pytest.raises(ValueError, match="c-b: its runs trained with different recipes"):
+        study.main([*argv, "--out", str(tmp_path / "mixed")])
+    # one recipe: each row names it, read from the runs' configs
+    _fake_run(committed, "t2c_pretrained", 1, {"seen_mIoU": 42.0, "unseen_mIoU": 9.0, "hIoU": 9.0})
+    assert study.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    rows = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert rows and all(r["recipe"] == {"lr": 3e-3, "low_lr": 1e-3, "max_iters": 1000} for r in rows)
+    assert "lr 0.003, low_lr 0.001, max_iters 1000" in (tmp_path / "one" / "summary.md").read_text()
 
 
 def test_summarise_only_reproduces_the_summary_from_committed_metrics(tmp_path):
@@ -206,10 +227,11 @@ def test_paired_bootstrap_sd_counts_only_what_the_two_runs_do_not_share():
 STUDY = Path(__file__).resolve().parents[2] / "docs" / "studies" / "table2_powered"
 
 
-@pytest.mark.parametrize("folder", ["", "lr_half"])
+@pytest.mark.parametrize("folder", ["", "recipe_a"])
 def test_the_committed_study_reproduces_its_summary(folder, tmp_path):
-    """docs/studies/table2_powered (recipe A) and its lr_half/ (recipe B, Amendment 3): the summary
-    computed again from the committed per-run metrics equals the committed summary.json."""
+    """docs/studies/table2_powered (recipe B, Amendments 3-4) and its recipe_a/ (the recipe as first
+    pre-registered): the summary computed again from the committed per-run metrics equals the
+    committed summary.json, and each row names the recipe its runs trained with."""
     committed = STUDY / folder
     if not (committed / "summary.json").exists():
         pytest.skip(f"{committed} has no published summary yet")
@@ -224,3 +246,19 @@ def test_the_committed_study_reproduces_its_summary(folder, tmp_path):
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again == json.loads((committed / "summary.json").read_text())
     assert any(r["comparison"] == "c-b" and r["metric"] == "seen_miou" and r["pairs"] >= 2 for r in again)
+    expected_lr = {"": 1.5e-3, "recipe_a": 3e-3}[folder]
+    assert {r["recipe"]["lr"] for r in again} == {expected_lr}
+
+
+def test_the_study_summary_resolves_table2_on_seen_miou():
+    """Issue 26's bar: in docs/studies/table2_powered/summary.json, Table 2's c-b and c-a on seen mIoU
+    have >= 5 pairs and a 95 % interval of half-width <= 3 points, and the interval is the paired t
+    interval of the differences it lists."""
+    rows = json.loads((STUDY / "summary.json").read_text())
+    for comparison in ("c-b", "c-a"):
+        (r,) = [r for r in rows if r["comparison"] == comparison and r["metric"] == "seen_miou"]
+        assert r["pairs"] >= 5 and len(r["diffs"]) == r["pairs"]
+        assert (r["ci95"][1] - r["ci95"][0]) / 2 <= 3.0
+        s = study.paired_interval([0.0] * r["pairs"], r["diffs"])
+        assert s["mean"] == pytest.approx(r["mean"], abs=1e-3)
+        assert [s["low"], s["high"]] == pytest.approx(r["ci95"], abs=1e-3)

@@ -2,16 +2,16 @@
 # The production runs of the powered Table 2/3 study (preregistration.md, README.md), on the checkout that
 # holds the pseudo-prompt revision. From the repository root, in the background:
 #
-#   nohup bash docs/studies/table2_powered/run.sh > docs/studies/table2_powered/run.log 2>&1 &
+#   nohup bash docs/studies/table2_powered/run.sh > docs/studies/table2_powered/recipe_a/run.log 2>&1 &
 #
 # Two runner processes at a time (disjoint seeds), nice'd, one thread each; every command with its wall
 # time goes to $OUT/commands.log, each runner's output to the study folder. Interrupted: run it again
 # (finished runs are reused, a cut training resumes from its last checkpoint). Partial results at any time:
 #   python tools/study_powered.py --sam output/sam_tiny/sam_tiny.pth --seeds 0,1,2,3,4,5,6,7,8,9,10,11,12 \
-#       --out output/table2_powered --summarise-only --publish docs/studies/table2_powered
+#       --out output/table2_powered --summarise-only --publish docs/studies/table2_powered/recipe_a
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-STUDY=docs/studies/table2_powered
+STUDY=docs/studies/table2_powered/recipe_a
 OUT=${OUT:-output/table2_powered}
 SEEDS_A=${SEEDS_A:-0,2,4,6,8,10,12}  # runner 1
 SEEDS_B=${SEEDS_B:-1,3,5,7,9,11}     # runner 2 (13 seeds: README.md, "Power")

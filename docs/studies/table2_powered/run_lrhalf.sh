@@ -3,15 +3,15 @@
 # learning rates halved (lr 1.5e-3, low_lr 5e-4), the rows of H1/H2 first, seed-major, two runners.
 # From the repository root, in the background, after run.sh has prepared the data and the tiny SAM:
 #
-#   nohup bash docs/studies/table2_powered/run_lrhalf.sh > docs/studies/table2_powered/lr_half/run.log 2>&1 &
+#   nohup bash docs/studies/table2_powered/run_lrhalf.sh > docs/studies/table2_powered/run.log 2>&1 &
 #
 # Interrupted: run it again (finished runs are reused, a cut training resumes). Partial results:
 #   python tools/study_powered.py --sam output/sam_tiny/sam_tiny.pth --seeds 0,1,2,3,4,5,6,7,8,9,10,11,12 \
 #       --rows t2c_pretrained,t2b_random_low,t2a_no_sam --out output/table2_powered_lrhalf --eval-images 4000 \
-#       --summarise-only --publish docs/studies/table2_powered/lr_half lr=1.5e-3 low_lr=5e-4
+#       --summarise-only --publish docs/studies/table2_powered lr=1.5e-3 low_lr=5e-4
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-STUDY=docs/studies/table2_powered/lr_half
+STUDY=docs/studies/table2_powered
 OUT=${OUT:-output/table2_powered_lrhalf}
 SEEDS_A=${SEEDS_A:-0,2,4,6,8,10,12}
 SEEDS_B=${SEEDS_B:-1,3,5,7,9,11}
