@@ -557,6 +557,8 @@ def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]
     for label, (a, b) in COMPARISONS.items():
         if a not in values or b not in values:
             continue
+        recipes = {json.dumps(values[v][x]["recipe"], sort_keys=True) for v in (a, b) for x in seeds
+                   if x in values[a] and x in values[b]}
         for metric in METRICS:
             pairs = [(values[a][s][metric]["last_k"], values[b][s][metric]["last_k"]) for s in seeds
                      if s in values[a] and s in values[b]]
@@ -564,14 +566,12 @@ def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]
             if len(pairs) < 2:
                 continue
             s = paired_interval(*map(list, zip(*pairs)))
-            recipes = {json.dumps(values[v][x]["recipe"], sort_keys=True) for v in (a, b) for x in seeds
-                       if x in values[a] and x in values[b]}
             if len(recipes) != 1:
                 raise ValueError(f"{label}: its runs trained with different recipes {sorted(recipes)}")
             rows.append({"comparison": label, "metric": metric, "pairs": s["n"], "mean": round(s["mean"], 4),
                          "ci95": [round(s["low"], 4), round(s["high"], 4)], "half_width": round(s["half_width"], 4),
                          "sd": round(s["sd"], 4), "a": a, "b": b, "primary": label in PRIMARY,
-                         "recipe": json.loads(recipes.pop()), "diffs": [round(d, 4) for d in s["diffs"]]})
+                         "recipe": json.loads(next(iter(recipes))), "diffs": [round(d, 4) for d in s["diffs"]]})
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "summary.md").write_text(markdown(rows, values, skipped, args))
