@@ -557,11 +557,10 @@ def summarise(args: argparse.Namespace, jobs, skipped: dict, runnable: list[str]
     for label, (a, b) in COMPARISONS.items():
         if a not in values or b not in values:
             continue
-        recipes = {json.dumps(values[v][x]["recipe"], sort_keys=True) for v in (a, b) for x in seeds
-                   if x in values[a] and x in values[b]}
+        paired = [s for s in seeds if s in values[a] and s in values[b]]
+        recipes = {json.dumps(values[v][s]["recipe"], sort_keys=True) for v in (a, b) for s in paired}
         for metric in METRICS:
-            pairs = [(values[a][s][metric]["last_k"], values[b][s][metric]["last_k"]) for s in seeds
-                     if s in values[a] and s in values[b]]
+            pairs = [(values[a][s][metric]["last_k"], values[b][s][metric]["last_k"]) for s in paired]
             pairs = [p for p in pairs if None not in p]
             if len(pairs) < 2:
                 continue
