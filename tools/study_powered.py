@@ -7,6 +7,7 @@ with the variance of each run reduced at its source (docs/studies/table2_powered
     python tools/study_powered.py --import-metrics docs/studies/table2_powered --summarise-only \\
         --sam output/sam_tiny/sam_tiny.pth --seeds 0,1,2,3,4 --out /tmp/t2p   # summary.json again, from the commits
     python tools/study_powered.py --plan pilot_summary.json   # paired seeds needed, from a pilot's differences
+    python tools/study_powered.py --refresh-doc docs/studies/table2_powered/README.md   # its tables, from the commits
 
 What each run is (one row `v` of VARIANTS, one seed `S`):
 
@@ -44,6 +45,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -663,6 +665,129 @@ def variance_report(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# the study README's tables, from the committed metrics
+
+# The paper's A-150 mIoU (ViT-L/14) for the rows it has: Table 2 (a)-(c), Table 3 (a)-(f). The
+# miniature's seen mIoU is not on its scale; the paper's differences are what a comparison is read
+# against (PAPER_A150[b] - PAPER_A150[a]).
+PAPER_A150 = {"t2a_no_sam": 24.2, "t2a_paper": 24.2, "t2b_random_low": 28.4, "t2b_random_main": 28.4,
+              "t2c_pretrained": 41.8, "t3a_point": 37.8, "t3b_box": 33.5, "t3c_point_box": 38.1,
+              "t3d_point_mask": 41.8, "t3e_box_mask": 39.9, "t3f_all": 41.9}
+METRIC_NAMES = {"seen_miou": "seen mIoU", "unseen_miou": "unseen mIoU", "hiou": "hIoU"}
+_BLOCK = re.compile(r"<!-- study-table (seeds|comparisons|ppg) ([^>]*?) -->\n.*?<!-- /study-table -->", re.S)
+
+
+def committed_values(folder: Path, rows: list[str], args: argparse.Namespace) -> dict[str, dict[int, dict]]:
+    """Per row (a row whose runs are another row's reads that row's files: Table 3 (d) is Table 2
+    (c)'s run) and seed, from `folder`'s <row>_seed<S>.metrics.jsonl: each metric's mean over the
+    study's checkpoints (eval_steps) on --eval-images scenes, and the final checkpoint's "ppg" record."""
+    steps = eval_steps(args)
+    # which row's run a row is depends on its config; without --sam, init_sam would be empty and the
+    # pretrained rows would look like the random-SAM row
+    args = argparse.Namespace(**{**vars(args), "sam": args.sam or "sam_tiny.pth"})
+    out: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        if row not in VARIANTS:
+            raise ValueError(f"unknown row {row!r}; the rows are {', '.join(VARIANTS)}")
+        out[row] = {}
+        for path in sorted(folder.glob(f"*_seed*.metrics.jsonl")):
+            owner, _, seed = path.name[: -len(".metrics.jsonl")].rpartition("_seed")
+            if not seed.isdigit() or owner != owner_of(row, int(seed), args):
+                continue
+            recs = {r["step"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))
+                    if r.get("study") and "eval" in r and r.get("eval_images") == args.eval_images}
+            if not set(steps) <= set(recs):
+                continue
+            out[row][int(seed)] = {**{m: float(np.mean([recs[s]["eval"][k] for s in steps])) for m, k in METRICS.items()},
+                                   "ppg": recs[steps[-1]].get("ppg")}
+    return out
+
+
+def seed_table(values: dict[str, dict[int, dict]]) -> str:
+    """Markdown: one line per seed, seen / unseen mIoU of each row; then seeds run, mean seen mIoU
+    and the paper's A-150 mIoU of the row."""
+    rows = list(values)
+    lines = ["| seed | " + " | ".join(f"{VARIANTS[r][1]} seen / unseen" for r in rows) + " |",
+             "|---:|" + "---:|" * len(rows)]
+    for s in sorted({s for by_seed in values.values() for s in by_seed}):
+        lines.append(f"| {s} | " + " | ".join(
+            f"{values[r][s]['seen_miou']:.1f} / {values[r][s]['unseen_miou']:.1f}" if s in values[r] else "-"
+            for r in rows) + " |")
+    lines.append("| seeds run | " + " | ".join(str(len(values[r])) for r in rows) + " |")
+    lines.append("| mean seen mIoU | " + " | ".join(
+        f"{np.mean([v['seen_miou'] for v in values[r].values()]):.1f}" if values[r] else "-" for r in rows) + " |")
+    lines.append("| paper, A-150 mIoU | " + " | ".join(
+        f"{PAPER_A150[r]}" if r in PAPER_A150 else "-" for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(summary: list[dict], comparisons: list[str], metrics: list[str]) -> str:
+    """Markdown: per comparison and metric the summary's pairs, mean, 95 % interval and half-width;
+    on seen mIoU the paper's difference (A-150) and a reading: fewer than 5 pairs is partial, else
+    whether the interval holds 0 and the paper's difference."""
+    lines = ["| comparison (B - A) | metric | pairs | mean | 95 % CI | half-width | paper (A-150) | reading |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    for c in comparisons:
+        if c not in COMPARISONS:
+            raise ValueError(f"unknown comparison {c!r}; the comparisons are {', '.join(COMPARISONS)}")
+        a, b = COMPARISONS[c]
+        paper = PAPER_A150[b] - PAPER_A150[a] if a in PAPER_A150 and b in PAPER_A150 else None
+        for m in metrics:
+            r = next((x for x in summary if x["comparison"] == c and x["metric"] == m), None)
+            name = f"`{c}`" + (" (primary)" if c in PRIMARY else "")
+            paper_cell = f"{paper:+.1f}" if paper is not None and m == "seen_miou" else "-"
+            if r is None:
+                lines.append(f"| {name} | {METRIC_NAMES[m]} | 0 | - | - | - | {paper_cell} | not run |")
+                continue
+            lo, hi = r["ci95"]
+            if r["pairs"] < 5:
+                reading = "partial (< 5 pairs), no result"
+            else:
+                reading = "interval > 0" if lo > 0 else "interval < 0" if hi < 0 else "interval holds 0"
+                if paper is not None and m == "seen_miou":
+                    reading += f"; {'holds' if lo <= paper <= hi else 'excludes'} the paper's {paper:+.1f}"
+            lines.append(f"| {name} | {METRIC_NAMES[m]} | {r['pairs']} | {r['mean']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | "
+                         f"{r['half_width']:.2f} | {paper_cell} | {reading} |")
+    return "\n".join(lines)
+
+
+def ppg_lines(values: dict[str, dict[int, dict]]) -> str:
+    """Markdown list: per row the range over seeds of the PPG foreground IoU and of the share of
+    points inside an object (final checkpoint), or that the row has no PPG record."""
+    lines = []
+    for r, by_seed in values.items():
+        got = [v["ppg"] for v in by_seed.values() if isinstance(v["ppg"], dict) and "iou" in v["ppg"]]
+        if got:
+            iou, inside = [g["iou"] for g in got], [g["points_inside"] for g in got]
+            lines.append(f"- {VARIANTS[r][1]}: foreground IoU {min(iou):.2f}-{max(iou):.2f}, points inside "
+                         f"{min(inside):.2f}-{max(inside):.2f} ({len(got)} seeds)")
+        else:
+            lines.append(f"- {VARIANTS[r][1]}: no PPG record (no SAM block, so no pseudo prompts)")
+    return "\n".join(lines)
+
+
+def refresh_doc(path: Path, args: argparse.Namespace) -> str:
+    """The markdown file at `path` with each generated block written again from the committed runs
+    beside it (its folder's metrics and summary.json). A block is
+    `<!-- study-table KIND rows=a,b comparisons=x,y metrics=m -->` ... `<!-- /study-table -->`,
+    KIND one of seeds (seed_table), comparisons (comparison_table), ppg (ppg_lines)."""
+    folder = path.parent
+    text = path.read_text()
+    summary = json.loads((folder / "summary.json").read_text())
+
+    def fill(match: re.Match) -> str:
+        kind, spec = match.group(1), dict(kv.split("=", 1) for kv in match.group(2).split())
+        if kind == "comparisons":
+            body = comparison_table(summary, spec["comparisons"].split(","), spec.get("metrics", "seen_miou").split(","))
+        else:
+            values = committed_values(folder, spec["rows"].split(","), args)
+            body = seed_table(values) if kind == "seeds" else ppg_lines(values)
+        return f"<!-- study-table {kind} {match.group(2)} -->\n{body}\n<!-- /study-table -->"
+
+    return _BLOCK.sub(fill, text)
+
+
+# ---------------------------------------------------------------------------------------------
 # committed metrics
 
 
@@ -737,6 +862,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--half-width", type=float, default=3.0)
     p.add_argument("--variance", action="store_true", help="run nothing; write <out>/variance.json: what each "
                    "variance-reduction step buys, from the finished runs (variance_report)")
+    p.add_argument("--refresh-doc", metavar="MD", help="run nothing; write MD's generated tables again from the "
+                   "committed runs in its folder (refresh_doc); --check: only say whether they are current")
+    p.add_argument("--check", action="store_true", help="with --refresh-doc: exit 1 if MD is not current")
     p.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     return p
 
@@ -757,6 +885,20 @@ def plan(summary: list[dict], half_width: float = 3.0, minimum: int = 5) -> list
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.refresh_doc:
+        md = Path(args.refresh_doc)
+        if not md.is_file():
+            p.error(f"--refresh-doc {md}: file not found")
+        new = refresh_doc(md, args)
+        if args.check:
+            current = new == md.read_text()
+            print(f"{md}: {'current' if current else 'out of date (run --refresh-doc without --check)'}")
+            return 0 if current else 1
+        tmp = md.with_suffix(md.suffix + ".tmp")
+        tmp.write_text(new)
+        os.replace(tmp, md)
+        print(f"{md}: tables written again")
+        return 0
     if args.plan:
         for row in plan(json.loads(Path(args.plan).read_text()), args.half_width):
             print(json.dumps(row))

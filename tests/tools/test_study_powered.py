@@ -265,3 +265,67 @@ def test_the_study_summary_resolves_table2_on_seen_miou():
         s = study.paired_interval([0.0] * r["pairs"], r["diffs"])
         assert s["mean"] == pytest.approx(r["mean"], abs=1e-3)
         assert [s["low"], s["high"]] == pytest.approx(r["ci95"], abs=1e-3)
+
+
+def test_the_study_readme_tables_are_the_committed_runs():
+    """Every generated table of docs/studies/table2_powered/README.md (per-seed values, paired
+    comparisons, PPG check) is what refresh_doc writes from the committed metrics and summary.json:
+    the write-up cannot drift from the data behind it."""
+    readme = STUDY / "README.md"
+    assert readme.read_text().count("<!-- study-table ") >= 6
+    assert study.main(["--refresh-doc", str(readme), "--check"]) == 0
+
+
+def test_per_seed_values_give_the_summary_differences():
+    """The per-seed values the README prints (committed_values, run without --sam, where the pretrained
+    rows must still be told from the random-SAM row) differ, seed by seed, exactly as summary.json's
+    paired differences; a row whose runs are another row's (Table 3 (d) = Table 2 (c)) reads that row's."""
+    args = study.parser().parse_args(["--refresh-doc", "x"])
+    summary = json.loads((STUDY / "summary.json").read_text())
+    checked = 0
+    for r in summary:
+        if r["metric"] != "seen_miou":
+            continue
+        a, b = study.COMPARISONS[r["comparison"]]
+        values = study.committed_values(STUDY, [a, b], args)
+        seeds = sorted(set(values[a]) & set(values[b]))
+        diffs = [values[b][s]["seen_miou"] - values[a][s]["seen_miou"] for s in seeds]
+        assert diffs == pytest.approx(r["diffs"], abs=1e-3), r["comparison"]
+        checked += 1
+    assert checked >= 5
+    d = study.committed_values(STUDY, ["t3d_point_mask", "t2c_pretrained"], args)
+    assert d["t3d_point_mask"] == d["t2c_pretrained"] and d["t2c_pretrained"]
+
+
+def test_comparison_table_reads_partial_and_the_papers_difference():
+    summary = [{"comparison": "t3d-t3b", "metric": "seen_miou", "pairs": 6, "mean": 1.0, "ci95": [-1.5, 3.5],
+                "half_width": 2.5},
+               {"comparison": "t3e-t3d", "metric": "seen_miou", "pairs": 6, "mean": -1.0, "ci95": [-2.5, -0.2],
+                "half_width": 1.15},
+               {"comparison": "t3f-t3d", "metric": "seen_miou", "pairs": 3, "mean": 0.5, "ci95": [-9.0, 10.0],
+                "half_width": 9.5}]
+    lines = study.comparison_table(summary, ["t3d-t3b", "t3e-t3d", "t3f-t3d", "t3d-t3c"], ["seen_miou"]).splitlines()
+    assert "+8.3" in lines[2] and "interval holds 0; excludes the paper's +8.3" in lines[2]  # 41.8 - 33.5
+    assert "interval < 0; holds the paper's -1.9" in lines[3]
+    assert "partial (< 5 pairs), no result" in lines[4]
+    assert lines[5].endswith("not run |")
+    with pytest.raises(ValueError, match="unknown comparison 'nope'"):
+        study.comparison_table(summary, ["nope"], ["seen_miou"])
+
+
+def test_refresh_doc_rewrites_a_stale_table_and_check_fails_on_it(tmp_path, capsys):
+    import shutil
+    for p in STUDY.glob("t3[ab]_*_seed*.metrics.jsonl"):
+        shutil.copy(p, tmp_path)
+    shutil.copy(STUDY / "summary.json", tmp_path)
+    md = tmp_path / "README.md"
+    md.write_text("intro\n<!-- study-table seeds rows=t3a_point,t3b_box -->\n| stale |\n<!-- /study-table -->\nend\n")
+    assert study.main(["--refresh-doc", str(md), "--check"]) == 1
+    assert "out of date" in capsys.readouterr().out
+    assert study.main(["--refresh-doc", str(md)]) == 0
+    text = md.read_text()
+    assert "| stale |" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| seeds run | 6 | 6 |" in text
+    assert study.main(["--refresh-doc", str(md), "--check"]) == 0
+    with pytest.raises(SystemExit):
+        study.main(["--refresh-doc", str(tmp_path / "missing.md")])
