@@ -674,13 +674,18 @@ PAPER_A150 = {"t2a_no_sam": 24.2, "t2a_paper": 24.2, "t2b_random_low": 28.4, "t2
               "t2c_pretrained": 41.8, "t3a_point": 37.8, "t3b_box": 33.5, "t3c_point_box": 38.1,
               "t3d_point_mask": 41.8, "t3e_box_mask": 39.9, "t3f_all": 41.9}
 METRIC_NAMES = {"seen_miou": "seen mIoU", "unseen_miou": "unseen mIoU", "hiou": "hIoU"}
+# A run whose seen mIoU is below this is marked collapsed in the per-seed tables (the all-background
+# runs of recipe A score 1-4; every other run scores above 30).
+COLLAPSED_BELOW = 20.0
 _BLOCK = re.compile(r"<!-- study-table (seeds|comparisons|ppg) ([^>]*?) -->\n.*?<!-- /study-table -->", re.S)
 
 
-def committed_values(folder: Path, rows: list[str], args: argparse.Namespace) -> dict[str, dict[int, dict]]:
+def committed_values(folder: Path, rows: list[str], args: argparse.Namespace,
+                     seeds: set[int] | None = None) -> dict[str, dict[int, dict]]:
     """Per row (a row whose runs are another row's reads that row's files: Table 3 (d) is Table 2
-    (c)'s run) and seed, from `folder`'s <row>_seed<S>.metrics.jsonl: each metric's mean over the
-    study's checkpoints (eval_steps) on --eval-images scenes, and the final checkpoint's "ppg" record."""
+    (c)'s run) and seed (all, or those in `seeds`), from `folder`'s <row>_seed<S>.metrics.jsonl: each
+    metric's mean over the study's checkpoints (eval_steps) on --eval-images scenes, and the final
+    checkpoint's "ppg" record."""
     steps = eval_steps(args)
     # which row's run a row is depends on its config; without --sam, init_sam would be empty and the
     # pretrained rows would look like the random-SAM row
@@ -692,7 +697,8 @@ def committed_values(folder: Path, rows: list[str], args: argparse.Namespace) ->
         out[row] = {}
         for path in sorted(folder.glob(f"*_seed*.metrics.jsonl")):
             owner, _, seed = path.name[: -len(".metrics.jsonl")].rpartition("_seed")
-            if not seed.isdigit() or owner != owner_of(row, int(seed), args):
+            if not seed.isdigit() or (seeds is not None and int(seed) not in seeds) \
+                    or owner != owner_of(row, int(seed), args):
                 continue
             recs = {r["step"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))
                     if r.get("study") and "eval" in r and r.get("eval_images") == args.eval_images}
@@ -703,16 +709,21 @@ def committed_values(folder: Path, rows: list[str], args: argparse.Namespace) ->
     return out
 
 
+def _seed_cell(v: dict | None) -> str:
+    if v is None:
+        return "-"
+    cell = f"{v['seen_miou']:.1f} / {v['unseen_miou']:.1f}"
+    return f"**{cell}** (collapsed)" if v["seen_miou"] < COLLAPSED_BELOW else cell
+
+
 def seed_table(values: dict[str, dict[int, dict]]) -> str:
-    """Markdown: one line per seed, seen / unseen mIoU of each row; then seeds run, mean seen mIoU
-    and the paper's A-150 mIoU of the row."""
+    """Markdown: one line per seed, seen / unseen mIoU of each row (a collapsed run marked); then
+    seeds run, mean seen mIoU and the paper's A-150 mIoU of the row."""
     rows = list(values)
     lines = ["| seed | " + " | ".join(f"{VARIANTS[r][1]} seen / unseen" for r in rows) + " |",
              "|---:|" + "---:|" * len(rows)]
     for s in sorted({s for by_seed in values.values() for s in by_seed}):
-        lines.append(f"| {s} | " + " | ".join(
-            f"{values[r][s]['seen_miou']:.1f} / {values[r][s]['unseen_miou']:.1f}" if s in values[r] else "-"
-            for r in rows) + " |")
+        lines.append(f"| {s} | " + " | ".join(_seed_cell(values[r].get(s)) for r in rows) + " |")
     lines.append("| seeds run | " + " | ".join(str(len(values[r])) for r in rows) + " |")
     lines.append("| mean seen mIoU | " + " | ".join(
         f"{np.mean([v['seen_miou'] for v in values[r].values()]):.1f}" if values[r] else "-" for r in rows) + " |")
@@ -768,19 +779,26 @@ def ppg_lines(values: dict[str, dict[int, dict]]) -> str:
 
 def refresh_doc(path: Path, args: argparse.Namespace) -> str:
     """The markdown file at `path` with each generated block written again from the committed runs
-    beside it (its folder's metrics and summary.json). A block is
-    `<!-- study-table KIND rows=a,b comparisons=x,y metrics=m -->` ... `<!-- /study-table -->`,
-    KIND one of seeds (seed_table), comparisons (comparison_table), ppg (ppg_lines)."""
-    folder = path.parent
+    beside it (its folder's metrics and summary.json, or those of its subfolder `dir=`). A block is
+    `<!-- study-table KIND rows=a,b comparisons=x,y metrics=m seeds=0-5 dir=sub -->` ...
+    `<!-- /study-table -->`, KIND one of seeds (seed_table), comparisons (comparison_table), ppg
+    (ppg_lines); `seeds` (a range lo-hi or a list) limits the per-seed tables to those seeds."""
     text = path.read_text()
-    summary = json.loads((folder / "summary.json").read_text())
 
     def fill(match: re.Match) -> str:
         kind, spec = match.group(1), dict(kv.split("=", 1) for kv in match.group(2).split())
+        folder = (path.parent / spec.get("dir", ".")).resolve()
+        if path.parent.resolve() not in (folder, *folder.parents):
+            raise ValueError(f"{path}: study-table dir={spec['dir']} is outside {path.parent}")
         if kind == "comparisons":
+            summary = json.loads((folder / "summary.json").read_text())
             body = comparison_table(summary, spec["comparisons"].split(","), spec.get("metrics", "seen_miou").split(","))
         else:
-            values = committed_values(folder, spec["rows"].split(","), args)
+            seeds = None
+            if "seeds" in spec:
+                lo, dash, hi = spec["seeds"].partition("-")
+                seeds = set(range(int(lo), int(hi) + 1)) if dash else {int(x) for x in spec["seeds"].split(",")}
+            values = committed_values(folder, spec["rows"].split(","), args, seeds)
             body = seed_table(values) if kind == "seeds" else ppg_lines(values)
         return f"<!-- study-table {kind} {match.group(2)} -->\n{body}\n<!-- /study-table -->"
 

@@ -329,3 +329,21 @@ def test_refresh_doc_rewrites_a_stale_table_and_check_fails_on_it(tmp_path, caps
     assert study.main(["--refresh-doc", str(md), "--check"]) == 0
     with pytest.raises(SystemExit):
         study.main(["--refresh-doc", str(tmp_path / "missing.md")])
+
+
+def test_seed_table_marks_collapsed_runs_and_doc_blocks_stay_in_the_study_folder(tmp_path):
+    values = {"t2a_no_sam": {0: {"seen_miou": 3.6, "unseen_miou": 1.4, "hiou": 2.0, "ppg": None},
+                             1: {"seen_miou": 45.0, "unseen_miou": 4.0, "hiou": 7.0, "ppg": None}},
+              "t2c_pretrained": {1: {"seen_miou": 50.0, "unseen_miou": 9.0, "hiou": 15.0, "ppg": None}}}
+    lines = study.seed_table(values).splitlines()
+    assert lines[2] == "| 0 | **3.6 / 1.4** (collapsed) | - |"
+    assert lines[3] == "| 1 | 45.0 / 4.0 | 50.0 / 9.0 |"
+    assert lines[-1] == "| paper, A-150 mIoU | 24.2 | 41.8 |"
+    args = study.parser().parse_args(["--refresh-doc", "x"])
+    only = study.committed_values(STUDY / "recipe_a", ["t2c_pretrained"], args, seeds={4, 5})
+    assert sorted(only["t2c_pretrained"]) == [4, 5] and only["t2c_pretrained"][4]["seen_miou"] < study.COLLAPSED_BELOW
+    md = tmp_path / "study" / "README.md"
+    md.parent.mkdir()
+    md.write_text("<!-- study-table seeds rows=t2c_pretrained dir=../elsewhere -->\n<!-- /study-table -->\n")
+    with pytest.raises(ValueError, match="outside"):
+        study.refresh_doc(md, args)
