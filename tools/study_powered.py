@@ -592,7 +592,9 @@ def markdown(rows: list[dict], values: dict, skipped: dict, args: argparse.Names
             for m in METRICS:
                 xs = [r[m]["last_k"] for r in values[v].values() if r[m]["last_k"] is not None]
                 cells.append(f"{np.mean(xs):.1f}" if xs else "n/a")
-            lines.append(f"| {VARIANTS[v][1]} | {len(values[v])} | " + " | ".join(cells) + " |")
+            owner = owner_of(v, next(iter(values[v])), args) if values[v] else v
+            caption = VARIANTS[v][1] + (f" (= {VARIANTS[owner][1]}: the same runs)" if owner != v else "")
+            lines.append(f"| {caption} | {len(values[v])} | " + " | ".join(cells) + " |")
     lines += ["", "| comparison (B - A) | metric | pairs | mean | 95 % CI |", "|---|---|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['comparison']}{' (primary)' if r['primary'] else ''} | {r['metric']} | {r['pairs']} | "
