@@ -679,7 +679,40 @@ METRIC_NAMES = {"seen_miou": "seen mIoU", "unseen_miou": "unseen mIoU", "hiou": 
 # A run whose seen mIoU is below this is marked collapsed in the per-seed tables (the all-background
 # runs of recipe A score 1-4; every other run scores above 30).
 COLLAPSED_BELOW = 20.0
-_BLOCK = re.compile(r"<!-- study-table (seeds|comparisons|ppg) ([^>]*?) -->\n.*?<!-- /study-table -->", re.S)
+_BLOCK = re.compile(r"<!-- study-table (seeds|comparisons|bonferroni|ppg) ([^>]*?) -->\n.*?<!-- /study-table -->", re.S)
+# Two-sided 99 % critical values of Student's t (df 1-30; scipy.stats.t.ppf(0.995, df), to 3 places)
+_T995 = [63.657, 9.925, 5.841, 4.604, 4.032, 3.707, 3.499, 3.355, 3.250, 3.169, 3.106, 3.055, 3.012, 2.977,
+         2.947, 2.921, 2.898, 2.878, 2.861, 2.845, 2.831, 2.819, 2.807, 2.797, 2.787, 2.779, 2.771, 2.763,
+         2.756, 2.750]
+
+
+def t_critical_99(df: int) -> float:
+    """Two-sided 99 % critical value of Student's t with `df` degrees of freedom (df >= 1; beyond 30
+    an approximation within 0.002)."""
+    if df < 1:
+        raise ValueError("a t interval needs at least two paired values")
+    return _T995[df - 1] if df <= 30 else 2.576 + 5.0 / df
+
+
+def bonferroni_table(summary: list[dict], comparisons: list[str], metric: str = "seen_miou") -> str:
+    """Markdown: the pre-registered Bonferroni check of the primary comparisons (0.05 / 5 = 0.01):
+    each one's 99 % paired t interval on `metric`, from the differences summary.json lists, and
+    whether it still excludes 0."""
+    lines = ["| comparison (B - A) | pairs | mean | 95 % CI | 99 % CI | survives (99 % CI excludes 0) |",
+             "|---|---:|---:|---|---|---|"]
+    for c in comparisons:
+        r = next((x for x in summary if x["comparison"] == c and x["metric"] == metric), None)
+        if r is None:
+            lines.append(f"| `{c}` | 0 | - | - | - | not run |")
+            continue
+        n, d = r["pairs"], r["diffs"]
+        mean = sum(d) / n
+        half = t_critical_99(n - 1) * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+        verdict = "yes (> 0)" if lo > 0 else "yes (< 0)" if hi < 0 else "no"
+        lines.append(f"| `{c}` | {n} | {mean:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
+                     f"[{lo:+.2f}, {hi:+.2f}] | {verdict} |")
+    return "\n".join(lines)
 
 
 def committed_values(folder: Path, rows: list[str], args: argparse.Namespace,
@@ -783,8 +816,9 @@ def refresh_doc(path: Path, args: argparse.Namespace) -> str:
     """The markdown file at `path` with each generated block written again from the committed runs
     beside it (its folder's metrics and summary.json, or those of its subfolder `dir=`). A block is
     `<!-- study-table KIND rows=a,b comparisons=x,y metrics=m seeds=0-5 dir=sub -->` ...
-    `<!-- /study-table -->`, KIND one of seeds (seed_table), comparisons (comparison_table), ppg
-    (ppg_lines); `seeds` (a range lo-hi or a list) limits the per-seed tables to those seeds."""
+    `<!-- /study-table -->`, KIND one of seeds (seed_table), comparisons (comparison_table), bonferroni
+    (bonferroni_table), ppg (ppg_lines); `seeds` (a range lo-hi or a list) limits the per-seed
+    tables to those seeds."""
     text = path.read_text()
 
     def fill(match: re.Match) -> str:
@@ -792,9 +826,13 @@ def refresh_doc(path: Path, args: argparse.Namespace) -> str:
         folder = (path.parent / spec.get("dir", ".")).resolve()
         if path.parent.resolve() not in (folder, *folder.parents):
             raise ValueError(f"{path}: study-table dir={spec['dir']} is outside {path.parent}")
-        if kind == "comparisons":
+        if kind in ("comparisons", "bonferroni"):
             summary = json.loads((folder / "summary.json").read_text())
-            body = comparison_table(summary, spec["comparisons"].split(","), spec.get("metrics", "seen_miou").split(","))
+            if kind == "bonferroni":
+                body = bonferroni_table(summary, spec["comparisons"].split(","))
+            else:
+                body = comparison_table(summary, spec["comparisons"].split(","),
+                                        spec.get("metrics", "seen_miou").split(","))
         else:
             seeds = None
             if "seeds" in spec:

@@ -347,3 +347,20 @@ def test_seed_table_marks_collapsed_runs_and_doc_blocks_stay_in_the_study_folder
     md.write_text("<!-- study-table seeds rows=t2c_pretrained dir=../elsewhere -->\n<!-- /study-table -->\n")
     with pytest.raises(ValueError, match="outside"):
         study.refresh_doc(md, args)
+
+
+def test_bonferroni_check_uses_the_99_percent_t_interval():
+    """The pre-registered Bonferroni check (0.05 / 5): 99 % paired t intervals of the differences,
+    critical values as scipy gives them."""
+    st = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 5, 11, 30, 60, 1000):
+        assert study.t_critical_99(df) == pytest.approx(float(st.t.ppf(0.995, df)), abs=2e-3)
+    diffs = [1.0, 2.0, 3.0, 2.5, 1.5, 2.0]
+    a = [0.0] * 6
+    s = study.paired_interval(a, diffs)
+    summary = [{"comparison": "c-b", "metric": "seen_miou", "pairs": 6, "mean": s["mean"],
+                "ci95": [s["low"], s["high"]], "diffs": diffs}]
+    line = study.bonferroni_table(summary, ["c-b", "c-a"]).splitlines()
+    half = float(st.t.ppf(0.995, 5)) * np.std(diffs, ddof=1) / math.sqrt(6)
+    assert f"[{2.0 - half:+.2f}, {2.0 + half:+.2f}]" in line[2] and line[2].endswith("| yes (> 0) |")
+    assert line[3].endswith("not run |")
