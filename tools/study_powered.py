@@ -307,8 +307,19 @@ def study_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def evals_by_step(records: list[dict], args: argparse.Namespace) -> dict[int, dict]:
+    """The study's evaluation records on --eval-images scenes among `records`, by step."""
+    return {r["step"]: r for r in records if "eval" in r and r.get("eval_images") == args.eval_images}
+
+
+def last_k_mean(evals: dict[int, dict], steps: list[int], key: str) -> float | None:
+    """Mean of the evaluation key over the checkpoints `steps`; None if any of them is missing a value."""
+    vals = [evals[s]["eval"][key] for s in steps]
+    return None if any(v is None or v != v for v in vals) else float(np.mean(vals))
+
+
 def run_done(run_dir: Path, args: argparse.Namespace) -> bool:
-    steps = {r["step"] for r in study_records(run_dir) if "eval" in r and r.get("eval_images") == args.eval_images}
+    steps = set(evals_by_step(study_records(run_dir), args))
     return set(eval_steps(args)) <= steps and final_eval_of(run_dir / "metrics.jsonl", args.max_iters) is not None
 
 
@@ -521,13 +532,13 @@ def run_values(run_dir: Path, args: argparse.Namespace) -> dict | None:
     stamp = run_dir / "study_command.txt"
     if not stamp.exists() or not run_done(run_dir, args):
         return None
-    recs = {r["step"]: r for r in study_records(run_dir) if "eval" in r and r.get("eval_images") == args.eval_images}
+    recs = evals_by_step(study_records(run_dir), args)
     steps = eval_steps(args)
     single = final_eval_of(run_dir / "metrics.jsonl", args.max_iters)
     out = {}
     for name, key in METRICS.items():
         vals = [recs[s]["eval"][key] for s in steps]
-        out[name] = {"last_k": None if any(v is None or v != v for v in vals) else float(np.mean(vals)),
+        out[name] = {"last_k": last_k_mean(recs, steps, key),
                      "final": recs[steps[-1]]["eval"][key], "single": single.get(key),
                      "checkpoints": vals, "bootstrap_sd_final": recs[steps[-1]]["bootstrap_sd"].get(key)}
     out["ppg"] = recs[steps[-1]].get("ppg")
@@ -705,9 +716,10 @@ def bonferroni_table(summary: list[dict], comparisons: list[str], metric: str = 
         if r is None:
             lines.append(f"| `{c}` | 0 | - | - | - | not run |")
             continue
-        n, d = r["pairs"], r["diffs"]
-        mean = sum(d) / n
-        half = t_critical_99(n - 1) * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) / math.sqrt(n)
+        n = r["pairs"]
+        st = paired_interval([0.0] * n, r["diffs"])
+        mean = st["mean"]
+        half = t_critical_99(n - 1) * st["sd"] / math.sqrt(n)
         lo, hi = mean - half, mean + half
         verdict = "yes (> 0)" if lo > 0 else "yes (< 0)" if hi < 0 else "no"
         lines.append(f"| `{c}` | {n} | {mean:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
@@ -730,16 +742,16 @@ def committed_values(folder: Path, rows: list[str], args: argparse.Namespace,
         if row not in VARIANTS:
             raise ValueError(f"unknown row {row!r}; the rows are {', '.join(VARIANTS)}")
         out[row] = {}
-        for path in sorted(folder.glob(f"*_seed*.metrics.jsonl")):
+        for path in sorted(folder.glob("*_seed*.metrics.jsonl")):
             owner, _, seed = path.name[: -len(".metrics.jsonl")].rpartition("_seed")
             if not seed.isdigit() or (seeds is not None and int(seed) not in seeds) \
                     or owner != owner_of(row, int(seed), args):
                 continue
-            recs = {r["step"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))
-                    if r.get("study") and "eval" in r and r.get("eval_images") == args.eval_images}
+            records = [r for r in map(json.loads, filter(str.strip, path.read_text().splitlines())) if r.get("study")]
+            recs = evals_by_step(records, args)
             if not set(steps) <= set(recs):
                 continue
-            out[row][int(seed)] = {**{m: float(np.mean([recs[s]["eval"][k] for s in steps])) for m, k in METRICS.items()},
+            out[row][int(seed)] = {**{m: last_k_mean(recs, steps, k) for m, k in METRICS.items()},
                                    "ppg": recs[steps[-1]].get("ppg")}
     return out
 
@@ -747,8 +759,8 @@ def committed_values(folder: Path, rows: list[str], args: argparse.Namespace,
 def _seed_cell(v: dict | None) -> str:
     if v is None:
         return "-"
-    cell = f"{v['seen_miou']:.1f} / {v['unseen_miou']:.1f}"
-    return f"**{cell}** (collapsed)" if v["seen_miou"] < COLLAPSED_BELOW else cell
+    cell = " / ".join("n/a" if v[m] is None else f"{v[m]:.1f}" for m in ("seen_miou", "unseen_miou"))
+    return f"**{cell}** (collapsed)" if v["seen_miou"] is not None and v["seen_miou"] < COLLAPSED_BELOW else cell
 
 
 def seed_table(values: dict[str, dict[int, dict]]) -> str:
@@ -760,8 +772,8 @@ def seed_table(values: dict[str, dict[int, dict]]) -> str:
     for s in sorted({s for by_seed in values.values() for s in by_seed}):
         lines.append(f"| {s} | " + " | ".join(_seed_cell(values[r].get(s)) for r in rows) + " |")
     lines.append("| seeds run | " + " | ".join(str(len(values[r])) for r in rows) + " |")
-    lines.append("| mean seen mIoU | " + " | ".join(
-        f"{np.mean([v['seen_miou'] for v in values[r].values()]):.1f}" if values[r] else "-" for r in rows) + " |")
+    seen = {r: [v["seen_miou"] for v in values[r].values() if v["seen_miou"] is not None] for r in rows}
+    lines.append("| mean seen mIoU | " + " | ".join(f"{np.mean(seen[r]):.1f}" if seen[r] else "-" for r in rows) + " |")
     lines.append("| paper, A-150 mIoU | " + " | ".join(
         f"{PAPER_A150[r]}" if r in PAPER_A150 else "-" for r in rows) + " |")
     return "\n".join(lines)
@@ -952,9 +964,9 @@ def main(argv: list[str] | None = None) -> int:
             current = new == md.read_text()
             print(f"{md}: {'current' if current else 'out of date (run --refresh-doc without --check)'}")
             return 0 if current else 1
-        tmp = md.with_suffix(md.suffix + ".tmp")
-        tmp.write_text(new)
-        os.replace(tmp, md)
+        from escnet.fileio import atomic_write
+
+        atomic_write(md, lambda tmp: tmp.write_text(new))
         print(f"{md}: tables written again")
         return 0
     if args.plan:
